@@ -1,0 +1,73 @@
+//! The one place where errors become HTTP statuses. Every error body is
+//! `{"detail": "human message", ...}` like the seed's FastAPI.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::error::Error;
+use crate::service::StartError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: Value,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            body: json!({ "detail": detail.into() }),
+        }
+    }
+
+    fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.body[key] = value.into();
+        self
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let detail = e.to_string();
+        match &e {
+            Error::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, detail),
+            Error::BadRequest(_) => ApiError::new(StatusCode::BAD_REQUEST, detail),
+            Error::ShuttingDown => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, detail),
+            Error::Pinned { holder, .. } => ApiError::new(StatusCode::CONFLICT, detail)
+                .with("gpu_service_running", holder.as_str()),
+            Error::Start(start) => {
+                let status = match start {
+                    StartError::GpuBusy { .. } | StartError::Interrupted { .. } => {
+                        StatusCode::CONFLICT
+                    }
+                    StartError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+                    StartError::HealthTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+                    StartError::Exited { .. } | StartError::Spawn { .. } => {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    }
+                    StartError::Removed { .. } => StatusCode::NOT_FOUND,
+                };
+                let mut err = ApiError::new(status, detail);
+                if let StartError::GpuBusy { holder } = start {
+                    err = err.with("gpu_service_running", holder.as_str());
+                }
+                if let StartError::Exited { exit, .. } = start {
+                    err = err.with("exit", serde_json::to_value(exit).unwrap_or_default());
+                }
+                if !start.logs().is_empty() {
+                    err = err.with("logs", start.logs().to_vec());
+                }
+                err
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}

@@ -1,0 +1,226 @@
+//! The HTTP API (SPEC §5): the only module that knows HTTP and JSON. Each
+//! handler turns a request into one [`Command`] and its answer into JSON.
+
+mod error;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use crate::daemon::{Command, Daemon, views};
+use crate::logs::{LogLine, RING_LINES, Stream};
+pub use error::ApiError;
+
+/// Request bodies are tiny (`{"force": true}`); anything larger is refused.
+const BODY_LIMIT: usize = 64 * 1024;
+const DEFAULT_TAIL: usize = 100;
+
+pub fn router(daemon: Daemon) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/services", get(list))
+        .route("/services/{name}", get(show))
+        .route("/services/{name}/start", post(start))
+        .route("/services/{name}/stop", post(stop))
+        .route("/services/{name}/restart", post(restart))
+        .route("/services/{name}/status", get(status))
+        .route("/services/{name}/logs", get(logs))
+        .route("/rediscover", post(rediscover))
+        .route("/api/services/status", get(seed_status))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(daemon)
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn ok(value: impl serde::Serialize) -> ApiResult {
+    Ok(Json(value).into_response())
+}
+
+async fn health(State(d): State<Daemon>) -> ApiResult {
+    let list = d.ask(Command::List).await?;
+    ok(json!({
+        "status": "healthy",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime": views::python_timedelta(d.started.elapsed()),
+        "services": list.total,
+        "invalid": list.invalid.len(),
+        "gpu_service_running": list.gpu_service_running,
+        "services_dir": d.config.services_dir,
+    }))
+}
+
+async fn list(State(d): State<Daemon>) -> ApiResult {
+    ok(d.ask(Command::List).await?)
+}
+
+async fn show(State(d): State<Daemon>, Path(name): Path<String>) -> ApiResult {
+    ok(d.ask(|reply| Command::Show { name, reply }).await?)
+}
+
+async fn status(State(d): State<Daemon>, Path(name): Path<String>) -> ApiResult {
+    ok(d.ask(|reply| Command::Status { name, reply }).await?)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct StartBody {
+    #[serde(default)]
+    force: bool,
+}
+
+/// The start body is optional and read as JSON whatever its Content-Type
+/// (the seed's own troubleshooting example sends none).
+fn start_body(body: Result<Bytes, BytesRejection>) -> Result<StartBody, ApiError> {
+    let body = body.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(StartBody::default());
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        let status = if e.is_syntax() || e.is_eof() {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::UNPROCESSABLE_ENTITY
+        };
+        ApiError::new(
+            status,
+            format!("invalid request body (expected {{\"force\": true|false}}): {e}"),
+        )
+    })
+}
+
+async fn start(
+    State(d): State<Daemon>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let force = start_body(body)?.force;
+    ok(d.ask(|reply| Command::Start { name, force, reply }).await?)
+}
+
+async fn restart(
+    State(d): State<Daemon>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let force = start_body(body)?.force;
+    ok(d.ask(|reply| Command::Restart { name, force, reply })
+        .await?)
+}
+
+async fn stop(State(d): State<Daemon>, Path(name): Path<String>) -> ApiResult {
+    ok(d.ask(|reply| Command::Stop { name, reply }).await?)
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    tail: Option<String>,
+    follow: Option<String>,
+}
+
+fn parse_tail(tail: Option<&str>) -> Result<usize, ApiError> {
+    let Some(text) = tail else {
+        return Ok(DEFAULT_TAIL);
+    };
+    match text.trim().parse::<usize>() {
+        Ok(n) if (1..=RING_LINES).contains(&n) => Ok(n),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "query parameter `tail` must be a whole number from 1 to {RING_LINES}, got `{text}`"
+            ),
+        )),
+    }
+}
+
+fn parse_flag(name: &str, value: Option<&str>) -> Result<bool, ApiError> {
+    match value {
+        None | Some("false" | "0" | "no") => Ok(false),
+        Some("" | "true" | "1" | "yes") => Ok(true),
+        Some(other) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("query parameter `{name}` must be true or false, got `{other}`"),
+        )),
+    }
+}
+
+async fn logs(
+    State(d): State<Daemon>,
+    Path(name): Path<String>,
+    query: Result<Query<LogsQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(query) = query.map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, r.body_text()))?;
+    let tail = parse_tail(query.tail.as_deref())?;
+    if parse_flag("follow", query.follow.as_deref())? {
+        let (lines, live) = d
+            .ask(|reply| Command::FollowLogs { name, tail, reply })
+            .await?;
+        return Ok(follow_response(lines, live));
+    }
+    let lines = d
+        .ask(|reply| Command::Logs {
+            name: name.clone(),
+            tail,
+            reply,
+        })
+        .await?;
+    let text: Vec<String> = lines.iter().map(LogLine::render).collect();
+    ok(json!({ "service": name, "tail": tail, "lines": lines, "logs": text.join("\n") }))
+}
+
+/// Newline-delimited JSON: the tail, then every new line as it comes.
+fn follow_response(lines: Vec<LogLine>, live: broadcast::Receiver<LogLine>) -> Response {
+    fn ndjson(line: &LogLine) -> Result<Bytes, std::convert::Infallible> {
+        let mut bytes = serde_json::to_vec(line).unwrap_or_default();
+        bytes.push(b'\n');
+        Ok(Bytes::from(bytes))
+    }
+    let backlog = futures_util::stream::iter(lines.iter().map(ndjson).collect::<Vec<_>>());
+    let live = futures_util::stream::unfold(live, |mut rx| async move {
+        let line = match rx.recv().await {
+            Ok(line) => line,
+            Err(broadcast::error::RecvError::Lagged(n)) => LogLine {
+                ts: jiff::Timestamp::now(),
+                stream: Stream::Nanny,
+                line: format!("{n} lines skipped (reader too slow)"),
+            },
+            Err(broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((ndjson(&line), rx))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(backlog.chain(live)))
+        .expect("static headers are valid")
+}
+
+async fn rediscover(State(d): State<Daemon>) -> ApiResult {
+    ok(d.ask(Command::Rediscover).await?)
+}
+
+/// The service-manager seed's `GET /api/services/status`.
+async fn seed_status(State(d): State<Daemon>) -> ApiResult {
+    let list = d.ask(Command::List).await?;
+    let services: Vec<Value> = list
+        .services
+        .iter()
+        .map(|s| {
+            json!({
+                "id": s.name,
+                "name": if s.description.is_empty() { &s.name } else { &s.description },
+                "status": s.status.seed_status(),
+                "statusCode": s.last_http_code,
+            })
+        })
+        .collect();
+    ok(json!({ "services": services, "timestamp": jiff::Timestamp::now() }))
+}

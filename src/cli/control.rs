@@ -1,0 +1,186 @@
+//! The client commands: each one request to the daemon, then a table for
+//! people or the daemon's JSON for scripts.
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use super::output::{print_fields, print_json, table};
+use super::{Failure, Sub};
+use crate::client::Client;
+
+pub async fn run(command: Sub, url: &str, json: bool) -> Result<(), Failure> {
+    let client = Client::new(url);
+    let answer = match &command {
+        Sub::Ls => client.get("/services").await?,
+        Sub::Show { name } => client.get(&service_path(name, "")).await?,
+        Sub::Status { name } => client.get(&service_path(name, "/status")).await?,
+        Sub::Start { name, force } => {
+            client
+                .post(
+                    &service_path(name, "/start"),
+                    Some(json!({ "force": force })),
+                )
+                .await?
+        }
+        Sub::Restart { name, force } => {
+            client
+                .post(
+                    &service_path(name, "/restart"),
+                    Some(json!({ "force": force })),
+                )
+                .await?
+        }
+        Sub::Stop { name } => client.post(&service_path(name, "/stop"), None).await?,
+        Sub::Rediscover => client.post("/rediscover", None).await?,
+        Sub::Logs {
+            name,
+            lines,
+            follow: true,
+        } => return follow(&client, name, *lines, json).await,
+        Sub::Logs {
+            name,
+            lines,
+            follow: false,
+        } => {
+            client
+                .get(&format!("{}?tail={lines}", service_path(name, "/logs")))
+                .await?
+        }
+        Sub::Serve(_) | Sub::Validate { .. } | Sub::New { .. } => {
+            unreachable!("handled without a daemon")
+        }
+    };
+    if json {
+        print_json(&answer);
+        return Ok(());
+    }
+    match command {
+        Sub::Ls => print_list(&answer),
+        Sub::Show { .. } | Sub::Status { .. } => print_fields(&answer),
+        Sub::Logs { .. } => {
+            for line in answer["lines"].as_array().into_iter().flatten() {
+                println!("{}", render_line(line));
+            }
+        }
+        Sub::Rediscover => print_rediscover(&answer),
+        _ => println!("{}", answer["message"].as_str().unwrap_or("ok")),
+    }
+    Ok(())
+}
+
+fn service_path(name: &str, suffix: &str) -> String {
+    // Names are validated by the daemon; escaping keeps a bad one a 404.
+    let escaped: String = name
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    format!("/services/{escaped}{suffix}")
+}
+
+fn render_line(line: &Value) -> String {
+    format!(
+        "{} {:<6} {}",
+        line["ts"].as_str().unwrap_or(""),
+        line["stream"].as_str().unwrap_or(""),
+        line["line"].as_str().unwrap_or("")
+    )
+}
+
+async fn follow(client: &Client, name: &str, lines: usize, json: bool) -> Result<(), Failure> {
+    let response = client
+        .stream(&format!(
+            "{}?tail={lines}&follow=true",
+            service_path(name, "/logs")
+        ))
+        .await?;
+    let mut body = response.bytes_stream();
+    let mut partial = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| Failure::new(1, format!("error: log stream ended: {e}")))?;
+        for raw in crate::logs::split_lines(&mut partial, &chunk) {
+            if json {
+                println!("{raw}");
+            } else if let Ok(line) = serde_json::from_str::<Value>(&raw) {
+                println!("{}", render_line(&line));
+            }
+        }
+    }
+    Err(Failure::new(1, "error: the daemon closed the log stream"))
+}
+
+fn print_list(answer: &Value) {
+    let services = answer["services"].as_array().cloned().unwrap_or_default();
+    let rows: Vec<Vec<String>> = services
+        .iter()
+        .map(|s| {
+            let gpu = if s["gpu_required"].as_bool() == Some(true) {
+                format!("{} GB", s["vram_gb"])
+            } else {
+                "-".into()
+            };
+            vec![
+                text(&s["name"]),
+                text(&s["status"]),
+                gpu,
+                s["ports"]
+                    .as_array()
+                    .map(|p| p.iter().map(text).collect::<Vec<_>>().join(","))
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or_else(|| text(&s["port"])),
+                text(&s["description"]),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(&["NAME", "STATUS", "GPU", "PORTS", "DESCRIPTION"], &rows)
+    );
+    if let Some(holder) = answer["gpu_service_running"].as_str() {
+        println!("\nGPU held by: {holder}");
+    }
+    print_invalid(answer);
+}
+
+fn print_invalid(answer: &Value) {
+    let invalid = answer["invalid"].as_array().cloned().unwrap_or_default();
+    if invalid.is_empty() {
+        return;
+    }
+    println!("\ninvalid manifests:");
+    for entry in invalid {
+        for error in entry["errors"].as_array().into_iter().flatten() {
+            println!("  {}", text(error));
+        }
+    }
+}
+
+fn print_rediscover(answer: &Value) {
+    let names = |key: &str| {
+        answer[key]
+            .as_array()
+            .map(|a| a.iter().map(text).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default()
+    };
+    println!("added:   {}", names("added"));
+    println!("removed: {}", names("removed"));
+    for changed in answer["changed"].as_array().into_iter().flatten() {
+        println!("changed: {}", text(&changed["note"]));
+    }
+    println!("total:   {}", answer["total"]);
+    print_invalid(answer);
+}
+
+/// A JSON value as a person reads it: strings without quotes, null as `-`.
+pub fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,92 @@
+//! `nanny serve`: run the daemon until SIGTERM or SIGINT, then stop every
+//! service before exiting.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::Failure;
+use crate::daemon::{Config, Daemon};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Directory holding one sub-directory per service.
+    #[arg(long, env = "NANNY_SERVICES_DIR", default_value = "services")]
+    services: PathBuf,
+    /// Address to listen on (port 0 picks a free one; the chosen address is printed).
+    #[arg(long, env = "NANNY_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Where logs and state are kept.
+    #[arg(long, env = "NANNY_STATE_DIR", default_value = ".nanny")]
+    state_dir: PathBuf,
+}
+
+pub async fn run(args: ServeArgs) -> Result<(), Failure> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NANNY_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let fail = |m: String| Failure::new(1, format!("error: {m}"));
+    if !args.services.is_dir() {
+        return Err(fail(format!(
+            "services directory {} does not exist",
+            args.services.display()
+        )));
+    }
+    let services_dir = std::path::absolute(&args.services).map_err(|e| fail(e.to_string()))?;
+    std::fs::create_dir_all(&args.state_dir).map_err(|e| {
+        fail(format!(
+            "cannot create state dir {}: {e}",
+            args.state_dir.display()
+        ))
+    })?;
+    let state_dir = std::path::absolute(&args.state_dir).map_err(|e| fail(e.to_string()))?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| fail(e.to_string()))?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| fail(e.to_string()))?;
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| fail(format!("cannot listen on {}: {e}", args.listen)))?;
+    let addr = listener.local_addr().map_err(|e| fail(e.to_string()))?;
+    let daemon = Daemon::start(
+        Config {
+            services_dir,
+            state_dir,
+        },
+        Arc::new(crate::runtime::Native),
+    )
+    .await;
+    let catalog = daemon.registry.snapshot();
+    tracing::info!(
+        services = catalog.services.len(),
+        invalid = catalog.invalid.len(),
+        "discovered services in {}",
+        daemon.config.services_dir.display()
+    );
+    for invalid in &catalog.invalid {
+        for error in &invalid.errors {
+            tracing::warn!("invalid manifest: {error}");
+        }
+    }
+    let server =
+        tokio::spawn(axum::serve(listener, crate::api::router(daemon.clone())).into_future());
+    println!("nanny listening on http://{addr}");
+
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM: stopping every service"),
+        _ = interrupt.recv() => tracing::info!("SIGINT: stopping every service"),
+        result = server => return Err(fail(format!("the HTTP server stopped: {result:?}"))),
+    }
+    tokio::select! {
+        _ = daemon.shutdown() => tracing::info!("all services stopped; exiting"),
+        _ = terminate.recv() => return Err(fail("second signal: exiting without waiting for services".into())),
+        _ = interrupt.recv() => return Err(fail("second signal: exiting without waiting for services".into())),
+    }
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! One file per [`Command`](super::Command): what the daemon does for it.
+
+pub mod list;
+pub mod logs;
+pub mod rediscover;
+pub mod restart;
+pub mod show;
+pub mod start;
+pub mod status;
+pub mod stop;

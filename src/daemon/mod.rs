@@ -1,0 +1,152 @@
+//! The daemon: the registry of services, and the one closed [`Command`] enum
+//! every client request becomes. [`Daemon::execute`] is the single
+//! exhaustive match; each command lives in its own file under `commands/`.
+//! Commands run on their own task, so a client that disconnects never
+//! leaves a start or stop half done.
+
+mod commands;
+mod registry;
+pub mod views;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, oneshot};
+
+use crate::error::Error;
+use crate::gpu::Arbiter;
+use crate::logs::LogLine;
+use crate::service::{ServiceHandle, Shared};
+
+pub use registry::Registry;
+use views::{RediscoverReport, ServiceDetail, ServiceList, StartOutcome, StatusView, StopOutcome};
+
+pub type Reply<T> = oneshot::Sender<Result<T, Error>>;
+
+/// Everything a client can ask of the daemon.
+pub enum Command {
+    List(Reply<ServiceList>),
+    Show {
+        name: String,
+        reply: Reply<ServiceDetail>,
+    },
+    Status {
+        name: String,
+        reply: Reply<StatusView>,
+    },
+    Start {
+        name: String,
+        force: bool,
+        reply: Reply<StartOutcome>,
+    },
+    Stop {
+        name: String,
+        reply: Reply<StopOutcome>,
+    },
+    Restart {
+        name: String,
+        force: bool,
+        reply: Reply<StartOutcome>,
+    },
+    Logs {
+        name: String,
+        tail: usize,
+        reply: Reply<Vec<LogLine>>,
+    },
+    FollowLogs {
+        name: String,
+        tail: usize,
+        reply: Reply<(Vec<LogLine>, broadcast::Receiver<LogLine>)>,
+    },
+    Rediscover(Reply<RediscoverReport>),
+}
+
+/// Settings fixed for the life of the daemon.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub services_dir: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+#[derive(Clone)]
+pub struct Daemon {
+    pub config: Arc<Config>,
+    pub registry: Registry,
+    pub arbiter: Arc<Arbiter>,
+    pub started: std::time::Instant,
+}
+
+impl Daemon {
+    /// Discover the services and start supervising them.
+    pub async fn start(config: Config, runtime: Arc<dyn crate::runtime::Runtime>) -> Daemon {
+        let arbiter = Arc::new(Arbiter::default());
+        let shared = Shared {
+            runtime,
+            arbiter: arbiter.clone(),
+            http: crate::health::client(),
+        };
+        let registry = Registry::start(
+            config.services_dir.clone(),
+            config.state_dir.join("logs"),
+            shared,
+        )
+        .await;
+        Daemon {
+            config: Arc::new(config),
+            registry,
+            arbiter,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Run `command` on its own task; its reply arrives on the channel inside it.
+    pub fn execute(&self, command: Command) {
+        let d = self.clone();
+        tokio::spawn(async move {
+            match command {
+                Command::List(reply) => send(reply, Ok(commands::list::run(&d))),
+                Command::Show { name, reply } => send(reply, commands::show::run(&d, &name)),
+                Command::Status { name, reply } => send(reply, commands::status::run(&d, &name)),
+                Command::Start { name, force, reply } => {
+                    send(reply, commands::start::run(&d, &name, force).await)
+                }
+                Command::Stop { name, reply } => send(reply, commands::stop::run(&d, &name).await),
+                Command::Restart { name, force, reply } => {
+                    send(reply, commands::restart::run(&d, &name, force).await)
+                }
+                Command::Logs { name, tail, reply } => {
+                    send(reply, commands::logs::tail(&d, &name, tail))
+                }
+                Command::FollowLogs { name, tail, reply } => {
+                    send(reply, commands::logs::follow(&d, &name, tail))
+                }
+                Command::Rediscover(reply) => send(reply, commands::rediscover::run(&d).await),
+            }
+        });
+    }
+
+    /// Ask the daemon something and wait for the answer.
+    pub async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.execute(command(reply));
+        rx.await.unwrap_or(Err(Error::ShuttingDown))
+    }
+
+    pub fn service(&self, name: &str) -> Result<ServiceHandle, Error> {
+        self.registry
+            .snapshot()
+            .services
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(name.to_string()))
+    }
+
+    /// Stop every service and end supervision (daemon shutdown).
+    pub async fn shutdown(&self) {
+        self.registry.shutdown().await;
+    }
+}
+
+fn send<T>(reply: Reply<T>, result: Result<T, Error>) {
+    let _ = reply.send(result);
+}

@@ -1,0 +1,196 @@
+//! What the daemon answers: plain serializable values built from service
+//! snapshots. The field names are the seed's (SPEC §5).
+
+use serde::Serialize;
+
+use crate::discovery::Invalid;
+use crate::health::ProbeResult;
+use crate::lifecycle::State;
+use crate::manifest::Manifest;
+use crate::service::{ExitRecord, Snapshot};
+
+/// One row of `GET /services`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceSummary {
+    pub name: String,
+    pub description: String,
+    pub version: String,
+    pub gpu_required: bool,
+    pub vram_gb: f64,
+    pub ports: Vec<String>,
+    pub port: Option<u16>,
+    pub health_endpoint: Option<String>,
+    pub tags: Vec<String>,
+    pub status: State,
+    pub runtime: &'static str,
+    /// HTTP code of the last health check of the current process, if any.
+    pub last_http_code: Option<u16>,
+}
+
+impl ServiceSummary {
+    pub fn of(snap: &Snapshot) -> Self {
+        let m = snap.latest_manifest();
+        ServiceSummary {
+            name: m.name.clone(),
+            description: m.description.clone(),
+            version: m.version.clone(),
+            gpu_required: m.gpu_required,
+            vram_gb: m.vram_gb,
+            ports: m.ports.clone(),
+            port: m.port,
+            health_endpoint: m.health_endpoint_string(),
+            tags: m.tags.clone(),
+            status: snap.state,
+            last_http_code: snap
+                .last_health
+                .as_ref()
+                .filter(|_| snap.state.has_process())
+                .and_then(|h| h.http_code),
+            runtime: match m.runtime {
+                crate::manifest::Runtime::Native { .. } => "native",
+                crate::manifest::Runtime::Compose { .. } => "compose",
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceList {
+    pub total: usize,
+    pub services: Vec<ServiceSummary>,
+    pub gpu_service_running: Option<String>,
+    pub invalid: Vec<Invalid>,
+}
+
+/// `GET /services/{name}/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusView {
+    pub name: String,
+    pub status: State,
+    pub is_running: bool,
+    pub is_healthy: bool,
+    pub uptime: Option<String>,
+    pub uptime_seconds: Option<f64>,
+    pub started_at: Option<jiff::Timestamp>,
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    pub last_exit: Option<ExitRecord>,
+    pub last_health: Option<ProbeResult>,
+    pub consecutive_health_failures: u32,
+    pub last_error: Option<String>,
+    /// The manifest changed on disk; the running process still uses the old one.
+    pub restart_pending: bool,
+}
+
+impl StatusView {
+    pub fn of(snap: &Snapshot) -> Self {
+        let uptime = snap
+            .started_at
+            .filter(|_| snap.state.has_process())
+            .map(|(since, _)| since.elapsed());
+        StatusView {
+            name: snap.manifest.name.clone(),
+            status: snap.state,
+            is_running: matches!(snap.state, State::Running | State::Unhealthy),
+            is_healthy: snap.state == State::Running,
+            uptime: uptime.map(python_timedelta),
+            uptime_seconds: uptime.map(|u| u.as_secs_f64()),
+            started_at: snap.started_at.map(|(_, at)| at),
+            pid: snap.pid,
+            restarts: snap.restarts,
+            last_exit: snap.last_exit.clone(),
+            last_health: snap.last_health.clone(),
+            consecutive_health_failures: snap.consecutive_failures,
+            last_error: snap.last_error.clone(),
+            restart_pending: snap.pending.is_some(),
+        }
+    }
+}
+
+/// `GET /services/{name}`: the full configuration and the status.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceDetail {
+    #[serde(flatten)]
+    pub config: Manifest,
+    pub status: State,
+    pub state: StatusView,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StartOutcome {
+    pub message: String,
+    pub status: State,
+    pub health_endpoint: Option<String>,
+    /// False when the service was already running.
+    pub started: bool,
+    /// GPU services stopped to make room (`force`).
+    pub preempted: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StopOutcome {
+    pub message: String,
+    pub status: State,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangedService {
+    pub name: String,
+    pub running: bool,
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RediscoverReport {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<ChangedService>,
+    pub invalid: Vec<Invalid>,
+    pub total: usize,
+}
+
+/// Python's `str(timedelta)`, which the seed's `uptime` uses:
+/// `0:05:23.123456`, `1 day, 2:03:04.000005`.
+pub fn python_timedelta(d: std::time::Duration) -> String {
+    let micros = d.as_micros();
+    let (secs, frac) = (micros / 1_000_000, micros % 1_000_000);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let mut out = match days {
+        0 => String::new(),
+        1 => "1 day, ".to_string(),
+        n => format!("{n} days, "),
+    };
+    out.push_str(&format!(
+        "{}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    ));
+    if frac != 0 {
+        out.push_str(&format!(".{frac:06}"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timedelta_matches_python() {
+        assert_eq!(
+            python_timedelta(Duration::from_micros(323_123_456)),
+            "0:05:23.123456"
+        );
+        assert_eq!(python_timedelta(Duration::from_secs(0)), "0:00:00");
+        assert_eq!(
+            python_timedelta(Duration::from_secs(86_400 + 3 * 3600 + 4)),
+            "1 day, 3:00:04"
+        );
+        assert_eq!(
+            python_timedelta(Duration::from_micros(2 * 86_400_000_000 + 5)),
+            "2 days, 0:00:00.000005"
+        );
+    }
+}

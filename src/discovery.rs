@@ -1,0 +1,192 @@
+//! Discovery: `DIR/*/service.yaml` → a [`Catalog`] of valid manifests and the
+//! invalid ones with their errors; and the pure diff between two catalogs
+//! that `rediscover` reports.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::manifest::{self, MANIFEST_FILES, Manifest, ManifestError};
+
+/// A manifest that could not be used, with every reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Invalid {
+    pub path: PathBuf,
+    pub errors: Vec<String>,
+}
+
+impl From<ManifestError> for Invalid {
+    fn from(e: ManifestError) -> Self {
+        Invalid {
+            errors: e.lines(),
+            path: e.path,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub services: BTreeMap<String, Arc<Manifest>>,
+    pub invalid: Vec<Invalid>,
+}
+
+/// Scan `dir` one level deep. Directories starting with `_` or `.` are
+/// skipped. A name claimed by two manifests is reported for both, and
+/// neither is used.
+pub fn scan(dir: &Path) -> Catalog {
+    let mut catalog = Catalog::default();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            catalog.invalid.push(Invalid {
+                path: dir.to_path_buf(),
+                errors: vec![format!(
+                    "{}: cannot read services directory: {e}",
+                    dir.display()
+                )],
+            });
+            return catalog;
+        }
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_type()
+                .map(|t| t.is_dir() || t.is_symlink())
+                .unwrap_or(false)
+        })
+        .filter(|e| !e.file_name().to_string_lossy().starts_with(['_', '.']))
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    let mut by_name: BTreeMap<String, Vec<Manifest>> = BTreeMap::new();
+    for service_dir in dirs {
+        let Some(path) = MANIFEST_FILES
+            .iter()
+            .map(|f| service_dir.join(f))
+            .find(|p| p.is_file())
+        else {
+            continue;
+        };
+        match manifest::load(&path) {
+            Ok(m) => by_name.entry(m.name.clone()).or_default().push(m),
+            Err(e) => catalog.invalid.push(e.into()),
+        }
+    }
+    for (name, mut manifests) in by_name {
+        if manifests.len() == 1 {
+            catalog.services.insert(name, Arc::new(manifests.remove(0)));
+            continue;
+        }
+        let paths: Vec<String> = manifests
+            .iter()
+            .map(|m| m.manifest_path.display().to_string())
+            .collect();
+        for m in manifests {
+            let others: Vec<&str> = paths
+                .iter()
+                .map(String::as_str)
+                .filter(|p| *p != m.manifest_path.display().to_string())
+                .collect();
+            catalog.invalid.push(Invalid {
+                errors: vec![format!(
+                    "{}: field `name`: service name '{name}' is also used by {}; names must be unique, so neither is loaded",
+                    m.manifest_path.display(),
+                    others.join(", ")
+                )],
+                path: m.manifest_path,
+            });
+        }
+    }
+    catalog.invalid.sort_by(|a, b| a.path.cmp(&b.path));
+    catalog
+}
+
+/// What changed between two scans, by service name.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Diff {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+pub fn diff(old: &Catalog, new: &Catalog) -> Diff {
+    let mut d = Diff::default();
+    for (name, manifest) in &new.services {
+        match old.services.get(name) {
+            None => d.added.push(name.clone()),
+            Some(previous) if previous != manifest => d.changed.push(name.clone()),
+            Some(_) => {}
+        }
+    }
+    d.removed = old
+        .services
+        .keys()
+        .filter(|n| !new.services.contains_key(*n))
+        .cloned()
+        .collect();
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn write(dir: &Path, sub: &str, text: &str) {
+        fs::create_dir_all(dir.join(sub)).unwrap();
+        fs::write(dir.join(sub).join("service.yaml"), text).unwrap();
+    }
+
+    #[test]
+    fn scans_skips_and_reports() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        write(d, "a", "name: a\ncommand: [true]\n");
+        write(d, "_template", "name: t\ncommand: [true]\n");
+        write(d, ".hidden", "name: h\ncommand: [true]\n");
+        write(d, "broken", "name: b\ncommand: [true]\nbogus: 1\n");
+        write(d, "dup1", "name: same\ncommand: [true]\n");
+        write(d, "dup2", "name: same\ncommand: [true]\n");
+        fs::create_dir_all(d.join("no-manifest")).unwrap();
+        let c = scan(d);
+        assert_eq!(c.services.keys().collect::<Vec<_>>(), vec!["a"]);
+        assert_eq!(c.invalid.len(), 3, "{:?}", c.invalid);
+        assert!(c.invalid[0].errors[0].contains("bogus"));
+        assert!(
+            c.invalid[1].errors[0].contains("dup2/service.yaml"),
+            "{:?}",
+            c.invalid[1]
+        );
+        assert!(
+            c.invalid[2].errors[0].contains("dup1/service.yaml"),
+            "{:?}",
+            c.invalid[2]
+        );
+    }
+
+    #[test]
+    fn diff_names_added_removed_changed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        write(d, "keep", "name: keep\ncommand: [true]\n");
+        write(d, "edit", "name: edit\ncommand: [true]\n");
+        write(d, "gone", "name: gone\ncommand: [true]\n");
+        let before = scan(d);
+        write(d, "edit", "name: edit\ncommand: [false]\n");
+        fs::remove_dir_all(d.join("gone")).unwrap();
+        write(d, "new", "name: new\ncommand: [true]\n");
+        let after = scan(d);
+        assert_eq!(
+            diff(&before, &after),
+            Diff {
+                added: vec!["new".into()],
+                removed: vec!["gone".into()],
+                changed: vec!["edit".into()]
+            }
+        );
+    }
+}

@@ -1,0 +1,18 @@
+//! The daemon's one error type: what can go wrong with a request. Module
+//! errors roll up into it; `api::error` alone maps it to HTTP.
+
+use crate::service::StartError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Service '{0}' not found")]
+    NotFound(String),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("GPU service '{holder}' is pinned; it is never stopped to make room for '{requested}'")]
+    Pinned { holder: String, requested: String },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+}

@@ -1,0 +1,150 @@
+//! Health probes: one check of a service's `health_endpoint` (HTTP or TCP) or
+//! `health_command`, bounded by a timeout. Probes never touch service state;
+//! the service task decides what a result means.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio::process::Command;
+
+use crate::manifest::{HealthEndpoint, Manifest};
+
+/// The outcome of one probe, as the status endpoint reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeResult {
+    pub at: jiff::Timestamp,
+    pub ok: bool,
+    pub http_code: Option<u16>,
+    pub latency_ms: f64,
+    pub message: String,
+}
+
+/// What to probe, extracted from a manifest so a probe can run on its own task.
+#[derive(Debug, Clone)]
+pub enum Probe {
+    Http(String),
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    Command {
+        argv: Vec<String>,
+        working_dir: std::path::PathBuf,
+    },
+}
+
+impl Probe {
+    pub fn of(manifest: &Manifest) -> Option<Probe> {
+        if let Some(endpoint) = &manifest.health_endpoint {
+            return Some(match endpoint {
+                HealthEndpoint::Http(url) => Probe::Http(url.clone()),
+                HealthEndpoint::Tcp { host, port } => Probe::Tcp {
+                    host: host.clone(),
+                    port: *port,
+                },
+            });
+        }
+        let argv = manifest.health_command.clone()?;
+        let working_dir = match &manifest.runtime {
+            crate::manifest::Runtime::Native { working_dir, .. } => working_dir.clone(),
+            crate::manifest::Runtime::Compose { compose_file } => compose_file
+                .parent()
+                .unwrap_or(Path::new("."))
+                .to_path_buf(),
+        };
+        Some(Probe::Command { argv, working_dir })
+    }
+
+    /// Run one check, never taking longer than `timeout`.
+    pub async fn run(&self, client: &reqwest::Client, timeout: Duration) -> ProbeResult {
+        let at = jiff::Timestamp::now();
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(timeout, self.check(client, timeout)).await;
+        let (ok, http_code, message) = match outcome {
+            Ok(result) => result,
+            Err(_) => (
+                false,
+                None,
+                format!("no answer within {:.1}s", timeout.as_secs_f64()),
+            ),
+        };
+        ProbeResult {
+            at,
+            ok,
+            http_code,
+            latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+            message,
+        }
+    }
+
+    async fn check(
+        &self,
+        client: &reqwest::Client,
+        timeout: Duration,
+    ) -> (bool, Option<u16>, String) {
+        match self {
+            Probe::Http(url) => match client.get(url).timeout(timeout).send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    (
+                        status.is_success(),
+                        Some(status.as_u16()),
+                        format!("HTTP {status}"),
+                    )
+                }
+                Err(e) => (false, None, error_chain(&e)),
+            },
+            Probe::Tcp { host, port } => match TcpStream::connect((host.as_str(), *port)).await {
+                Ok(_) => (true, None, format!("connected to {host}:{port}")),
+                Err(e) => (false, None, format!("cannot connect to {host}:{port}: {e}")),
+            },
+            Probe::Command { argv, working_dir } => {
+                let Some((program, args)) = argv.split_first() else {
+                    return (false, None, "empty health_command".into());
+                };
+                let status = Command::new(program)
+                    .args(args)
+                    .current_dir(working_dir)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .kill_on_drop(true)
+                    .status()
+                    .await;
+                match status {
+                    Ok(s) if s.success() => (true, None, "health_command exited 0".into()),
+                    Ok(s) => (false, None, format!("health_command failed: {s}")),
+                    Err(e) => (
+                        false,
+                        None,
+                        format!("cannot run health_command `{program}`: {e}"),
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// The HTTP client for probes: no proxies (health endpoints are local).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("a client without TLS always builds")
+}
+
+/// `e` and its sources, so "connection refused" is not hidden behind
+/// "error sending request".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,17 @@
+//! Service Nanny: a daemon that discovers AI services (directories with a
+//! `service.yaml`), starts and stops them, watches their health and keeps
+//! two GPU services from colliding. See ARCHITECTURE.md for the map.
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod daemon;
+pub mod discovery;
+pub mod error;
+pub mod gpu;
+pub mod health;
+pub mod lifecycle;
+pub mod logs;
+pub mod manifest;
+pub mod runtime;
+pub mod service;

@@ -1,0 +1,676 @@
+//! One task per service: the only code that changes a service's state.
+//!
+//! The task owns the service's lifecycle (state, process, timers, probes) and
+//! reacts to inputs, commands from the daemon, process exits and probe
+//! results, one at a time. Everyone else reads [`Snapshot`]s from a `watch`
+//! channel. Exits arrive from the runtime as they happen; probes run on
+//! their own tasks so a hung endpoint never blocks a stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, sleep_until};
+
+use crate::gpu::Arbiter;
+use crate::health::{Probe, ProbeResult};
+use crate::lifecycle::{self, State};
+use crate::logs::{LogStore, Stream};
+use crate::manifest::{Manifest, Runtime as RuntimeKind};
+use crate::runtime::{ExitInfo, Runtime, SpawnSpec};
+
+/// How often a starting service is probed until its first healthy answer.
+pub const STARTUP_PROBE_INTERVAL: Duration = Duration::from_millis(25);
+/// A service without a health check counts as started once it has stayed up
+/// this long (capped by its `health_timeout`), like supervisord's `startsecs`.
+pub const SETTLE_TIME: Duration = Duration::from_secs(1);
+/// How many log lines a failed start carries back to the caller.
+const FAILURE_LOG_LINES: usize = 20;
+
+/// Why a start did not end with the service running.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StartError {
+    #[error("GPU service '{holder}' is already running")]
+    GpuBusy { holder: String },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("cannot start service '{name}': {message}")]
+    Spawn {
+        name: String,
+        message: String,
+        logs: Vec<String>,
+    },
+    #[error("service '{name}' {exit} while starting")]
+    Exited {
+        name: String,
+        exit: ExitInfo,
+        logs: Vec<String>,
+    },
+    #[error(
+        "service '{name}' did not become healthy within {timeout:.1}s (last check: {last_check})"
+    )]
+    HealthTimeout {
+        name: String,
+        timeout: f64,
+        last_check: String,
+        logs: Vec<String>,
+    },
+    #[error("service '{name}' was stopped before it became healthy")]
+    Interrupted { name: String },
+    #[error("service '{name}' was removed")]
+    Removed { name: String },
+}
+
+impl StartError {
+    pub fn logs(&self) -> &[String] {
+        match self {
+            StartError::Spawn { logs, .. }
+            | StartError::Exited { logs, .. }
+            | StartError::HealthTimeout { logs, .. } => logs,
+            _ => &[],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ExitRecord {
+    #[serde(flatten)]
+    pub exit: ExitInfo,
+    pub at: jiff::Timestamp,
+}
+
+/// What everyone but the task sees of a service.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The manifest the current (or next) process runs with.
+    pub manifest: Arc<Manifest>,
+    /// A newer manifest found by rediscover, applied at the next start.
+    pub pending: Option<Arc<Manifest>>,
+    pub state: State,
+    pub pid: Option<u32>,
+    /// When the current process was spawned.
+    pub started_at: Option<(Instant, jiff::Timestamp)>,
+    pub restarts: u32,
+    pub last_exit: Option<ExitRecord>,
+    pub last_health: Option<ProbeResult>,
+    pub consecutive_failures: u32,
+    pub last_error: Option<String>,
+}
+
+impl Snapshot {
+    /// The configuration as it is on disk now.
+    pub fn latest_manifest(&self) -> &Arc<Manifest> {
+        self.pending.as_ref().unwrap_or(&self.manifest)
+    }
+}
+
+enum Input {
+    Start(oneshot::Sender<Result<(), StartError>>),
+    Stop(oneshot::Sender<()>),
+    /// Stop, then end the task (service removed, or daemon shutting down).
+    Shutdown(oneshot::Sender<()>),
+    Update(Arc<Manifest>),
+    Exited {
+        generation: u64,
+        exit: ExitInfo,
+    },
+    Probed {
+        generation: u64,
+        result: ProbeResult,
+    },
+}
+
+/// The daemon's handle on a service task. Cheap to clone.
+#[derive(Clone)]
+pub struct ServiceHandle {
+    tx: mpsc::UnboundedSender<Input>,
+    status: watch::Receiver<Snapshot>,
+    pub logs: Arc<LogStore>,
+}
+
+impl ServiceHandle {
+    pub fn spawn(manifest: Arc<Manifest>, shared: Shared, logs: Arc<LogStore>) -> ServiceHandle {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let snapshot = Snapshot {
+            manifest,
+            pending: None,
+            state: State::Stopped,
+            pid: None,
+            started_at: None,
+            restarts: 0,
+            last_exit: None,
+            last_health: None,
+            consecutive_failures: 0,
+            last_error: None,
+        };
+        let (status_tx, status) = watch::channel(snapshot.clone());
+        let task = Task {
+            snap: snapshot,
+            shared,
+            logs: logs.clone(),
+            rx,
+            tx: tx.clone(),
+            status: status_tx,
+            generation: 0,
+            start_waiters: Vec::new(),
+            stop_waiters: Vec::new(),
+            deadline: None,
+            next_probe: None,
+            probe_in_flight: false,
+            after_stop: AfterStop::Rest,
+            failure: None,
+            finished: false,
+        };
+        tokio::spawn(task.run());
+        ServiceHandle { tx, status, logs }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.status.borrow().clone()
+    }
+
+    /// Start the service; resolves once it is running or the start failed.
+    pub async fn start(&self) -> Result<(), StartError> {
+        let (reply, rx) = oneshot::channel();
+        let name = self.status.borrow().manifest.name.clone();
+        if self.tx.send(Input::Start(reply)).is_err() {
+            return Err(StartError::Removed { name });
+        }
+        rx.await.unwrap_or(Err(StartError::Removed { name }))
+    }
+
+    /// Stop the service; resolves once none of its processes is left.
+    pub async fn stop(&self) {
+        self.ask(Input::Stop).await
+    }
+
+    /// Stop the service and end its task.
+    pub async fn shutdown(&self) {
+        self.ask(Input::Shutdown).await
+    }
+
+    pub fn update(&self, manifest: Arc<Manifest>) {
+        let _ = self.tx.send(Input::Update(manifest));
+    }
+
+    async fn ask(&self, input: impl FnOnce(oneshot::Sender<()>) -> Input) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(input(reply)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// What every service task shares with the daemon.
+#[derive(Clone)]
+pub struct Shared {
+    pub runtime: Arc<dyn Runtime>,
+    pub arbiter: Arc<Arbiter>,
+    pub http: reqwest::Client,
+}
+
+/// What happens once a stop completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterStop {
+    Rest,
+    Start,
+    EndTask,
+}
+
+struct Task {
+    snap: Snapshot,
+    shared: Shared,
+    logs: Arc<LogStore>,
+    rx: mpsc::UnboundedReceiver<Input>,
+    tx: mpsc::UnboundedSender<Input>,
+    status: watch::Sender<Snapshot>,
+    /// Incremented per spawned process; stale exits and probes are ignored.
+    generation: u64,
+    start_waiters: Vec<oneshot::Sender<Result<(), StartError>>>,
+    stop_waiters: Vec<oneshot::Sender<()>>,
+    /// Starting: health timeout (or settle time). Stopping: when to SIGKILL.
+    deadline: Option<Instant>,
+    next_probe: Option<Instant>,
+    probe_in_flight: bool,
+    after_stop: AfterStop,
+    /// Set when the task stops a process because its start failed.
+    failure: Option<StartError>,
+    finished: bool,
+}
+
+impl Task {
+    async fn run(mut self) {
+        while !self.finished {
+            let deadline = self.deadline;
+            let next_probe = self.next_probe.filter(|_| !self.probe_in_flight);
+            tokio::select! {
+                Some(input) = self.rx.recv() => self.handle(input),
+                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => self.on_deadline(),
+                _ = sleep_until(next_probe.unwrap_or_else(Instant::now)), if next_probe.is_some() => self.launch_probe(),
+            }
+            self.status.send_replace(self.snap.clone());
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.snap.manifest.name
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Start(reply) => self.on_start(reply),
+            Input::Stop(reply) => self.on_stop(reply, AfterStop::Rest),
+            Input::Shutdown(reply) => self.on_stop(reply, AfterStop::EndTask),
+            Input::Update(manifest) => {
+                if self.snap.state.has_process() {
+                    self.snap.pending = Some(manifest);
+                } else {
+                    self.snap.manifest = manifest;
+                    self.snap.pending = None;
+                }
+            }
+            Input::Exited { generation, exit } if generation == self.generation => {
+                self.on_exit(exit)
+            }
+            Input::Probed { generation, result } if generation == self.generation => {
+                self.on_probe(result)
+            }
+            Input::Exited { .. } | Input::Probed { .. } => {}
+        }
+    }
+
+    fn set_state(&mut self, to: State) {
+        let from = self.snap.state;
+        if from == to {
+            return;
+        }
+        if !lifecycle::allowed(from, to) {
+            tracing::error!(
+                service = self.name(),
+                ?from,
+                ?to,
+                "transition outside the lifecycle table"
+            );
+        }
+        tracing::info!(
+            service = self.name(),
+            "{} -> {}",
+            from.as_str(),
+            to.as_str()
+        );
+        self.snap.state = to;
+        if !to.holds_gpu() && self.snap.manifest.gpu_required {
+            self.shared.arbiter.release(&self.snap.manifest.name);
+        }
+        // Published before any waiter is answered, so an answer is never
+        // contradicted by an older snapshot.
+        self.status.send_replace(self.snap.clone());
+    }
+
+    fn on_start(&mut self, reply: oneshot::Sender<Result<(), StartError>>) {
+        match self.snap.state {
+            State::Running | State::Unhealthy => {
+                let _ = reply.send(Ok(()));
+            }
+            State::Starting => self.start_waiters.push(reply),
+            State::Stopping => {
+                self.start_waiters.push(reply);
+                if self.after_stop == AfterStop::Rest {
+                    self.after_stop = AfterStop::Start;
+                }
+            }
+            State::Stopped | State::Failed | State::Backoff => {
+                self.start_waiters.push(reply);
+                self.spawn_process();
+            }
+        }
+    }
+
+    /// Claim the GPU if needed and spawn the process (state → starting), or
+    /// fail every start waiter with the reason.
+    fn spawn_process(&mut self) {
+        if let Some(pending) = self.snap.pending.take() {
+            self.snap.manifest = pending;
+        }
+        let manifest = self.snap.manifest.clone();
+        if manifest.gpu_required
+            && let Err(held) = self.shared.arbiter.claim(&manifest.name)
+        {
+            return self.fail_start(
+                StartError::GpuBusy {
+                    holder: held.holder,
+                },
+                false,
+            );
+        }
+        let spec = match spawn_spec(&manifest) {
+            Ok(spec) => spec,
+            Err(e) => return self.fail_start(e, true),
+        };
+        let spawned = match self.shared.runtime.spawn(&spec, self.logs.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                let message = e.to_string();
+                self.logs.push(Stream::Nanny, &message);
+                let logs = self.recent_logs();
+                return self.fail_start(
+                    StartError::Spawn {
+                        name: manifest.name.clone(),
+                        message,
+                        logs,
+                    },
+                    true,
+                );
+            }
+        };
+        self.generation += 1;
+        let generation = self.generation;
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            if let Ok(exit) = spawned.exited.await {
+                let _ = tx.send(Input::Exited { generation, exit });
+            }
+        });
+        self.logs.push(
+            Stream::Nanny,
+            &format!("started `{}` (pid {})", spec.argv.join(" "), spawned.pid),
+        );
+        let now = Instant::now();
+        self.snap.pid = Some(spawned.pid);
+        self.snap.started_at = Some((now, jiff::Timestamp::now()));
+        self.snap.last_error = None;
+        self.snap.consecutive_failures = 0;
+        self.set_state(State::Starting);
+        if manifest.has_health_check() {
+            self.deadline = Some(now + manifest.health_timeout);
+            self.next_probe = Some(now);
+        } else {
+            self.deadline = Some(now + SETTLE_TIME.min(manifest.health_timeout));
+            self.next_probe = None;
+        }
+    }
+
+    /// A start failed before or after spawning; `to_failed` records it as
+    /// the service's state (a GPU refusal leaves the state as it was).
+    fn fail_start(&mut self, error: StartError, to_failed: bool) {
+        if to_failed {
+            self.snap.last_error = Some(error.to_string());
+            self.set_state(State::Failed);
+        }
+        for waiter in self.start_waiters.drain(..) {
+            let _ = waiter.send(Err(error.clone()));
+        }
+    }
+
+    fn on_stop(&mut self, reply: oneshot::Sender<()>, then: AfterStop) {
+        self.stop_waiters.push(reply);
+        if then == AfterStop::EndTask || self.after_stop == AfterStop::Start {
+            self.after_stop = then;
+        }
+        match self.snap.state {
+            State::Starting | State::Running | State::Unhealthy => self.begin_stop(),
+            State::Stopping => {}
+            State::Stopped | State::Failed | State::Backoff => {
+                self.set_state(State::Stopped);
+                self.stop_finished();
+            }
+        }
+    }
+
+    /// Send the stop signal to the whole group; SIGKILL follows at the deadline.
+    fn begin_stop(&mut self) {
+        let manifest = self.snap.manifest.clone();
+        if let Some(pid) = self.snap.pid {
+            self.logs.push(
+                Stream::Nanny,
+                &format!("stopping: {} to process group {pid}", manifest.stop_signal),
+            );
+            if let Err(e) = self.shared.runtime.signal_group(pid, manifest.stop_signal) {
+                tracing::warn!(
+                    service = self.name(),
+                    "cannot signal process group {pid}: {e}"
+                );
+            }
+        }
+        self.set_state(State::Stopping);
+        self.deadline = Some(Instant::now() + manifest.stop_timeout);
+        self.next_probe = None;
+    }
+
+    fn on_deadline(&mut self) {
+        self.deadline = None;
+        match self.snap.state {
+            State::Starting if self.snap.manifest.has_health_check() => {
+                let m = &self.snap.manifest;
+                let last_check = self
+                    .snap
+                    .last_health
+                    .as_ref()
+                    .map(|h| h.message.clone())
+                    .unwrap_or_else(|| "none completed".into());
+                self.logs.push(
+                    Stream::Nanny,
+                    &format!(
+                        "health check did not pass within {:.1}s: {last_check}",
+                        m.health_timeout.as_secs_f64()
+                    ),
+                );
+                self.failure = Some(StartError::HealthTimeout {
+                    name: m.name.clone(),
+                    timeout: m.health_timeout.as_secs_f64(),
+                    last_check,
+                    logs: self.recent_logs(),
+                });
+                self.begin_stop();
+            }
+            State::Starting => self.became_running(),
+            State::Stopping => {
+                if let Some(pid) = self.snap.pid {
+                    self.logs.push(
+                        Stream::Nanny,
+                        "stop_timeout passed: SIGKILL to the process group",
+                    );
+                    let _ = self
+                        .shared
+                        .runtime
+                        .signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn became_running(&mut self) {
+        self.deadline = None;
+        self.set_state(State::Running);
+        self.logs.push(Stream::Nanny, "running");
+        self.next_probe = self
+            .has_probe()
+            .then(|| Instant::now() + self.snap.manifest.health_interval);
+        for waiter in self.start_waiters.drain(..) {
+            let _ = waiter.send(Ok(()));
+        }
+    }
+
+    fn has_probe(&self) -> bool {
+        self.snap.manifest.has_health_check()
+    }
+
+    fn launch_probe(&mut self) {
+        let Some(probe) = Probe::of(&self.snap.manifest) else {
+            self.next_probe = None;
+            return;
+        };
+        self.probe_in_flight = true;
+        let timeout = match self.snap.state {
+            State::Starting => self
+                .deadline
+                .map(|d| d.saturating_duration_since(Instant::now()))
+                .unwrap_or(Duration::from_secs(5)),
+            _ => self.snap.manifest.health_interval,
+        }
+        .clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let (generation, tx, client) = (self.generation, self.tx.clone(), self.shared.http.clone());
+        tokio::spawn(async move {
+            let result = probe.run(&client, timeout).await;
+            let _ = tx.send(Input::Probed { generation, result });
+        });
+    }
+
+    fn on_probe(&mut self, result: ProbeResult) {
+        self.probe_in_flight = false;
+        let ok = result.ok;
+        let interval = self.snap.manifest.health_interval;
+        match self.snap.state {
+            State::Starting => {
+                self.snap.last_health = Some(result);
+                if ok {
+                    self.became_running();
+                } else {
+                    self.next_probe = Some(Instant::now() + STARTUP_PROBE_INTERVAL);
+                }
+            }
+            State::Running | State::Unhealthy => {
+                if ok {
+                    self.snap.consecutive_failures = 0;
+                    if self.snap.state == State::Unhealthy {
+                        self.logs.push(Stream::Nanny, "healthy again");
+                        self.set_state(State::Running);
+                    }
+                } else {
+                    self.snap.consecutive_failures += 1;
+                    self.logs.push(
+                        Stream::Nanny,
+                        &format!("health check failed: {}", result.message),
+                    );
+                    if self.snap.consecutive_failures >= self.snap.manifest.health_failures
+                        && self.snap.state == State::Running
+                    {
+                        self.set_state(State::Unhealthy);
+                    }
+                }
+                self.snap.last_health = Some(result);
+                self.next_probe = Some(Instant::now() + interval);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_exit(&mut self, exit: ExitInfo) {
+        // Whatever the leader left behind in its group goes with it.
+        if let Some(pid) = self.snap.pid.take() {
+            let _ = self
+                .shared
+                .runtime
+                .signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        self.logs.push(Stream::Nanny, &format!("process {exit}"));
+        self.snap.last_exit = Some(ExitRecord {
+            exit,
+            at: jiff::Timestamp::now(),
+        });
+        self.snap.started_at = None;
+        self.deadline = None;
+        self.next_probe = None;
+        match self.snap.state {
+            State::Stopping => {
+                match self.failure.take() {
+                    Some(error) => self.fail_start(error, true),
+                    None => {
+                        self.set_state(State::Stopped);
+                        let name = self.name().to_string();
+                        let interrupted = self.after_stop != AfterStop::Start;
+                        if interrupted {
+                            for waiter in self.start_waiters.drain(..) {
+                                let _ = waiter
+                                    .send(Err(StartError::Interrupted { name: name.clone() }));
+                            }
+                        }
+                    }
+                }
+                self.stop_finished();
+            }
+            State::Starting => {
+                let name = self.name().to_string();
+                let logs = self.recent_logs();
+                self.fail_start(StartError::Exited { name, exit, logs }, true);
+            }
+            State::Running | State::Unhealthy => {
+                if exit.success() {
+                    self.set_state(State::Stopped);
+                } else {
+                    self.snap.last_error = Some(format!("{exit} unexpectedly"));
+                    self.set_state(State::Failed);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The process is gone: answer stop waiters and do what was queued.
+    fn stop_finished(&mut self) {
+        for waiter in self.stop_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+        match std::mem::replace(&mut self.after_stop, AfterStop::Rest) {
+            AfterStop::Rest => {}
+            AfterStop::Start => self.spawn_process(),
+            AfterStop::EndTask => {
+                let name = self.name().to_string();
+                for waiter in self.start_waiters.drain(..) {
+                    let _ = waiter.send(Err(StartError::Removed { name: name.clone() }));
+                }
+                self.finished = true;
+            }
+        }
+    }
+
+    fn recent_logs(&self) -> Vec<String> {
+        self.logs
+            .tail(FAILURE_LOG_LINES)
+            .iter()
+            .map(|l| l.render())
+            .collect()
+    }
+}
+
+/// Resolve what to run: the command, its directory and its environment
+/// (`env_file` first, `env` over it), read fresh at every start.
+fn spawn_spec(manifest: &Manifest) -> Result<SpawnSpec, StartError> {
+    match &manifest.runtime {
+        RuntimeKind::Native {
+            command,
+            working_dir,
+            env,
+            env_file,
+        } => {
+            let mut vars = std::collections::BTreeMap::new();
+            if let Some(path) = env_file {
+                let spawn_error = |message: String| StartError::Spawn {
+                    name: manifest.name.clone(),
+                    message,
+                    logs: Vec::new(),
+                };
+                let iter = dotenvy::from_path_iter(path).map_err(|e| {
+                    spawn_error(format!("cannot read env_file {}: {e}", path.display()))
+                })?;
+                for item in iter {
+                    let (k, v) =
+                        item.map_err(|e| spawn_error(format!("env_file {}: {e}", path.display())))?;
+                    vars.insert(k, v);
+                }
+            }
+            vars.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+            Ok(SpawnSpec {
+                argv: command.clone(),
+                working_dir: working_dir.clone(),
+                env: vars,
+            })
+        }
+        RuntimeKind::Compose { .. } => Err(StartError::Unsupported(format!(
+            "service '{}' uses compose_file; the Docker Compose runtime is not available in this version",
+            manifest.name
+        ))),
+    }
+}
