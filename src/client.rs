@@ -11,11 +11,7 @@ pub enum ClientError {
     )]
     Unreachable { url: String, cause: String },
     #[error("{detail}")]
-    Api {
-        status: u16,
-        detail: String,
-        body: Value,
-    },
+    Api { status: u16, detail: String, body: Value },
     #[error("unexpected answer from the daemon: {0}")]
     Protocol(String),
 }
@@ -32,10 +28,7 @@ impl Client {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .expect("a client without TLS always builds");
-        Client {
-            base: base.trim_end_matches('/').to_string(),
-            http,
-        }
+        Client { base: base.trim_end_matches('/').to_string(), http }
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
@@ -52,19 +45,11 @@ impl Client {
 
     /// A streaming GET (log follow): the response, once its status is OK.
     pub async fn stream(&self, path: &str) -> Result<reqwest::Response, ClientError> {
-        let response = self
-            .http
-            .get(self.url(path))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&e))?;
+        let response = self.http.get(self.url(path)).send().await.map_err(|e| self.unreachable(&e))?;
         if response.status().is_success() {
             return Ok(response);
         }
-        Err(api_error(
-            response.status().as_u16(),
-            response.json().await.unwrap_or(Value::Null),
-        ))
+        Err(api_error(response.status().as_u16(), response.json().await.unwrap_or(Value::Null)))
     }
 
     fn url(&self, path: &str) -> String {
@@ -72,35 +57,18 @@ impl Client {
     }
 
     fn unreachable(&self, e: &reqwest::Error) -> ClientError {
-        ClientError::Unreachable {
-            url: self.base.clone(),
-            cause: crate::health::error_chain(e),
-        }
+        ClientError::Unreachable { url: self.base.clone(), cause: crate::health::error_chain(e) }
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
         let response = request.send().await.map_err(|e| self.unreachable(&e))?;
         let status = response.status();
-        let body: Value = response
-            .json()
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        if status.is_success() {
-            Ok(body)
-        } else {
-            Err(api_error(status.as_u16(), body))
-        }
+        let body: Value = response.json().await.map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if status.is_success() { Ok(body) } else { Err(api_error(status.as_u16(), body)) }
     }
 }
 
 fn api_error(status: u16, body: Value) -> ClientError {
-    let detail = body["detail"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("HTTP {status}"));
-    ClientError::Api {
-        status,
-        detail,
-        body,
-    }
+    let detail = body["detail"].as_str().map(str::to_string).unwrap_or_else(|| format!("HTTP {status}"));
+    ClientError::Api { status, detail, body }
 }

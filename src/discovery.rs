@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::deps;
 use crate::manifest::{self, MANIFEST_FILES, Manifest, ManifestError};
 
 /// A manifest that could not be used, with every reason.
@@ -19,10 +20,7 @@ pub struct Invalid {
 
 impl From<ManifestError> for Invalid {
     fn from(e: ManifestError) -> Self {
-        Invalid {
-            errors: e.lines(),
-            path: e.path,
-        }
+        Invalid { errors: e.lines(), path: e.path }
     }
 }
 
@@ -34,7 +32,8 @@ pub struct Catalog {
 
 /// Scan `dir` one level deep. Directories starting with `_` or `.` are
 /// skipped. A name claimed by two manifests is reported for both, and
-/// neither is used.
+/// neither is used; so is a service whose dependencies are unknown or
+/// circular.
 pub fn scan(dir: &Path) -> Catalog {
     let mut catalog = Catalog::default();
     let entries = match std::fs::read_dir(dir) {
@@ -42,21 +41,14 @@ pub fn scan(dir: &Path) -> Catalog {
         Err(e) => {
             catalog.invalid.push(Invalid {
                 path: dir.to_path_buf(),
-                errors: vec![format!(
-                    "{}: cannot read services directory: {e}",
-                    dir.display()
-                )],
+                errors: vec![format!("{}: cannot read services directory: {e}", dir.display())],
             });
             return catalog;
         }
     };
     let mut dirs: Vec<PathBuf> = entries
         .filter_map(Result::ok)
-        .filter(|e| {
-            e.file_type()
-                .map(|t| t.is_dir() || t.is_symlink())
-                .unwrap_or(false)
-        })
+        .filter(|e| e.file_type().map(|t| t.is_dir() || t.is_symlink()).unwrap_or(false))
         .filter(|e| !e.file_name().to_string_lossy().starts_with(['_', '.']))
         .map(|e| e.path())
         .filter(|p| p.is_dir())
@@ -64,11 +56,7 @@ pub fn scan(dir: &Path) -> Catalog {
     dirs.sort();
     let mut by_name: BTreeMap<String, Vec<Manifest>> = BTreeMap::new();
     for service_dir in dirs {
-        let Some(path) = MANIFEST_FILES
-            .iter()
-            .map(|f| service_dir.join(f))
-            .find(|p| p.is_file())
-        else {
+        let Some(path) = MANIFEST_FILES.iter().map(|f| service_dir.join(f)).find(|p| p.is_file()) else {
             continue;
         };
         match manifest::load(&path) {
@@ -81,16 +69,10 @@ pub fn scan(dir: &Path) -> Catalog {
             catalog.services.insert(name, Arc::new(manifests.remove(0)));
             continue;
         }
-        let paths: Vec<String> = manifests
-            .iter()
-            .map(|m| m.manifest_path.display().to_string())
-            .collect();
+        let paths: Vec<String> = manifests.iter().map(|m| m.manifest_path.display().to_string()).collect();
         for m in manifests {
-            let others: Vec<&str> = paths
-                .iter()
-                .map(String::as_str)
-                .filter(|p| *p != m.manifest_path.display().to_string())
-                .collect();
+            let others: Vec<&str> =
+                paths.iter().map(String::as_str).filter(|p| *p != m.manifest_path.display().to_string()).collect();
             catalog.invalid.push(Invalid {
                 errors: vec![format!(
                     "{}: field `name`: service name '{name}' is also used by {}; names must be unique, so neither is loaded",
@@ -99,6 +81,14 @@ pub fn scan(dir: &Path) -> Catalog {
                 )],
                 path: m.manifest_path,
             });
+        }
+    }
+    for (name, problem) in deps::problems(&catalog.services) {
+        if let Some(m) = catalog.services.remove(&name) {
+            let path = m.manifest_path.clone();
+            catalog
+                .invalid
+                .push(Invalid { errors: vec![format!("{}: field `depends_on`: {problem}", path.display())], path });
         }
     }
     catalog.invalid.sort_by(|a, b| a.path.cmp(&b.path));
@@ -122,12 +112,7 @@ pub fn diff(old: &Catalog, new: &Catalog) -> Diff {
             Some(_) => {}
         }
     }
-    d.removed = old
-        .services
-        .keys()
-        .filter(|n| !new.services.contains_key(*n))
-        .cloned()
-        .collect();
+    d.removed = old.services.keys().filter(|n| !new.services.contains_key(*n)).cloned().collect();
     d
 }
 
@@ -156,16 +141,8 @@ mod tests {
         assert_eq!(c.services.keys().collect::<Vec<_>>(), vec!["a"]);
         assert_eq!(c.invalid.len(), 3, "{:?}", c.invalid);
         assert!(c.invalid[0].errors[0].contains("bogus"));
-        assert!(
-            c.invalid[1].errors[0].contains("dup2/service.yaml"),
-            "{:?}",
-            c.invalid[1]
-        );
-        assert!(
-            c.invalid[2].errors[0].contains("dup1/service.yaml"),
-            "{:?}",
-            c.invalid[2]
-        );
+        assert!(c.invalid[1].errors[0].contains("dup2/service.yaml"), "{:?}", c.invalid[1]);
+        assert!(c.invalid[2].errors[0].contains("dup1/service.yaml"), "{:?}", c.invalid[2]);
     }
 
     #[test]
@@ -182,11 +159,7 @@ mod tests {
         let after = scan(d);
         assert_eq!(
             diff(&before, &after),
-            Diff {
-                added: vec!["new".into()],
-                removed: vec!["gone".into()],
-                changed: vec!["edit".into()]
-            }
+            Diff { added: vec!["new".into()], removed: vec!["gone".into()], changed: vec!["edit".into()] }
         );
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::service::StartError;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("Service '{0}' not found")]
     NotFound(String),
@@ -13,6 +13,8 @@ pub enum Error {
     Pinned { holder: String, requested: String },
     #[error("{0}")]
     BadRequest(String),
+    #[error("cannot start '{service}': its dependency '{dependency}' did not start: {source}")]
+    Dependency { service: String, dependency: String, source: Box<Error> },
     #[error("the daemon is shutting down")]
     ShuttingDown,
 }

@@ -23,9 +23,7 @@ impl Claims {
     /// Grant the GPU to `name` if it is free or already `name`'s.
     pub fn claim(&mut self, name: &str) -> Result<(), Held> {
         match &self.holder {
-            Some(holder) if holder != name => Err(Held {
-                holder: holder.clone(),
-            }),
+            Some(holder) if holder != name => Err(Held { holder: holder.clone() }),
             _ => {
                 self.holder = Some(name.to_string());
                 Ok(())
@@ -66,9 +64,7 @@ impl Arbiter {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Claims> {
         // A panic while holding the lock cannot leave `Claims` half-updated.
-        self.claims
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.claims.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -25,14 +25,8 @@ pub struct ProbeResult {
 #[derive(Debug, Clone)]
 pub enum Probe {
     Http(String),
-    Tcp {
-        host: String,
-        port: u16,
-    },
-    Command {
-        argv: Vec<String>,
-        working_dir: std::path::PathBuf,
-    },
+    Tcp { host: String, port: u16 },
+    Command { argv: Vec<String>, working_dir: std::path::PathBuf },
 }
 
 impl Probe {
@@ -40,19 +34,15 @@ impl Probe {
         if let Some(endpoint) = &manifest.health_endpoint {
             return Some(match endpoint {
                 HealthEndpoint::Http(url) => Probe::Http(url.clone()),
-                HealthEndpoint::Tcp { host, port } => Probe::Tcp {
-                    host: host.clone(),
-                    port: *port,
-                },
+                HealthEndpoint::Tcp { host, port } => Probe::Tcp { host: host.clone(), port: *port },
             });
         }
         let argv = manifest.health_command.clone()?;
         let working_dir = match &manifest.runtime {
             crate::manifest::Runtime::Native { working_dir, .. } => working_dir.clone(),
-            crate::manifest::Runtime::Compose { compose_file } => compose_file
-                .parent()
-                .unwrap_or(Path::new("."))
-                .to_path_buf(),
+            crate::manifest::Runtime::Compose { compose_file } => {
+                compose_file.parent().unwrap_or(Path::new(".")).to_path_buf()
+            }
         };
         Some(Probe::Command { argv, working_dir })
     }
@@ -64,35 +54,17 @@ impl Probe {
         let outcome = tokio::time::timeout(timeout, self.check(client, timeout)).await;
         let (ok, http_code, message) = match outcome {
             Ok(result) => result,
-            Err(_) => (
-                false,
-                None,
-                format!("no answer within {:.1}s", timeout.as_secs_f64()),
-            ),
+            Err(_) => (false, None, format!("no answer within {:.1}s", timeout.as_secs_f64())),
         };
-        ProbeResult {
-            at,
-            ok,
-            http_code,
-            latency_ms: started.elapsed().as_secs_f64() * 1000.0,
-            message,
-        }
+        ProbeResult { at, ok, http_code, latency_ms: started.elapsed().as_secs_f64() * 1000.0, message }
     }
 
-    async fn check(
-        &self,
-        client: &reqwest::Client,
-        timeout: Duration,
-    ) -> (bool, Option<u16>, String) {
+    async fn check(&self, client: &reqwest::Client, timeout: Duration) -> (bool, Option<u16>, String) {
         match self {
             Probe::Http(url) => match client.get(url).timeout(timeout).send().await {
                 Ok(resp) => {
                     let status = resp.status();
-                    (
-                        status.is_success(),
-                        Some(status.as_u16()),
-                        format!("HTTP {status}"),
-                    )
+                    (status.is_success(), Some(status.as_u16()), format!("HTTP {status}"))
                 }
                 Err(e) => (false, None, error_chain(&e)),
             },
@@ -116,11 +88,7 @@ impl Probe {
                 match status {
                     Ok(s) if s.success() => (true, None, "health_command exited 0".into()),
                     Ok(s) => (false, None, format!("health_command failed: {s}")),
-                    Err(e) => (
-                        false,
-                        None,
-                        format!("cannot run health_command `{program}`: {e}"),
-                    ),
+                    Err(e) => (false, None, format!("cannot run health_command `{program}`: {e}")),
                 }
             }
         }
@@ -129,11 +97,7 @@ impl Probe {
 
 /// The HTTP client for probes: no proxies (health endpoints are local).
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(0)
-        .build()
-        .expect("a client without TLS always builds")
+    reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().expect("a client without TLS always builds")
 }
 
 /// `e` and its sources, so "connection refused" is not hidden behind

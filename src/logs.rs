@@ -40,12 +40,7 @@ pub struct LogLine {
 
 impl LogLine {
     pub fn render(&self) -> String {
-        format!(
-            "{} {:<6} {}",
-            self.ts,
-            format!("{:?}", self.stream).to_lowercase(),
-            self.line
-        )
+        format!("{} {:<6} {}", self.ts, format!("{:?}", self.stream).to_lowercase(), self.line)
     }
 }
 
@@ -67,11 +62,7 @@ impl LogStore {
         let file_bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         LogStore {
             path,
-            inner: Mutex::new(Inner {
-                ring: VecDeque::new(),
-                file: None,
-                file_bytes,
-            }),
+            inner: Mutex::new(Inner { ring: VecDeque::new(), file: None, file_bytes }),
             live: broadcast::channel(4096).0,
         }
     }
@@ -84,11 +75,7 @@ impl LogStore {
     pub fn push_many<'a>(&self, stream: Stream, lines: impl IntoIterator<Item = &'a str>) {
         let mut inner = self.lock();
         for text in lines {
-            let line = LogLine {
-                ts: jiff::Timestamp::now(),
-                stream,
-                line: text.to_string(),
-            };
+            let line = LogLine { ts: jiff::Timestamp::now(), stream, line: text.to_string() };
             inner.write_file(&self.path, &line);
             if inner.ring.len() == RING_LINES {
                 inner.ring.pop_front();
@@ -104,24 +91,14 @@ impl LogStore {
     /// The last `n` lines.
     pub fn tail(&self, n: usize) -> Vec<LogLine> {
         let inner = self.lock();
-        inner
-            .ring
-            .iter()
-            .skip(inner.ring.len().saturating_sub(n))
-            .cloned()
-            .collect()
+        inner.ring.iter().skip(inner.ring.len().saturating_sub(n)).cloned().collect()
     }
 
     /// The last `n` lines and a receiver of every line after them, with no gap.
     pub fn follow(&self, n: usize) -> (Vec<LogLine>, broadcast::Receiver<LogLine>) {
         let inner = self.lock();
         let rx = self.live.subscribe();
-        let tail = inner
-            .ring
-            .iter()
-            .skip(inner.ring.len().saturating_sub(n))
-            .cloned()
-            .collect();
+        let tail = inner.ring.iter().skip(inner.ring.len().saturating_sub(n)).cloned().collect();
         (tail, rx)
     }
 

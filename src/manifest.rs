@@ -64,15 +64,8 @@ pub struct Manifest {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "runtime", rename_all = "lowercase")]
 pub enum Runtime {
-    Native {
-        command: Vec<String>,
-        working_dir: PathBuf,
-        env: BTreeMap<String, String>,
-        env_file: Option<PathBuf>,
-    },
-    Compose {
-        compose_file: PathBuf,
-    },
+    Native { command: Vec<String>, working_dir: PathBuf, env: BTreeMap<String, String>, env_file: Option<PathBuf> },
+    Compose { compose_file: PathBuf },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,12 +136,7 @@ impl ManifestError {
     pub fn single(path: &Path, field: Option<&str>, message: impl Into<String>) -> Self {
         ManifestError {
             path: path.to_path_buf(),
-            problems: vec![Problem {
-                field: field.map(str::to_string),
-                line: 0,
-                column: 0,
-                message: message.into(),
-            }],
+            problems: vec![Problem { field: field.map(str::to_string), line: 0, column: 0, message: message.into() }],
         }
     }
 
@@ -185,9 +173,7 @@ pub fn valid_name(name: &str) -> bool {
     !bytes.is_empty()
         && bytes.len() <= 63
         && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b))
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b))
         && !name.contains("..")
 }
 
@@ -197,30 +183,24 @@ const NAME_RULE: &str = "must match [a-z0-9][a-z0-9._-]{0,62} and contain no `..
 /// (`500ms`, `2s`, `1.5m`, `1h`; a bare number string means seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (use seconds, or e.g. 500ms, 2s, 1m)"))?;
+    let value: f64 =
+        number.parse().map_err(|_| format!("`{text}` is not a duration (use seconds, or e.g. 500ms, 2s, 1m)"))?;
     let scale = match unit.trim() {
         "" | "s" | "sec" | "secs" => 1.0,
         "ms" => 0.001,
         "m" | "min" => 60.0,
         "h" => 3600.0,
         other => {
-            return Err(format!(
-                "unknown duration unit `{other}` (use ms, s, m or h)"
-            ));
+            return Err(format!("unknown duration unit `{other}` (use ms, s, m or h)"));
         }
     };
     seconds(value * scale)
 }
 
 fn seconds(value: f64) -> Result<Duration, String> {
-    Duration::try_from_secs_f64(value)
-        .map_err(|_| format!("{value} is not a non-negative duration"))
+    Duration::try_from_secs_f64(value).map_err(|_| format!("{value} is not a non-negative duration"))
 }
 
 /// Parse a signal name as `SIGTERM`, `TERM` or its number.
@@ -229,11 +209,7 @@ pub fn parse_signal(text: &str) -> Result<Signal, String> {
     if let Ok(n) = upper.parse::<i32>() {
         return Signal::try_from(n).map_err(|_| format!("unknown signal number {n}"));
     }
-    let full = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
+    let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
     Signal::from_str(&full).map_err(|_| format!("unknown signal `{text}`"))
 }
 
@@ -293,24 +269,20 @@ mod raw_shapes {
         Ok(items)
     }
 
-    two_shapes!(
-        RawDuration,
-        "a number of seconds or a duration such as \"500ms\" or \"2m\"",
-        {
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawDuration, E> {
-                Ok(RawDuration::Seconds(v as f64))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawDuration, E> {
-                Ok(RawDuration::Seconds(v as f64))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawDuration, E> {
-                Ok(RawDuration::Seconds(v))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawDuration, E> {
-                Ok(RawDuration::Text(v.to_string()))
-            }
+    two_shapes!(RawDuration, "a number of seconds or a duration such as \"500ms\" or \"2m\"", {
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawDuration, E> {
+            Ok(RawDuration::Seconds(v as f64))
         }
-    );
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawDuration, E> {
+            Ok(RawDuration::Seconds(v as f64))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawDuration, E> {
+            Ok(RawDuration::Seconds(v))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<RawDuration, E> {
+            Ok(RawDuration::Text(v.to_string()))
+        }
+    });
 
     two_shapes!(RawCommand, "a list of arguments or a command line", {
         fn visit_str<E: de::Error>(self, v: &str) -> Result<RawCommand, E> {
@@ -321,24 +293,18 @@ mod raw_shapes {
         }
     });
 
-    two_shapes!(
-        RawDependsOn,
-        "a list of service names or a map of name to {condition: started|healthy}",
-        {
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<RawDependsOn, A::Error> {
-                seq_of_strings(seq).map(RawDependsOn::Names)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawDependsOn, A::Error> {
-                let mut deps = BTreeMap::new();
-                while let Some((name, spec)) =
-                    map.next_entry::<String, Option<RawDependencySpec>>()?
-                {
-                    deps.insert(name, spec);
-                }
-                Ok(RawDependsOn::Map(deps))
-            }
+    two_shapes!(RawDependsOn, "a list of service names or a map of name to {condition: started|healthy}", {
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<RawDependsOn, A::Error> {
+            seq_of_strings(seq).map(RawDependsOn::Names)
         }
-    );
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawDependsOn, A::Error> {
+            let mut deps = BTreeMap::new();
+            while let Some((name, spec)) = map.next_entry::<String, Option<RawDependencySpec>>()? {
+                deps.insert(name, spec);
+            }
+            Ok(RawDependsOn::Map(deps))
+        }
+    });
 }
 
 #[derive(Deserialize)]
@@ -398,20 +364,10 @@ impl Checker {
     }
 
     fn report_unplaced(&mut self, field: Option<&str>, message: impl Into<String>) {
-        self.problems.push(Problem {
-            field: field.map(str::to_string),
-            line: 0,
-            column: 0,
-            message: message.into(),
-        });
+        self.problems.push(Problem { field: field.map(str::to_string), line: 0, column: 0, message: message.into() });
     }
 
-    fn duration(
-        &mut self,
-        field: &str,
-        raw: Option<S<RawDuration>>,
-        default: Duration,
-    ) -> Duration {
+    fn duration(&mut self, field: &str, raw: Option<S<RawDuration>>, default: Duration) -> Duration {
         let Some(raw) = raw else { return default };
         let parsed = match &raw.value {
             RawDuration::Seconds(s) => seconds(*s),
@@ -440,11 +396,7 @@ impl Checker {
             RawCommand::Line(line) => match shell_words::split(line) {
                 Ok(words) => words,
                 Err(e) => {
-                    self.report(
-                        field,
-                        &raw,
-                        format!("cannot split `{line}` into words: {e}"),
-                    );
+                    self.report(field, &raw, format!("cannot split `{line}` into words: {e}"));
                     return Vec::new();
                 }
             },
@@ -455,13 +407,7 @@ impl Checker {
         argv
     }
 
-    fn path(
-        &mut self,
-        field: &str,
-        raw: &S<String>,
-        base: &Path,
-        exists: &dyn Fn(&Path) -> bool,
-    ) -> PathBuf {
+    fn path(&mut self, field: &str, raw: &S<String>, base: &Path, exists: &dyn Fn(&Path) -> bool) -> PathBuf {
         let path = base.join(&raw.value);
         if !exists(&path) {
             self.report(field, raw, format!("{} does not exist", path.display()));
@@ -472,16 +418,10 @@ impl Checker {
 
 /// Parse and validate the manifest at `path` whose text is `text`.
 /// `exists` answers whether a path the manifest names exists.
-pub fn parse(
-    path: &Path,
-    text: &str,
-    exists: &dyn Fn(&Path) -> bool,
-) -> Result<Manifest, ManifestError> {
+pub fn parse(path: &Path, text: &str, exists: &dyn Fn(&Path) -> bool) -> Result<Manifest, ManifestError> {
     let raw: RawManifest = serde_saphyr::from_str(text).map_err(|e| yaml_error(path, &e))?;
     let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let mut c = Checker {
-        problems: Vec::new(),
-    };
+    let mut c = Checker { problems: Vec::new() };
 
     let name = match &raw.name {
         None => {
@@ -489,11 +429,7 @@ pub fn parse(
             String::new()
         }
         Some(n) if !valid_name(&n.value) => {
-            c.report(
-                "name",
-                n,
-                format!("`{}` is not a valid service name: {NAME_RULE}", n.value),
-            );
+            c.report("name", n, format!("`{}` is not a valid service name: {NAME_RULE}", n.value));
             n.value.clone()
         }
         Some(n) => n.value.clone(),
@@ -506,17 +442,9 @@ pub fn parse(
                 Some(w) => c.path("working_dir", w, &dir, exists),
                 None => dir.clone(),
             };
-            let env_file = raw
-                .env_file
-                .as_ref()
-                .map(|f| c.path("env_file", f, &dir, exists));
+            let env_file = raw.env_file.as_ref().map(|f| c.path("env_file", f, &dir, exists));
             let env = raw.env.unwrap_or_default();
-            Some(Runtime::Native {
-                command,
-                working_dir,
-                env,
-                env_file,
-            })
+            Some(Runtime::Native { command, working_dir, env, env_file })
         }
         (None, Some(compose_file)) => {
             for (field, present) in [
@@ -525,22 +453,25 @@ pub fn parse(
                 ("env_file", raw.env_file.is_some()),
             ] {
                 if present {
-                    c.report("compose_file", &compose_file, format!("`{field}` applies only to `command` services; set it in the compose file"));
+                    c.report(
+                        "compose_file",
+                        &compose_file,
+                        format!("`{field}` applies only to `command` services; set it in the compose file"),
+                    );
                 }
             }
             let compose_file = c.path("compose_file", &compose_file, &dir, exists);
             Some(Runtime::Compose { compose_file })
         }
         (Some(command), Some(_)) => {
-            c.report(
-                "command",
-                &command,
-                "give either `command` or `compose_file`, not both",
-            );
+            c.report("command", &command, "give either `command` or `compose_file`, not both");
             None
         }
         (None, None) => {
-            c.report_unplaced(None, "one of `command` (a native process) or `compose_file` (a Compose project) is required");
+            c.report_unplaced(
+                None,
+                "one of `command` (a native process) or `compose_file` (a Compose project) is required",
+            );
             None
         }
     };
@@ -554,24 +485,17 @@ pub fn parse(
         None => 0.0,
     };
 
-    let port = raw
-        .port
-        .as_ref()
-        .and_then(|p| match u16::try_from(p.value) {
-            Ok(port) if port > 0 => Some(port),
-            _ => {
-                c.report("port", p, "must be a port number between 1 and 65535");
-                None
-            }
-        });
+    let port = raw.port.as_ref().and_then(|p| match u16::try_from(p.value) {
+        Ok(port) if port > 0 => Some(port),
+        _ => {
+            c.report("port", p, "must be a port number between 1 and 65535");
+            None
+        }
+    });
 
     let health_endpoint = match (raw.health_endpoint, raw.health_check_url) {
         (Some(e), Some(_)) => {
-            c.report(
-                "health_check_url",
-                &e,
-                "is an alias of `health_endpoint`; give only one",
-            );
+            c.report("health_check_url", &e, "is an alias of `health_endpoint`; give only one");
             None
         }
         (Some(e), None) => health_endpoint(&mut c, "health_endpoint", &e),
@@ -580,36 +504,16 @@ pub fn parse(
     };
     let health_command = raw.health_command.map(|h| {
         if health_endpoint.is_some() {
-            c.report(
-                "health_command",
-                &h,
-                "give either `health_endpoint` or `health_command`, not both",
-            );
+            c.report("health_command", &h, "give either `health_endpoint` or `health_command`, not both");
         }
         c.argv("health_command", h)
     });
 
-    let health_timeout = c.duration(
-        "health_timeout",
-        raw.health_timeout,
-        Duration::from_secs(30),
-    );
-    let health_interval = c.duration(
-        "health_interval",
-        raw.health_interval,
-        Duration::from_secs(10),
-    );
+    let health_timeout = c.duration("health_timeout", raw.health_timeout, Duration::from_secs(30));
+    let health_interval = c.duration("health_interval", raw.health_interval, Duration::from_secs(10));
     let restart_delay = c.duration("restart_delay", raw.restart_delay, Duration::from_secs(1));
-    let restart_delay_max = c.duration(
-        "restart_delay_max",
-        raw.restart_delay_max,
-        Duration::from_secs(60),
-    );
-    let restart_window = c.duration(
-        "restart_window",
-        raw.restart_window,
-        Duration::from_secs(300),
-    );
+    let restart_delay_max = c.duration("restart_delay_max", raw.restart_delay_max, Duration::from_secs(60));
+    let restart_window = c.duration("restart_window", raw.restart_window, Duration::from_secs(300));
     let stop_timeout = c.duration("stop_timeout", raw.stop_timeout, Duration::from_secs(10));
     if health_interval.is_zero() {
         c.report_unplaced(Some("health_interval"), "must be greater than 0");
@@ -630,28 +534,17 @@ pub fn parse(
         None => Vec::new(),
         Some(d) => {
             let deps: Vec<Dependency> = match &d.value {
-                RawDependsOn::Names(names) => names
-                    .iter()
-                    .map(|n| Dependency {
-                        name: n.clone(),
-                        condition: None,
-                    })
-                    .collect(),
+                RawDependsOn::Names(names) => {
+                    names.iter().map(|n| Dependency { name: n.clone(), condition: None }).collect()
+                }
                 RawDependsOn::Map(map) => map
                     .iter()
-                    .map(|(n, spec)| Dependency {
-                        name: n.clone(),
-                        condition: spec.as_ref().and_then(|s| s.condition),
-                    })
+                    .map(|(n, spec)| Dependency { name: n.clone(), condition: spec.as_ref().and_then(|s| s.condition) })
                     .collect(),
             };
             for dep in &deps {
                 if !valid_name(&dep.name) {
-                    c.report(
-                        "depends_on",
-                        &d,
-                        format!("`{}` is not a valid service name", dep.name),
-                    );
+                    c.report("depends_on", &d, format!("`{}` is not a valid service name", dep.name));
                 } else if dep.name == name {
                     c.report("depends_on", &d, "a service cannot depend on itself");
                 }
@@ -688,25 +581,20 @@ pub fn parse(
         manifest_path: path.to_path_buf(),
         runtime: match runtime {
             Some(r) => r,
-            None => Runtime::Compose {
-                compose_file: PathBuf::new(),
-            },
+            None => Runtime::Compose { compose_file: PathBuf::new() },
         },
     };
     if c.problems.is_empty() {
         Ok(manifest)
     } else {
-        Err(ManifestError {
-            path: path.to_path_buf(),
-            problems: c.problems,
-        })
+        Err(ManifestError { path: path.to_path_buf(), problems: c.problems })
     }
 }
 
 /// Read and parse the manifest file at `path`.
 pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ManifestError::single(path, None, format!("cannot read: {e}")))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ManifestError::single(path, None, format!("cannot read: {e}")))?;
     parse(path, &text, &|p| p.exists())
 }
 
@@ -718,16 +606,9 @@ fn health_endpoint(c: &mut Checker, field: &str, raw: &S<String>) -> Option<Heal
             .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
             .filter(|(host, port)| !host.is_empty() && *port > 0);
         return match parsed {
-            Some((host, port)) => Some(HealthEndpoint::Tcp {
-                host: host.trim_matches(['[', ']']).to_string(),
-                port,
-            }),
+            Some((host, port)) => Some(HealthEndpoint::Tcp { host: host.trim_matches(['[', ']']).to_string(), port }),
             None => {
-                c.report(
-                    field,
-                    raw,
-                    format!("`{text}` must look like tcp://HOST:PORT"),
-                );
+                c.report(field, raw, format!("`{text}` must look like tcp://HOST:PORT"));
                 None
             }
         };
@@ -737,56 +618,32 @@ fn health_endpoint(c: &mut Checker, field: &str, raw: &S<String>) -> Option<Heal
             Some(HealthEndpoint::Http(text.to_string()))
         }
         Ok(_) | Err(_) => {
-            c.report(
-                field,
-                raw,
-                format!("`{text}` is not an http://, https:// or tcp:// URL"),
-            );
+            c.report(field, raw, format!("`{text}` is not an http://, https:// or tcp:// URL"));
             None
         }
     }
 }
 
 fn yaml_error(path: &Path, error: &serde_saphyr::Error) -> ManifestError {
-    let (line, column) = error
-        .location()
-        .map(|l| (l.line(), l.column()))
-        .unwrap_or((0, 0));
+    let (line, column) = error.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
     // serde-saphyr renders "error: line L column C: message" and a snippet;
     // the position is reported separately, so keep only the message.
     let full = error.to_string();
     let first = full.lines().next().unwrap_or_default();
     let first = first.strip_prefix("error: ").unwrap_or(first);
-    let message = match first
-        .strip_prefix("line ")
-        .and_then(|rest| rest.split_once(": "))
-    {
+    let message = match first.strip_prefix("line ").and_then(|rest| rest.split_once(": ")) {
         Some((_, message)) => message.trim().to_string(),
         None => first.trim().to_string(),
     };
-    let field = message
-        .strip_prefix("unknown field `")
-        .and_then(|rest| rest.split('`').next())
-        .map(str::to_string);
+    let field = message.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next()).map(str::to_string);
     let message = match &field {
         Some(_) => "unknown field (typo?); ".to_string() + &message,
         None => message,
     };
-    ManifestError {
-        path: path.to_path_buf(),
-        problems: vec![Problem {
-            field,
-            line,
-            column,
-            message,
-        }],
-    }
+    ManifestError { path: path.to_path_buf(), problems: vec![Problem { field, line, column, message }] }
 }
 
-fn ser_health_endpoint<S: serde::Serializer>(
-    e: &Option<HealthEndpoint>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
+fn ser_health_endpoint<S: serde::Serializer>(e: &Option<HealthEndpoint>, s: S) -> Result<S::Ok, S::Error> {
     e.as_ref().map(ToString::to_string).serialize(s)
 }
 
@@ -811,9 +668,7 @@ mod tests {
     }
 
     fn parse_err(text: &str) -> Vec<String> {
-        parse(Path::new("/svc/a/service.yaml"), text, &|_| true)
-            .expect_err("invalid manifest")
-            .lines()
+        parse(Path::new("/svc/a/service.yaml"), text, &|_| true).expect_err("invalid manifest").lines()
     }
 
     #[test]
@@ -828,16 +683,8 @@ mod tests {
         assert!(m.gpu_required);
         assert_eq!(m.vram_gb, 8.0);
         assert_eq!(m.ports, vec!["8000:8000"]);
-        assert_eq!(
-            m.health_endpoint_string().as_deref(),
-            Some("http://localhost:8000/health")
-        );
-        assert_eq!(
-            m.runtime,
-            Runtime::Compose {
-                compose_file: PathBuf::from("/svc/a/docker-compose.yml")
-            }
-        );
+        assert_eq!(m.health_endpoint_string().as_deref(), Some("http://localhost:8000/health"));
+        assert_eq!(m.runtime, Runtime::Compose { compose_file: PathBuf::from("/svc/a/docker-compose.yml") });
         assert_eq!(m.restart, RestartPolicy::OnFailure);
         assert_eq!(m.restart_delay, Duration::from_secs(1));
         assert_eq!(m.max_restarts, 10);
@@ -853,32 +700,20 @@ mod tests {
              env: {A: 1, B: x}\nstop_signal: INT\nrestart_delay_max: 2m\nrestart_window: 500ms\n\
              depends_on: {db: {condition: started}, cache: null}\n",
         );
-        let Runtime::Native {
-            command,
-            env,
-            working_dir,
-            ..
-        } = &m.runtime
-        else {
-            panic!()
-        };
+        let Runtime::Native { command, env, working_dir, .. } = &m.runtime else { panic!() };
         assert_eq!(command, &["python", "my_service.py", "--port", "8080"]);
         assert_eq!(env["A"], "1");
         assert_eq!(working_dir, Path::new("/svc/a"));
         assert_eq!(m.port, Some(8080));
-        assert_eq!(
-            m.health_endpoint_string().as_deref(),
-            Some("http://localhost:8080/health")
-        );
+        assert_eq!(m.health_endpoint_string().as_deref(), Some("http://localhost:8080/health"));
         assert_eq!(m.restart_delay, Duration::from_secs(5));
         assert_eq!(m.restart_delay_max, Duration::from_secs(120));
         assert_eq!(m.restart_window, Duration::from_millis(500));
         assert_eq!(m.stop_signal, Signal::SIGINT);
         assert_eq!(m.depends_on.len(), 2);
-        assert!(m.depends_on.contains(&Dependency {
-            name: "db".into(),
-            condition: Some(DependencyCondition::Started)
-        }));
+        assert!(
+            m.depends_on.contains(&Dependency { name: "db".into(), condition: Some(DependencyCondition::Started) })
+        );
     }
 
     #[test]
@@ -891,9 +726,8 @@ mod tests {
 
     #[test]
     fn every_semantic_problem_is_reported_with_its_position() {
-        let errors = parse_err(
-            "name: ../etc\ncommand: []\nport: 70000\nrestart_delay: soon\nhealth_endpoint: ftp://x\n",
-        );
+        let errors =
+            parse_err("name: ../etc\ncommand: []\nport: 70000\nrestart_delay: soon\nhealth_endpoint: ftp://x\n");
         let joined = errors.join("\n");
         assert!(joined.contains(":1:7: field `name`"), "{joined}");
         assert!(joined.contains("field `command`"), "{joined}");
@@ -911,16 +745,9 @@ mod tests {
 
     #[test]
     fn missing_paths_are_reported() {
-        let err = parse(
-            Path::new("/svc/a/service.yaml"),
-            "name: a\ncommand: x\nenv_file: .env\n",
-            &|_| false,
-        )
-        .unwrap_err();
-        assert!(
-            err.to_string().contains("/svc/a/.env does not exist"),
-            "{err}"
-        );
+        let err =
+            parse(Path::new("/svc/a/service.yaml"), "name: a\ncommand: x\nenv_file: .env\n", &|_| false).unwrap_err();
+        assert!(err.to_string().contains("/svc/a/.env does not exist"), "{err}");
     }
 
     #[test]
@@ -928,36 +755,17 @@ mod tests {
         for ok in ["a", "0", "minimal-sd-api", "a.b_c-d", &"a".repeat(63)] {
             assert!(valid_name(ok), "{ok}");
         }
-        for bad in [
-            "",
-            "A",
-            "-a",
-            "a/b",
-            "a..b",
-            ".a",
-            "_t",
-            "a b",
-            &"a".repeat(64),
-        ] {
+        for bad in ["", "A", "-a", "a/b", "a..b", ".a", "_t", "a b", &"a".repeat(64)] {
             assert!(!valid_name(bad), "{bad}");
         }
     }
 
     #[test]
     fn durations() {
-        for (text, ms) in [
-            ("1", 1000),
-            ("0.5", 500),
-            ("500ms", 500),
-            ("2m", 120_000),
-            ("1.5s", 1500),
-            ("1h", 3_600_000),
-        ] {
-            assert_eq!(
-                parse_duration(text),
-                Ok(Duration::from_millis(ms)),
-                "{text}"
-            );
+        for (text, ms) in
+            [("1", 1000), ("0.5", 500), ("500ms", 500), ("2m", 120_000), ("1.5s", 1500), ("1h", 3_600_000)]
+        {
+            assert_eq!(parse_duration(text), Ok(Duration::from_millis(ms)), "{text}");
         }
         for bad in ["", "x", "5 parsecs", "-1", "1.2.3s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");

@@ -13,15 +13,17 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 
+use crate::events::EventKind;
 use crate::gpu::Arbiter;
 use crate::health::{Probe, ProbeResult};
-use crate::lifecycle::{self, State};
+use crate::lifecycle::{self, Policy, RestartHistory, State, Verdict};
 use crate::logs::{LogStore, Stream};
 use crate::manifest::{Manifest, Runtime as RuntimeKind};
 use crate::runtime::{ExitInfo, Runtime, SpawnSpec};
+use crate::store::{RecordedProcess, Store};
 
 /// How often a starting service is probed until its first healthy answer.
-pub const STARTUP_PROBE_INTERVAL: Duration = Duration::from_millis(25);
+pub const STARTUP_PROBE_INTERVAL: Duration = Duration::from_millis(20);
 /// A service without a health check counts as started once it has stayed up
 /// this long (capped by its `health_timeout`), like supervisord's `startsecs`.
 pub const SETTLE_TIME: Duration = Duration::from_secs(1);
@@ -36,26 +38,11 @@ pub enum StartError {
     #[error("{0}")]
     Unsupported(String),
     #[error("cannot start service '{name}': {message}")]
-    Spawn {
-        name: String,
-        message: String,
-        logs: Vec<String>,
-    },
+    Spawn { name: String, message: String, logs: Vec<String> },
     #[error("service '{name}' {exit} while starting")]
-    Exited {
-        name: String,
-        exit: ExitInfo,
-        logs: Vec<String>,
-    },
-    #[error(
-        "service '{name}' did not become healthy within {timeout:.1}s (last check: {last_check})"
-    )]
-    HealthTimeout {
-        name: String,
-        timeout: f64,
-        last_check: String,
-        logs: Vec<String>,
-    },
+    Exited { name: String, exit: ExitInfo, logs: Vec<String> },
+    #[error("service '{name}' did not become healthy within {timeout:.1}s (last check: {last_check})")]
+    HealthTimeout { name: String, timeout: f64, last_check: String, logs: Vec<String> },
     #[error("service '{name}' was stopped before it became healthy")]
     Interrupted { name: String },
     #[error("service '{name}' was removed")]
@@ -160,6 +147,9 @@ impl ServiceHandle {
             probe_in_flight: false,
             after_stop: AfterStop::Rest,
             failure: None,
+            history: RestartHistory::default(),
+            automatic: false,
+            running_since: None,
             finished: false,
         };
         tokio::spawn(task.run());
@@ -168,6 +158,11 @@ impl ServiceHandle {
 
     pub fn snapshot(&self) -> Snapshot {
         self.status.borrow().clone()
+    }
+
+    /// A receiver of every new snapshot, to wait for a state.
+    pub fn watch(&self) -> watch::Receiver<Snapshot> {
+        self.status.clone()
     }
 
     /// Start the service; resolves once it is running or the start failed.
@@ -208,6 +203,7 @@ pub struct Shared {
     pub runtime: Arc<dyn Runtime>,
     pub arbiter: Arc<Arbiter>,
     pub http: reqwest::Client,
+    pub store: Store,
 }
 
 /// What happens once a stop completes.
@@ -216,6 +212,8 @@ enum AfterStop {
     Rest,
     Start,
     EndTask,
+    /// The task stopped an unhealthy process: the restart policy decides.
+    Recover,
 }
 
 struct Task {
@@ -230,12 +228,18 @@ struct Task {
     start_waiters: Vec<oneshot::Sender<Result<(), StartError>>>,
     stop_waiters: Vec<oneshot::Sender<()>>,
     /// Starting: health timeout (or settle time). Stopping: when to SIGKILL.
+    /// Backoff: when to start again.
     deadline: Option<Instant>,
     next_probe: Option<Instant>,
     probe_in_flight: bool,
     after_stop: AfterStop,
     /// Set when the task stops a process because its start failed.
     failure: Option<StartError>,
+    history: RestartHistory,
+    /// Whether the current process was started by the restart policy.
+    automatic: bool,
+    /// When the current process was first seen healthy.
+    running_since: Option<Instant>,
     finished: bool,
 }
 
@@ -257,6 +261,10 @@ impl Task {
         &self.snap.manifest.name
     }
 
+    fn emit(&self, kind: EventKind) {
+        self.shared.store.emit(Some(&self.snap.manifest.name), kind);
+    }
+
     fn handle(&mut self, input: Input) {
         match input {
             Input::Start(reply) => self.on_start(reply),
@@ -270,12 +278,8 @@ impl Task {
                     self.snap.pending = None;
                 }
             }
-            Input::Exited { generation, exit } if generation == self.generation => {
-                self.on_exit(exit)
-            }
-            Input::Probed { generation, result } if generation == self.generation => {
-                self.on_probe(result)
-            }
+            Input::Exited { generation, exit } if generation == self.generation => self.on_exit(exit),
+            Input::Probed { generation, result } if generation == self.generation => self.on_probe(result),
             Input::Exited { .. } | Input::Probed { .. } => {}
         }
     }
@@ -286,26 +290,35 @@ impl Task {
             return;
         }
         if !lifecycle::allowed(from, to) {
-            tracing::error!(
-                service = self.name(),
-                ?from,
-                ?to,
-                "transition outside the lifecycle table"
-            );
+            tracing::error!(service = self.name(), ?from, ?to, "transition outside the lifecycle table");
         }
-        tracing::info!(
-            service = self.name(),
-            "{} -> {}",
-            from.as_str(),
-            to.as_str()
-        );
+        tracing::debug!(service = self.name(), "{} -> {}", from.as_str(), to.as_str());
         self.snap.state = to;
+        if !to.has_process() {
+            self.next_probe = None;
+            self.running_since = None;
+        }
+        if matches!(to, State::Stopped | State::Failed) {
+            self.deadline = None;
+        }
         if !to.holds_gpu() && self.snap.manifest.gpu_required {
             self.shared.arbiter.release(&self.snap.manifest.name);
         }
         // Published before any waiter is answered, so an answer is never
         // contradicted by an older snapshot.
         self.status.send_replace(self.snap.clone());
+    }
+
+    fn set_failed(&mut self, reason: String) {
+        self.logs.push(Stream::Nanny, &format!("failed: {reason}"));
+        self.snap.last_error = Some(reason.clone());
+        self.set_state(State::Failed);
+        self.emit(EventKind::Failed { reason });
+    }
+
+    fn set_stopped(&mut self) {
+        self.set_state(State::Stopped);
+        self.emit(EventKind::Stopped);
     }
 
     fn on_start(&mut self, reply: oneshot::Sender<Result<(), StartError>>) {
@@ -316,20 +329,23 @@ impl Task {
             State::Starting => self.start_waiters.push(reply),
             State::Stopping => {
                 self.start_waiters.push(reply);
-                if self.after_stop == AfterStop::Rest {
+                if matches!(self.after_stop, AfterStop::Rest | AfterStop::Recover) {
                     self.after_stop = AfterStop::Start;
                 }
             }
             State::Stopped | State::Failed | State::Backoff => {
+                // A start by hand overrides a pending automatic restart and
+                // gives the service a fresh restart budget.
+                self.history.reset();
                 self.start_waiters.push(reply);
-                self.spawn_process();
+                self.spawn_process(false);
             }
         }
     }
 
     /// Claim the GPU if needed and spawn the process (state → starting), or
     /// fail every start waiter with the reason.
-    fn spawn_process(&mut self) {
+    fn spawn_process(&mut self, automatic: bool) {
         if let Some(pending) = self.snap.pending.take() {
             self.snap.manifest = pending;
         }
@@ -337,12 +353,7 @@ impl Task {
         if manifest.gpu_required
             && let Err(held) = self.shared.arbiter.claim(&manifest.name)
         {
-            return self.fail_start(
-                StartError::GpuBusy {
-                    holder: held.holder,
-                },
-                false,
-            );
+            return self.fail_start(StartError::GpuBusy { holder: held.holder }, false);
         }
         let spec = match spawn_spec(&manifest) {
             Ok(spec) => spec,
@@ -354,14 +365,7 @@ impl Task {
                 let message = e.to_string();
                 self.logs.push(Stream::Nanny, &message);
                 let logs = self.recent_logs();
-                return self.fail_start(
-                    StartError::Spawn {
-                        name: manifest.name.clone(),
-                        message,
-                        logs,
-                    },
-                    true,
-                );
+                return self.fail_start(StartError::Spawn { name: manifest.name.clone(), message, logs }, true);
             }
         };
         self.generation += 1;
@@ -372,16 +376,20 @@ impl Task {
                 let _ = tx.send(Input::Exited { generation, exit });
             }
         });
-        self.logs.push(
-            Stream::Nanny,
-            &format!("started `{}` (pid {})", spec.argv.join(" "), spawned.pid),
-        );
+        self.shared.store.record_process(RecordedProcess {
+            service: manifest.name.clone(),
+            pgid: spawned.pid,
+            start_ticks: spawned.start_ticks,
+        });
+        self.logs.push(Stream::Nanny, &format!("started `{}` (pid {})", spec.argv.join(" "), spawned.pid));
         let now = Instant::now();
+        self.automatic = automatic;
         self.snap.pid = Some(spawned.pid);
         self.snap.started_at = Some((now, jiff::Timestamp::now()));
         self.snap.last_error = None;
         self.snap.consecutive_failures = 0;
         self.set_state(State::Starting);
+        self.emit(EventKind::Starting { pid: spawned.pid, automatic });
         if manifest.has_health_check() {
             self.deadline = Some(now + manifest.health_timeout);
             self.next_probe = Some(now);
@@ -391,12 +399,11 @@ impl Task {
         }
     }
 
-    /// A start failed before or after spawning; `to_failed` records it as
+    /// A start failed; every waiter gets `error`. `to_failed` records it as
     /// the service's state (a GPU refusal leaves the state as it was).
     fn fail_start(&mut self, error: StartError, to_failed: bool) {
         if to_failed {
-            self.snap.last_error = Some(error.to_string());
-            self.set_state(State::Failed);
+            self.set_failed(error.to_string());
         }
         for waiter in self.start_waiters.drain(..) {
             let _ = waiter.send(Err(error.clone()));
@@ -405,14 +412,18 @@ impl Task {
 
     fn on_stop(&mut self, reply: oneshot::Sender<()>, then: AfterStop) {
         self.stop_waiters.push(reply);
-        if then == AfterStop::EndTask || self.after_stop == AfterStop::Start {
+        // A stop by hand overrides whatever the task meant to do next.
+        if then == AfterStop::EndTask || self.after_stop != AfterStop::EndTask {
             self.after_stop = then;
         }
+        self.history.reset();
         match self.snap.state {
             State::Starting | State::Running | State::Unhealthy => self.begin_stop(),
             State::Stopping => {}
             State::Stopped | State::Failed | State::Backoff => {
-                self.set_state(State::Stopped);
+                if self.snap.state != State::Stopped {
+                    self.set_stopped();
+                }
                 self.stop_finished();
             }
         }
@@ -422,20 +433,14 @@ impl Task {
     fn begin_stop(&mut self) {
         let manifest = self.snap.manifest.clone();
         if let Some(pid) = self.snap.pid {
-            self.logs.push(
-                Stream::Nanny,
-                &format!("stopping: {} to process group {pid}", manifest.stop_signal),
-            );
+            self.logs.push(Stream::Nanny, &format!("stopping: {} to process group {pid}", manifest.stop_signal));
             if let Err(e) = self.shared.runtime.signal_group(pid, manifest.stop_signal) {
-                tracing::warn!(
-                    service = self.name(),
-                    "cannot signal process group {pid}: {e}"
-                );
+                tracing::warn!(service = self.name(), "cannot signal process group {pid}: {e}");
             }
         }
         self.set_state(State::Stopping);
+        self.emit(EventKind::Stopping { signal: manifest.stop_signal.to_string() });
         self.deadline = Some(Instant::now() + manifest.stop_timeout);
-        self.next_probe = None;
     }
 
     fn on_deadline(&mut self) {
@@ -451,10 +456,7 @@ impl Task {
                     .unwrap_or_else(|| "none completed".into());
                 self.logs.push(
                     Stream::Nanny,
-                    &format!(
-                        "health check did not pass within {:.1}s: {last_check}",
-                        m.health_timeout.as_secs_f64()
-                    ),
+                    &format!("health check did not pass within {:.1}s: {last_check}", m.health_timeout.as_secs_f64()),
                 );
                 self.failure = Some(StartError::HealthTimeout {
                     name: m.name.clone(),
@@ -467,34 +469,27 @@ impl Task {
             State::Starting => self.became_running(),
             State::Stopping => {
                 if let Some(pid) = self.snap.pid {
-                    self.logs.push(
-                        Stream::Nanny,
-                        "stop_timeout passed: SIGKILL to the process group",
-                    );
-                    let _ = self
-                        .shared
-                        .runtime
-                        .signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+                    self.logs.push(Stream::Nanny, "stop_timeout passed: SIGKILL to the process group");
+                    let _ = self.shared.runtime.signal_group(pid, nix::sys::signal::Signal::SIGKILL);
                 }
             }
+            State::Backoff => self.spawn_process(true),
             _ => {}
         }
     }
 
     fn became_running(&mut self) {
         self.deadline = None;
+        let now = Instant::now();
+        self.running_since = Some(now);
         self.set_state(State::Running);
+        let startup_ms = self.snap.started_at.map(|(at, _)| now.duration_since(at).as_secs_f64() * 1000.0);
         self.logs.push(Stream::Nanny, "running");
-        self.next_probe = self
-            .has_probe()
-            .then(|| Instant::now() + self.snap.manifest.health_interval);
+        self.emit(EventKind::Healthy { startup_ms });
+        self.next_probe = self.snap.manifest.has_health_check().then(|| now + self.snap.manifest.health_interval);
         for waiter in self.start_waiters.drain(..) {
             let _ = waiter.send(Ok(()));
         }
-    }
-
-    fn has_probe(&self) -> bool {
-        self.snap.manifest.has_health_check()
     }
 
     fn launch_probe(&mut self) {
@@ -504,10 +499,9 @@ impl Task {
         };
         self.probe_in_flight = true;
         let timeout = match self.snap.state {
-            State::Starting => self
-                .deadline
-                .map(|d| d.saturating_duration_since(Instant::now()))
-                .unwrap_or(Duration::from_secs(5)),
+            State::Starting => {
+                self.deadline.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(Duration::from_secs(5))
+            }
             _ => self.snap.manifest.health_interval,
         }
         .clamp(Duration::from_millis(100), Duration::from_secs(5));
@@ -521,7 +515,7 @@ impl Task {
     fn on_probe(&mut self, result: ProbeResult) {
         self.probe_in_flight = false;
         let ok = result.ok;
-        let interval = self.snap.manifest.health_interval;
+        let message = result.message.clone();
         match self.snap.state {
             State::Starting => {
                 self.snap.last_health = Some(result);
@@ -530,81 +524,101 @@ impl Task {
                 } else {
                     self.next_probe = Some(Instant::now() + STARTUP_PROBE_INTERVAL);
                 }
+                return;
             }
-            State::Running | State::Unhealthy => {
-                if ok {
-                    self.snap.consecutive_failures = 0;
-                    if self.snap.state == State::Unhealthy {
-                        self.logs.push(Stream::Nanny, "healthy again");
-                        self.set_state(State::Running);
-                    }
-                } else {
-                    self.snap.consecutive_failures += 1;
-                    self.logs.push(
-                        Stream::Nanny,
-                        &format!("health check failed: {}", result.message),
-                    );
-                    if self.snap.consecutive_failures >= self.snap.manifest.health_failures
-                        && self.snap.state == State::Running
-                    {
-                        self.set_state(State::Unhealthy);
-                    }
-                }
-                self.snap.last_health = Some(result);
-                self.next_probe = Some(Instant::now() + interval);
+            State::Running | State::Unhealthy => self.snap.last_health = Some(result),
+            _ => return,
+        }
+        self.next_probe = Some(Instant::now() + self.snap.manifest.health_interval);
+        if ok {
+            self.snap.consecutive_failures = 0;
+            if self.snap.state == State::Unhealthy {
+                self.logs.push(Stream::Nanny, "healthy again");
+                self.running_since = Some(Instant::now());
+                self.set_state(State::Running);
+                self.emit(EventKind::Healthy { startup_ms: None });
             }
-            _ => {}
+            return;
+        }
+        self.snap.consecutive_failures += 1;
+        let failures = self.snap.consecutive_failures;
+        self.logs.push(Stream::Nanny, &format!("health check failed ({failures} in a row): {message}"));
+        if failures < self.snap.manifest.health_failures || self.snap.state != State::Running {
+            return;
+        }
+        self.set_state(State::Unhealthy);
+        self.emit(EventKind::Unhealthy { consecutive_failures: failures, last_check: message });
+        if self.snap.manifest.restart != crate::manifest::RestartPolicy::Never {
+            self.after_stop = AfterStop::Recover;
+            self.begin_stop();
         }
     }
 
     fn on_exit(&mut self, exit: ExitInfo) {
         // Whatever the leader left behind in its group goes with it.
         if let Some(pid) = self.snap.pid.take() {
-            let _ = self
-                .shared
-                .runtime
-                .signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = self.shared.runtime.signal_group(pid, nix::sys::signal::Signal::SIGKILL);
         }
+        self.shared.store.forget_process(self.name());
+        let state = self.snap.state;
+        let expected = state == State::Stopping && self.after_stop != AfterStop::Recover && self.failure.is_none();
         self.logs.push(Stream::Nanny, &format!("process {exit}"));
-        self.snap.last_exit = Some(ExitRecord {
-            exit,
-            at: jiff::Timestamp::now(),
-        });
+        self.emit(EventKind::Exited { code: exit.code, signal: exit.signal.map(|s| s.to_string()), expected });
+        self.snap.last_exit = Some(ExitRecord { exit, at: jiff::Timestamp::now() });
         self.snap.started_at = None;
         self.deadline = None;
-        self.next_probe = None;
-        match self.snap.state {
+        let healthy_for = self.running_since.map(|since| since.elapsed());
+        // Waiters queued for a start after this stop are not waiting on this process.
+        let manual_start = !self.start_waiters.is_empty() && self.after_stop != AfterStop::Start;
+        match state {
             State::Stopping => {
-                match self.failure.take() {
-                    Some(error) => self.fail_start(error, true),
-                    None => {
-                        self.set_state(State::Stopped);
-                        let name = self.name().to_string();
-                        let interrupted = self.after_stop != AfterStop::Start;
-                        if interrupted {
+                match (self.failure.take(), self.after_stop) {
+                    (Some(error), _) if manual_start => self.fail_start(error, true),
+                    (Some(_), _) => self.recover(true, None),
+                    (None, AfterStop::Recover) => {
+                        self.after_stop = AfterStop::Rest;
+                        self.recover(true, healthy_for);
+                    }
+                    (None, after_stop) => {
+                        self.set_stopped();
+                        if after_stop != AfterStop::Start {
+                            let name = self.name().to_string();
                             for waiter in self.start_waiters.drain(..) {
-                                let _ = waiter
-                                    .send(Err(StartError::Interrupted { name: name.clone() }));
+                                let _ = waiter.send(Err(StartError::Interrupted { name: name.clone() }));
                             }
                         }
                     }
                 }
                 self.stop_finished();
             }
-            State::Starting => {
+            State::Starting if manual_start => {
                 let name = self.name().to_string();
                 let logs = self.recent_logs();
                 self.fail_start(StartError::Exited { name, exit, logs }, true);
             }
-            State::Running | State::Unhealthy => {
-                if exit.success() {
-                    self.set_state(State::Stopped);
+            State::Starting => self.recover(true, None),
+            State::Running | State::Unhealthy => self.recover(!exit.success(), healthy_for),
+            _ => {}
+        }
+    }
+
+    /// The process ended without being asked to: apply the restart policy.
+    fn recover(&mut self, failed: bool, healthy_for: Option<Duration>) {
+        let policy = Policy::of(&self.snap.manifest);
+        match lifecycle::after_exit(&policy, &mut self.history, failed, healthy_for, std::time::Instant::now()) {
+            Verdict::Restart { attempt, delay } => {
+                self.snap.restarts += 1;
+                self.set_state(State::Backoff);
+                self.logs.push(Stream::Nanny, &format!("restart {attempt} in {:.3}s", delay.as_secs_f64()));
+                self.emit(EventKind::Backoff { attempt, delay_ms: delay.as_millis() as u64 });
+                if delay.is_zero() {
+                    self.spawn_process(true);
                 } else {
-                    self.snap.last_error = Some(format!("{exit} unexpectedly"));
-                    self.set_state(State::Failed);
+                    self.deadline = Some(Instant::now() + delay);
                 }
             }
-            _ => {}
+            Verdict::Settle { to: State::Failed, reason } => self.set_failed(reason),
+            Verdict::Settle { .. } => self.set_stopped(),
         }
     }
 
@@ -614,8 +628,12 @@ impl Task {
             let _ = waiter.send(());
         }
         match std::mem::replace(&mut self.after_stop, AfterStop::Rest) {
-            AfterStop::Rest => {}
-            AfterStop::Start => self.spawn_process(),
+            AfterStop::Rest | AfterStop::Recover => {}
+            AfterStop::Start if !self.snap.state.has_process() => {
+                self.history.reset();
+                self.spawn_process(false);
+            }
+            AfterStop::Start => {}
             AfterStop::EndTask => {
                 let name = self.name().to_string();
                 for waiter in self.start_waiters.drain(..) {
@@ -627,11 +645,7 @@ impl Task {
     }
 
     fn recent_logs(&self) -> Vec<String> {
-        self.logs
-            .tail(FAILURE_LOG_LINES)
-            .iter()
-            .map(|l| l.render())
-            .collect()
+        self.logs.tail(FAILURE_LOG_LINES).iter().map(|l| l.render()).collect()
     }
 }
 
@@ -639,34 +653,20 @@ impl Task {
 /// (`env_file` first, `env` over it), read fresh at every start.
 fn spawn_spec(manifest: &Manifest) -> Result<SpawnSpec, StartError> {
     match &manifest.runtime {
-        RuntimeKind::Native {
-            command,
-            working_dir,
-            env,
-            env_file,
-        } => {
+        RuntimeKind::Native { command, working_dir, env, env_file } => {
             let mut vars = std::collections::BTreeMap::new();
             if let Some(path) = env_file {
-                let spawn_error = |message: String| StartError::Spawn {
-                    name: manifest.name.clone(),
-                    message,
-                    logs: Vec::new(),
-                };
-                let iter = dotenvy::from_path_iter(path).map_err(|e| {
-                    spawn_error(format!("cannot read env_file {}: {e}", path.display()))
-                })?;
+                let spawn_error =
+                    |message: String| StartError::Spawn { name: manifest.name.clone(), message, logs: Vec::new() };
+                let iter = dotenvy::from_path_iter(path)
+                    .map_err(|e| spawn_error(format!("cannot read env_file {}: {e}", path.display())))?;
                 for item in iter {
-                    let (k, v) =
-                        item.map_err(|e| spawn_error(format!("env_file {}: {e}", path.display())))?;
+                    let (k, v) = item.map_err(|e| spawn_error(format!("env_file {}: {e}", path.display())))?;
                     vars.insert(k, v);
                 }
             }
             vars.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
-            Ok(SpawnSpec {
-                argv: command.clone(),
-                working_dir: working_dir.clone(),
-                env: vars,
-            })
+            Ok(SpawnSpec { argv: command.clone(), working_dir: working_dir.clone(), env: vars })
         }
         RuntimeKind::Compose { .. } => Err(StartError::Unsupported(format!(
             "service '{}' uses compose_file; the Docker Compose runtime is not available in this version",

@@ -17,10 +17,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            body: json!({ "detail": detail.into() }),
-        }
+        ApiError { status, body: json!({ "detail": detail.into() }) }
     }
 
     fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
@@ -35,19 +32,22 @@ impl From<Error> for ApiError {
         match &e {
             Error::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, detail),
             Error::BadRequest(_) => ApiError::new(StatusCode::BAD_REQUEST, detail),
+            Error::Dependency { source, .. } => {
+                // The dependency's own failure decides the status and extras.
+                let mut err = ApiError::from((**source).clone());
+                err.body["detail"] = detail.into();
+                err
+            }
             Error::ShuttingDown => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, detail),
-            Error::Pinned { holder, .. } => ApiError::new(StatusCode::CONFLICT, detail)
-                .with("gpu_service_running", holder.as_str()),
+            Error::Pinned { holder, .. } => {
+                ApiError::new(StatusCode::CONFLICT, detail).with("gpu_service_running", holder.as_str())
+            }
             Error::Start(start) => {
                 let status = match start {
-                    StartError::GpuBusy { .. } | StartError::Interrupted { .. } => {
-                        StatusCode::CONFLICT
-                    }
+                    StartError::GpuBusy { .. } | StartError::Interrupted { .. } => StatusCode::CONFLICT,
                     StartError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
                     StartError::HealthTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-                    StartError::Exited { .. } | StartError::Spawn { .. } => {
-                        StatusCode::INTERNAL_SERVER_ERROR
-                    }
+                    StartError::Exited { .. } | StartError::Spawn { .. } => StatusCode::INTERNAL_SERVER_ERROR,
                     StartError::Removed { .. } => StatusCode::NOT_FOUND,
                 };
                 let mut err = ApiError::new(status, detail);

@@ -3,10 +3,13 @@
 
 mod error;
 
+use std::collections::VecDeque;
+
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -16,12 +19,15 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use crate::daemon::{Command, Daemon, views};
+use crate::events::{Event, Filter};
 use crate::logs::{LogLine, RING_LINES, Stream};
 pub use error::ApiError;
 
 /// Request bodies are tiny (`{"force": true}`); anything larger is refused.
 const BODY_LIMIT: usize = 64 * 1024;
 const DEFAULT_TAIL: usize = 100;
+const DEFAULT_EVENTS: usize = 100;
+const MAX_EVENTS: u64 = 10_000;
 
 pub fn router(daemon: Daemon) -> Router {
     Router::new()
@@ -34,6 +40,8 @@ pub fn router(daemon: Daemon) -> Router {
         .route("/services/{name}/status", get(status))
         .route("/services/{name}/logs", get(logs))
         .route("/rediscover", post(rediscover))
+        .route("/events", get(events))
+        .route("/events/stream", get(event_stream))
         .route("/api/services/status", get(seed_status))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -86,35 +94,20 @@ fn start_body(body: Result<Bytes, BytesRejection>) -> Result<StartBody, ApiError
         return Ok(StartBody::default());
     }
     serde_json::from_slice(&body).map_err(|e| {
-        let status = if e.is_syntax() || e.is_eof() {
-            StatusCode::BAD_REQUEST
-        } else {
-            StatusCode::UNPROCESSABLE_ENTITY
-        };
-        ApiError::new(
-            status,
-            format!("invalid request body (expected {{\"force\": true|false}}): {e}"),
-        )
+        let status =
+            if e.is_syntax() || e.is_eof() { StatusCode::BAD_REQUEST } else { StatusCode::UNPROCESSABLE_ENTITY };
+        ApiError::new(status, format!("invalid request body (expected {{\"force\": true|false}}): {e}"))
     })
 }
 
-async fn start(
-    State(d): State<Daemon>,
-    Path(name): Path<String>,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult {
+async fn start(State(d): State<Daemon>, Path(name): Path<String>, body: Result<Bytes, BytesRejection>) -> ApiResult {
     let force = start_body(body)?.force;
     ok(d.ask(|reply| Command::Start { name, force, reply }).await?)
 }
 
-async fn restart(
-    State(d): State<Daemon>,
-    Path(name): Path<String>,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult {
+async fn restart(State(d): State<Daemon>, Path(name): Path<String>, body: Result<Bytes, BytesRejection>) -> ApiResult {
     let force = start_body(body)?.force;
-    ok(d.ask(|reply| Command::Restart { name, force, reply })
-        .await?)
+    ok(d.ask(|reply| Command::Restart { name, force, reply }).await?)
 }
 
 async fn stop(State(d): State<Daemon>, Path(name): Path<String>) -> ApiResult {
@@ -135,9 +128,7 @@ fn parse_tail(tail: Option<&str>) -> Result<usize, ApiError> {
         Ok(n) if (1..=RING_LINES).contains(&n) => Ok(n),
         _ => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            format!(
-                "query parameter `tail` must be a whole number from 1 to {RING_LINES}, got `{text}`"
-            ),
+            format!("query parameter `tail` must be a whole number from 1 to {RING_LINES}, got `{text}`"),
         )),
     }
 }
@@ -161,18 +152,10 @@ async fn logs(
     let Query(query) = query.map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, r.body_text()))?;
     let tail = parse_tail(query.tail.as_deref())?;
     if parse_flag("follow", query.follow.as_deref())? {
-        let (lines, live) = d
-            .ask(|reply| Command::FollowLogs { name, tail, reply })
-            .await?;
+        let (lines, live) = d.ask(|reply| Command::FollowLogs { name, tail, reply }).await?;
         return Ok(follow_response(lines, live));
     }
-    let lines = d
-        .ask(|reply| Command::Logs {
-            name: name.clone(),
-            tail,
-            reply,
-        })
-        .await?;
+    let lines = d.ask(|reply| Command::Logs { name: name.clone(), tail, reply }).await?;
     let text: Vec<String> = lines.iter().map(LogLine::render).collect();
     ok(json!({ "service": name, "tail": tail, "lines": lines, "logs": text.join("\n") }))
 }
@@ -201,6 +184,97 @@ fn follow_response(lines: Vec<LogLine>, live: broadcast::Receiver<LogLine>) -> R
         .header(header::CONTENT_TYPE, "application/x-ndjson")
         .body(Body::from_stream(backlog.chain(live)))
         .expect("static headers are valid")
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    since: Option<String>,
+    service: Option<String>,
+    limit: Option<String>,
+}
+
+impl EventsQuery {
+    fn filter(&self, last_event_id: Option<&str>) -> Result<Filter, ApiError> {
+        let number = |name: &str, text: &str| {
+            text.trim().parse::<u64>().map_err(|_| {
+                ApiError::new(StatusCode::BAD_REQUEST, format!("`{name}` must be a whole number >= 0, got `{text}`"))
+            })
+        };
+        // `Last-Event-ID` (an SSE client reconnecting) wins over `since`.
+        let since = match (last_event_id, self.since.as_deref()) {
+            (Some(id), _) => number("Last-Event-ID", id)?,
+            (None, Some(since)) => number("since", since)?,
+            (None, None) => 0,
+        };
+        let limit = match self.limit.as_deref() {
+            None => DEFAULT_EVENTS,
+            Some(text) => match number("limit", text)? {
+                n @ 1..=MAX_EVENTS => n as usize,
+                _ => {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("`limit` must be from 1 to {MAX_EVENTS}, got `{text}`"),
+                    ));
+                }
+            },
+        };
+        Ok(Filter { since, service: self.service.clone(), limit })
+    }
+}
+
+/// `GET /events?since=ID&service=NAME&limit=N`: the newest `limit` matching
+/// events after `since`, oldest first.
+async fn events(State(d): State<Daemon>, query: Result<Query<EventsQuery>, QueryRejection>) -> ApiResult {
+    let Query(query) = query.map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, r.body_text()))?;
+    let filter = query.filter(None)?;
+    let events = d.ask(|reply| Command::Events { filter, reply }).await?;
+    let last_id = events.last().map(|e| e.id);
+    ok(json!({ "events": events, "last_id": last_id }))
+}
+
+/// `GET /events/stream`: Server-Sent Events, each with its id, so a client
+/// that reconnects with `Last-Event-ID` misses nothing.
+async fn event_stream(
+    State(d): State<Daemon>,
+    headers: HeaderMap,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(query) = query.map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, r.body_text()))?;
+    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let filter = Filter { limit: 0, ..query.filter(last_event_id)? };
+    let (backlog, live) = d.ask(|reply| Command::SubscribeEvents { filter: filter.clone(), reply }).await?;
+    let seen = backlog.last().map(|e| e.id).unwrap_or(filter.since);
+    let to_sse = |e: &Event| {
+        Ok::<_, std::convert::Infallible>(
+            SseEvent::default().id(e.id.to_string()).event(e.kind.name()).json_data(e).unwrap_or_default(),
+        )
+    };
+    let backlog = futures_util::stream::iter(backlog.iter().map(to_sse).collect::<Vec<_>>());
+    // A listener that falls behind the broadcast catches up from the store.
+    let store = d.store.clone();
+    let live = futures_util::stream::unfold(
+        (live, filter, seen, VecDeque::<Event>::new()),
+        move |(mut rx, filter, mut seen, mut pending)| {
+            let store = store.clone();
+            async move {
+                loop {
+                    if let Some(e) = pending.pop_front() {
+                        seen = e.id;
+                        return Some((to_sse(&e), (rx, filter, seen, pending)));
+                    }
+                    match rx.recv().await {
+                        Ok(e) if e.id > seen && filter.matches(&e) => pending.push_back(e),
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            pending = store.events(Filter { since: seen, ..filter.clone() }).await.into();
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            }
+        },
+    );
+    Ok(Sse::new(backlog.chain(live)).keep_alive(KeepAlive::default()).into_response())
 }
 
 async fn rediscover(State(d): State<Daemon>) -> ApiResult {

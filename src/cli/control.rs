@@ -15,36 +15,26 @@ pub async fn run(command: Sub, url: &str, json: bool) -> Result<(), Failure> {
         Sub::Show { name } => client.get(&service_path(name, "")).await?,
         Sub::Status { name } => client.get(&service_path(name, "/status")).await?,
         Sub::Start { name, force } => {
-            client
-                .post(
-                    &service_path(name, "/start"),
-                    Some(json!({ "force": force })),
-                )
-                .await?
+            client.post(&service_path(name, "/start"), Some(json!({ "force": force }))).await?
         }
         Sub::Restart { name, force } => {
-            client
-                .post(
-                    &service_path(name, "/restart"),
-                    Some(json!({ "force": force })),
-                )
-                .await?
+            client.post(&service_path(name, "/restart"), Some(json!({ "force": force }))).await?
         }
         Sub::Stop { name } => client.post(&service_path(name, "/stop"), None).await?,
         Sub::Rediscover => client.post("/rediscover", None).await?,
-        Sub::Logs {
-            name,
-            lines,
-            follow: true,
-        } => return follow(&client, name, *lines, json).await,
-        Sub::Logs {
-            name,
-            lines,
-            follow: false,
-        } => {
-            client
-                .get(&format!("{}?tail={lines}", service_path(name, "/logs")))
-                .await?
+        Sub::Events { service, since, limit, follow } => {
+            let mut query = format!("?limit={limit}&since={}", since.unwrap_or(0));
+            if let Some(service) = service {
+                query.push_str(&format!("&service={}", escape(service)));
+            }
+            if *follow {
+                return follow_events(&client, &query, json).await;
+            }
+            client.get(&format!("/events{query}")).await?
+        }
+        Sub::Logs { name, lines, follow: true } => return follow(&client, name, *lines, json).await,
+        Sub::Logs { name, lines, follow: false } => {
+            client.get(&format!("{}?tail={lines}", service_path(name, "/logs"))).await?
         }
         Sub::Serve(_) | Sub::Validate { .. } | Sub::New { .. } => {
             unreachable!("handled without a daemon")
@@ -63,24 +53,65 @@ pub async fn run(command: Sub, url: &str, json: bool) -> Result<(), Failure> {
             }
         }
         Sub::Rediscover => print_rediscover(&answer),
-        _ => println!("{}", answer["message"].as_str().unwrap_or("ok")),
+        Sub::Events { .. } => {
+            for event in answer["events"].as_array().into_iter().flatten() {
+                println!("{}", render_event(event));
+            }
+        }
+        _ => {
+            println!("{}", answer["message"].as_str().unwrap_or("ok"));
+            for (key, what) in [("preempted", "stopped to free the GPU"), ("also_stopped", "stopped first (they depend on it)")] {
+                let names: Vec<String> = answer[key].as_array().into_iter().flatten().map(text).collect();
+                if !names.is_empty() {
+                    println!("{what}: {}", names.join(", "));
+                }
+            }
+        }
     }
     Ok(())
 }
 
 fn service_path(name: &str, suffix: &str) -> String {
-    // Names are validated by the daemon; escaping keeps a bad one a 404.
-    let escaped: String = name
-        .bytes()
+    format!("/services/{}{suffix}", escape(name))
+}
+
+/// Percent-encode a path segment or query value; names are validated by the
+/// daemon, so escaping only keeps a bad one from changing the URL's shape.
+fn escape(text: &str) -> String {
+    text.bytes()
         .map(|b| {
-            if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
+            if b.is_ascii_alphanumeric() || b"._-".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }
         })
-        .collect();
-    format!("/services/{escaped}{suffix}")
+        .collect()
+}
+
+fn render_event(e: &Value) -> String {
+    format!(
+        "{:>6}  {}  {:<20} {}",
+        text(&e["id"]),
+        e["ts"].as_str().unwrap_or(""),
+        e["service"].as_str().unwrap_or("(daemon)"),
+        e["message"].as_str().unwrap_or("")
+    )
+}
+
+/// Print the SSE stream's events as they come (`data:` lines carry JSON).
+async fn follow_events(client: &Client, query: &str, json: bool) -> Result<(), Failure> {
+    let response = client.stream(&format!("/events/stream{query}")).await?;
+    let mut body = response.bytes_stream();
+    let mut partial = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| Failure::new(1, format!("error: event stream ended: {e}")))?;
+        for line in crate::logs::split_lines(&mut partial, &chunk) {
+            let Some(data) = line.strip_prefix("data:") else { continue };
+            match serde_json::from_str::<Value>(data.trim()) {
+                Ok(event) if json => println!("{event}"),
+                Ok(event) => println!("{}", render_event(&event)),
+                Err(_) => {}
+            }
+        }
+    }
+    Err(Failure::new(1, "error: the daemon closed the event stream"))
 }
 
 fn render_line(line: &Value) -> String {
@@ -93,12 +124,7 @@ fn render_line(line: &Value) -> String {
 }
 
 async fn follow(client: &Client, name: &str, lines: usize, json: bool) -> Result<(), Failure> {
-    let response = client
-        .stream(&format!(
-            "{}?tail={lines}&follow=true",
-            service_path(name, "/logs")
-        ))
-        .await?;
+    let response = client.stream(&format!("{}?tail={lines}&follow=true", service_path(name, "/logs"))).await?;
     let mut body = response.bytes_stream();
     let mut partial = Vec::new();
     while let Some(chunk) = body.next().await {
@@ -119,11 +145,8 @@ fn print_list(answer: &Value) {
     let rows: Vec<Vec<String>> = services
         .iter()
         .map(|s| {
-            let gpu = if s["gpu_required"].as_bool() == Some(true) {
-                format!("{} GB", s["vram_gb"])
-            } else {
-                "-".into()
-            };
+            let gpu =
+                if s["gpu_required"].as_bool() == Some(true) { format!("{} GB", s["vram_gb"]) } else { "-".into() };
             vec![
                 text(&s["name"]),
                 text(&s["status"]),
@@ -137,10 +160,7 @@ fn print_list(answer: &Value) {
             ]
         })
         .collect();
-    print!(
-        "{}",
-        table(&["NAME", "STATUS", "GPU", "PORTS", "DESCRIPTION"], &rows)
-    );
+    print!("{}", table(&["NAME", "STATUS", "GPU", "PORTS", "DESCRIPTION"], &rows));
     if let Some(holder) = answer["gpu_service_running"].as_str() {
         println!("\nGPU held by: {holder}");
     }
@@ -162,10 +182,7 @@ fn print_invalid(answer: &Value) {
 
 fn print_rediscover(answer: &Value) {
     let names = |key: &str| {
-        answer[key]
-            .as_array()
-            .map(|a| a.iter().map(text).collect::<Vec<_>>().join(", "))
-            .unwrap_or_default()
+        answer[key].as_array().map(|a| a.iter().map(text).collect::<Vec<_>>().join(", ")).unwrap_or_default()
     };
     println!("added:   {}", names("added"));
     println!("removed: {}", names("removed"));

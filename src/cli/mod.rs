@@ -25,12 +25,7 @@ use crate::client::ClientError;
 )]
 pub struct Cli {
     /// The daemon's address.
-    #[arg(
-        long,
-        global = true,
-        env = "NANNY_URL",
-        default_value = "http://127.0.0.1:8080"
-    )]
+    #[arg(long, global = true, env = "NANNY_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]
@@ -76,6 +71,21 @@ enum Sub {
     },
     /// Rescan the services directory.
     Rediscover,
+    /// Show lifecycle events (oldest first).
+    Events {
+        /// Only this service's events.
+        #[arg(long)]
+        service: Option<String>,
+        /// Only events after this id.
+        #[arg(long)]
+        since: Option<u64>,
+        /// How many of the newest events.
+        #[arg(short = 'n', long = "limit", default_value_t = 50)]
+        limit: usize,
+        /// Keep printing new events as they happen.
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// Check manifests without a daemon.
     Validate {
         /// Services directory [default: $NANNY_SERVICES_DIR or ./services].
@@ -98,10 +108,7 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(code: u8, message: impl Into<String>) -> Self {
-        Failure {
-            code,
-            message: message.into(),
-        }
+        Failure { code, message: message.into() }
     }
 }
 
@@ -129,9 +136,7 @@ impl From<ClientError> for Failure {
 }
 
 fn default_services_dir() -> PathBuf {
-    std::env::var_os("NANNY_SERVICES_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("services"))
+    std::env::var_os("NANNY_SERVICES_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("services"))
 }
 
 pub fn main() -> ExitCode {
@@ -140,9 +145,7 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Sub::Serve(args) => serve::run(args).await,
-            Sub::Validate { dir } => {
-                validate::run(&dir.unwrap_or_else(default_services_dir), cli.json)
-            }
+            Sub::Validate { dir } => validate::run(&dir.unwrap_or_else(default_services_dir), cli.json),
             Sub::New { name, dir } => new::run(&name, &dir.unwrap_or_else(default_services_dir)),
             other => control::run(other, &cli.url, cli.json).await,
         }

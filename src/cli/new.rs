@@ -21,13 +21,9 @@ pub fn run(name: &str, services_dir: &Path) -> Result<(), Failure> {
     }
     let dir = services_dir.join(name);
     if dir.exists() {
-        return Err(Failure::new(
-            1,
-            format!("error: {} already exists", dir.display()),
-        ));
+        return Err(Failure::new(1, format!("error: {} already exists", dir.display())));
     }
-    let io_error =
-        |e: std::io::Error| Failure::new(1, format!("error: cannot create {}: {e}", dir.display()));
+    let io_error = |e: std::io::Error| Failure::new(1, format!("error: cannot create {}: {e}", dir.display()));
     std::fs::create_dir_all(&dir).map_err(io_error)?;
     let manifest_text = TEMPLATE_MANIFEST.replacen(TEMPLATE_NAME_LINE, &format!("name: {name}"), 1);
     std::fs::write(dir.join("service.yaml"), manifest_text).map_err(io_error)?;
@@ -45,10 +41,6 @@ pub fn run(name: &str, services_dir: &Path) -> Result<(), Failure> {
 mod tests {
     #[test]
     fn template_has_the_name_line_to_replace() {
-        assert!(
-            super::TEMPLATE_MANIFEST
-                .lines()
-                .any(|l| l == super::TEMPLATE_NAME_LINE)
-        );
+        assert!(super::TEMPLATE_MANIFEST.lines().any(|l| l == super::TEMPLATE_NAME_LINE));
     }
 }

@@ -5,10 +5,7 @@ use serde_json::Value;
 use super::control::text;
 
 pub fn print_json(value: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_default()
-    );
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
 }
 
 /// Columns padded to their widest cell; the last column is not padded.
@@ -22,11 +19,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut out = String::new();
     let header_row: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
     for row in std::iter::once(&header_row).chain(rows) {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
     }
@@ -71,13 +64,7 @@ fn print_object(value: &Value, indent: usize) {
 mod tests {
     #[test]
     fn table_aligns_columns() {
-        let rows = vec![
-            vec!["a".to_string(), "running".to_string()],
-            vec!["longer".to_string(), "-".to_string()],
-        ];
-        assert_eq!(
-            super::table(&["NAME", "STATUS"], &rows),
-            "NAME    STATUS\na       running\nlonger  -\n"
-        );
+        let rows = vec![vec!["a".to_string(), "running".to_string()], vec!["longer".to_string(), "-".to_string()]];
+        assert_eq!(super::table(&["NAME", "STATUS"], &rows), "NAME    STATUS\na       running\nlonger  -\n");
     }
 }

@@ -1,11 +1,11 @@
 //! `nanny serve`: run the daemon until SIGTERM or SIGINT, then stop every
-//! service before exiting.
+//! service (dependents first) before exiting.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::Failure;
@@ -19,33 +19,35 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free one; the chosen address is printed).
     #[arg(long, env = "NANNY_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Where logs and state are kept.
+    /// Where logs, event history and desired state are kept.
     #[arg(long, env = "NANNY_STATE_DIR", default_value = ".nanny")]
     state_dir: PathBuf,
+    /// What a clean shutdown (SIGTERM/SIGINT) does with the services that
+    /// were running: `remember` starts them again when the daemon next
+    /// starts; `forget` leaves only `autostart` services to start then.
+    /// After a crash the services meant to be running are always restored.
+    #[arg(long, env = "NANNY_ON_SHUTDOWN", value_enum, default_value_t = OnShutdown::Remember)]
+    on_shutdown: OnShutdown,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OnShutdown {
+    Remember,
+    Forget,
 }
 
 pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("NANNY_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("NANNY_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let fail = |m: String| Failure::new(1, format!("error: {m}"));
     if !args.services.is_dir() {
-        return Err(fail(format!(
-            "services directory {} does not exist",
-            args.services.display()
-        )));
+        return Err(fail(format!("services directory {} does not exist", args.services.display())));
     }
     let services_dir = std::path::absolute(&args.services).map_err(|e| fail(e.to_string()))?;
-    std::fs::create_dir_all(&args.state_dir).map_err(|e| {
-        fail(format!(
-            "cannot create state dir {}: {e}",
-            args.state_dir.display()
-        ))
-    })?;
+    std::fs::create_dir_all(&args.state_dir)
+        .map_err(|e| fail(format!("cannot create state dir {}: {e}", args.state_dir.display())))?;
     let state_dir = std::path::absolute(&args.state_dir).map_err(|e| fail(e.to_string()))?;
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| fail(e.to_string()))?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| fail(e.to_string()))?;
@@ -54,14 +56,9 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         .await
         .map_err(|e| fail(format!("cannot listen on {}: {e}", args.listen)))?;
     let addr = listener.local_addr().map_err(|e| fail(e.to_string()))?;
-    let daemon = Daemon::start(
-        Config {
-            services_dir,
-            state_dir,
-        },
-        Arc::new(crate::runtime::Native),
-    )
-    .await;
+    let daemon = Daemon::start(Config { services_dir, state_dir }, Arc::new(crate::runtime::Native))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
     let catalog = daemon.registry.snapshot();
     tracing::info!(
         services = catalog.services.len(),
@@ -74,17 +71,19 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
             tracing::warn!("invalid manifest: {error}");
         }
     }
-    let server =
-        tokio::spawn(axum::serve(listener, crate::api::router(daemon.clone())).into_future());
+    let server = tokio::spawn(axum::serve(listener, crate::api::router(daemon.clone())).into_future());
     println!("nanny listening on http://{addr}");
+    daemon.restore();
 
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM: stopping every service"),
-        _ = interrupt.recv() => tracing::info!("SIGINT: stopping every service"),
+    let reason = tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
         result = server => return Err(fail(format!("the HTTP server stopped: {result:?}"))),
-    }
+    };
+    tracing::info!("{reason}: stopping every service (a second signal exits at once)");
+    let forget = args.on_shutdown == OnShutdown::Forget;
     tokio::select! {
-        _ = daemon.shutdown() => tracing::info!("all services stopped; exiting"),
+        _ = daemon.shutdown(reason, forget) => tracing::info!("all services stopped; exiting"),
         _ = terminate.recv() => return Err(fail("second signal: exiting without waiting for services".into())),
         _ = interrupt.recv() => return Err(fail("second signal: exiting without waiting for services".into())),
     }

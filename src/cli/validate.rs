@@ -10,18 +10,12 @@ use crate::discovery;
 
 pub fn run(dir: &Path, json: bool) -> Result<(), Failure> {
     if !dir.is_dir() {
-        return Err(Failure::new(
-            1,
-            format!("error: {} is not a directory", dir.display()),
-        ));
+        return Err(Failure::new(1, format!("error: {} is not a directory", dir.display())));
     }
     let catalog = discovery::scan(dir);
     if json {
-        let valid: Vec<_> = catalog
-            .services
-            .values()
-            .map(|m| json!({ "name": m.name, "path": m.manifest_path }))
-            .collect();
+        let valid: Vec<_> =
+            catalog.services.values().map(|m| json!({ "name": m.name, "path": m.manifest_path })).collect();
         print_json(&json!({ "valid": valid, "invalid": catalog.invalid }));
     } else {
         for m in catalog.services.values() {
@@ -36,9 +30,6 @@ pub fn run(dir: &Path, json: bool) -> Result<(), Failure> {
     }
     match catalog.invalid.len() {
         0 => Ok(()),
-        n => Err(Failure::new(
-            1,
-            format!("{n} invalid manifest(s) in {}", dir.display()),
-        )),
+        n => Err(Failure::new(1, format!("{n} invalid manifest(s) in {}", dir.display()))),
     }
 }

@@ -14,9 +14,11 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, oneshot};
 
 use crate::error::Error;
+use crate::events::{Event, EventKind, Filter};
 use crate::gpu::Arbiter;
 use crate::logs::LogLine;
 use crate::service::{ServiceHandle, Shared};
+use crate::store::{Store, StoreError};
 
 pub use registry::Registry;
 use views::{RediscoverReport, ServiceDetail, ServiceList, StartOutcome, StatusView, StopOutcome};
@@ -26,39 +28,16 @@ pub type Reply<T> = oneshot::Sender<Result<T, Error>>;
 /// Everything a client can ask of the daemon.
 pub enum Command {
     List(Reply<ServiceList>),
-    Show {
-        name: String,
-        reply: Reply<ServiceDetail>,
-    },
-    Status {
-        name: String,
-        reply: Reply<StatusView>,
-    },
-    Start {
-        name: String,
-        force: bool,
-        reply: Reply<StartOutcome>,
-    },
-    Stop {
-        name: String,
-        reply: Reply<StopOutcome>,
-    },
-    Restart {
-        name: String,
-        force: bool,
-        reply: Reply<StartOutcome>,
-    },
-    Logs {
-        name: String,
-        tail: usize,
-        reply: Reply<Vec<LogLine>>,
-    },
-    FollowLogs {
-        name: String,
-        tail: usize,
-        reply: Reply<(Vec<LogLine>, broadcast::Receiver<LogLine>)>,
-    },
+    Show { name: String, reply: Reply<ServiceDetail> },
+    Status { name: String, reply: Reply<StatusView> },
+    Start { name: String, force: bool, reply: Reply<StartOutcome> },
+    Stop { name: String, reply: Reply<StopOutcome> },
+    Restart { name: String, force: bool, reply: Reply<StartOutcome> },
+    Logs { name: String, tail: usize, reply: Reply<Vec<LogLine>> },
+    FollowLogs { name: String, tail: usize, reply: Reply<(Vec<LogLine>, broadcast::Receiver<LogLine>)> },
     Rediscover(Reply<RediscoverReport>),
+    Events { filter: Filter, reply: Reply<Vec<Event>> },
+    SubscribeEvents { filter: Filter, reply: Reply<(Vec<Event>, broadcast::Receiver<Event>)> },
 }
 
 /// Settings fixed for the life of the daemon.
@@ -73,30 +52,36 @@ pub struct Daemon {
     pub config: Arc<Config>,
     pub registry: Registry,
     pub arbiter: Arc<Arbiter>,
+    pub store: Store,
     pub started: std::time::Instant,
 }
 
 impl Daemon {
-    /// Discover the services and start supervising them.
-    pub async fn start(config: Config, runtime: Arc<dyn crate::runtime::Runtime>) -> Daemon {
-        let arbiter = Arc::new(Arbiter::default());
-        let shared = Shared {
-            runtime,
-            arbiter: arbiter.clone(),
-            http: crate::health::client(),
-        };
-        let registry = Registry::start(
-            config.services_dir.clone(),
-            config.state_dir.join("logs"),
-            shared,
-        )
-        .await;
-        Daemon {
-            config: Arc::new(config),
-            registry,
-            arbiter,
-            started: std::time::Instant::now(),
+    /// Open the state, clean up after a previous daemon that was killed,
+    /// discover the services and start supervising them.
+    pub async fn start(config: Config, runtime: Arc<dyn crate::runtime::Runtime>) -> Result<Daemon, StoreError> {
+        let store = Store::open(&config.state_dir)?;
+        store.emit(
+            None,
+            EventKind::DaemonStarted { version: env!("CARGO_PKG_VERSION").into(), pid: std::process::id() },
+        );
+        for leftover in store.processes().await {
+            for pid in runtime.kill_leftovers(leftover.pgid, leftover.start_ticks) {
+                store.emit(Some(&leftover.service), EventKind::OrphanKilled { pid });
+            }
+            store.forget_process(&leftover.service);
         }
+        let arbiter = Arc::new(Arbiter::default());
+        let shared = Shared { runtime, arbiter: arbiter.clone(), http: crate::health::client(), store: store.clone() };
+        let registry = Registry::start(config.services_dir.clone(), config.state_dir.join("logs"), shared).await;
+        Ok(Daemon { config: Arc::new(config), registry, arbiter, store, started: std::time::Instant::now() })
+    }
+
+    /// Start what should be running: `autostart` services, and those that
+    /// were running when the previous daemon ended. Runs in the background.
+    pub fn restore(&self) {
+        let d = self.clone();
+        tokio::spawn(async move { commands::start::restore(&d).await });
     }
 
     /// Run `command` on its own task; its reply arrives on the channel inside it.
@@ -107,20 +92,16 @@ impl Daemon {
                 Command::List(reply) => send(reply, Ok(commands::list::run(&d))),
                 Command::Show { name, reply } => send(reply, commands::show::run(&d, &name)),
                 Command::Status { name, reply } => send(reply, commands::status::run(&d, &name)),
-                Command::Start { name, force, reply } => {
-                    send(reply, commands::start::run(&d, &name, force).await)
-                }
+                Command::Start { name, force, reply } => send(reply, commands::start::run(&d, &name, force).await),
                 Command::Stop { name, reply } => send(reply, commands::stop::run(&d, &name).await),
-                Command::Restart { name, force, reply } => {
-                    send(reply, commands::restart::run(&d, &name, force).await)
-                }
-                Command::Logs { name, tail, reply } => {
-                    send(reply, commands::logs::tail(&d, &name, tail))
-                }
-                Command::FollowLogs { name, tail, reply } => {
-                    send(reply, commands::logs::follow(&d, &name, tail))
-                }
+                Command::Restart { name, force, reply } => send(reply, commands::restart::run(&d, &name, force).await),
+                Command::Logs { name, tail, reply } => send(reply, commands::logs::tail(&d, &name, tail)),
+                Command::FollowLogs { name, tail, reply } => send(reply, commands::logs::follow(&d, &name, tail)),
                 Command::Rediscover(reply) => send(reply, commands::rediscover::run(&d).await),
+                Command::Events { filter, reply } => send(reply, commands::events::history(&d, filter).await),
+                Command::SubscribeEvents { filter, reply } => {
+                    send(reply, commands::events::subscribe(&d, filter).await)
+                }
             }
         });
     }
@@ -133,17 +114,21 @@ impl Daemon {
     }
 
     pub fn service(&self, name: &str) -> Result<ServiceHandle, Error> {
-        self.registry
-            .snapshot()
-            .services
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::NotFound(name.to_string()))
+        self.registry.snapshot().services.get(name).cloned().ok_or_else(|| Error::NotFound(name.to_string()))
     }
 
-    /// Stop every service and end supervision (daemon shutdown).
-    pub async fn shutdown(&self) {
+    /// Stop every service, dependents before their dependencies, and end
+    /// supervision (daemon shutdown). With `forget`, nothing is restored at
+    /// the next start but `autostart` services.
+    pub async fn shutdown(&self, reason: &str, forget: bool) {
+        self.store.emit(None, EventKind::DaemonStopping { reason: reason.to_string() });
+        if forget {
+            for name in self.registry.snapshot().services.keys() {
+                self.store.set_desired(name, false);
+            }
+        }
         self.registry.shutdown().await;
+        self.store.flush().await;
     }
 }
 

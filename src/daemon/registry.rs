@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::deps;
 use crate::discovery::{self, Catalog, Invalid};
+use crate::events::EventKind;
 use crate::logs::LogStore;
 use crate::service::{ServiceHandle, Shared};
 
@@ -44,14 +46,8 @@ impl Registry {
     pub async fn start(services_dir: PathBuf, logs_dir: PathBuf, shared: Shared) -> Registry {
         let (tx, rx) = mpsc::channel(16);
         let (publish, snapshot) = watch::channel(Arc::new(Snapshot::default()));
-        let mut owner = Owner {
-            services_dir,
-            logs_dir,
-            shared,
-            catalog: Catalog::default(),
-            handles: BTreeMap::new(),
-            publish,
-        };
+        let mut owner =
+            Owner { services_dir, logs_dir, shared, catalog: Catalog::default(), handles: BTreeMap::new(), publish };
         owner.rescan().await;
         tokio::spawn(owner.run(rx));
         Registry { tx, snapshot }
@@ -93,8 +89,14 @@ impl Owner {
                     let _ = reply.send(self.rescan().await);
                 }
                 Request::Shutdown(reply) => {
-                    let stops = self.handles.values().map(ServiceHandle::shutdown);
-                    futures_util::future::join_all(stops).await;
+                    // Dependents first: deepest in the dependency graph, in parallel per level.
+                    let mut by_depth: BTreeMap<usize, Vec<&ServiceHandle>> = BTreeMap::new();
+                    for (name, handle) in &self.handles {
+                        by_depth.entry(deps::depth(&self.catalog.services, name)).or_default().push(handle);
+                    }
+                    for (_, level) in by_depth.into_iter().rev() {
+                        futures_util::future::join_all(level.into_iter().map(ServiceHandle::shutdown)).await;
+                    }
                     let _ = reply.send(());
                     return;
                 }
@@ -104,32 +106,30 @@ impl Owner {
 
     async fn rescan(&mut self) -> Rescan {
         let dir = self.services_dir.clone();
-        let catalog = tokio::task::spawn_blocking(move || discovery::scan(&dir))
-            .await
-            .unwrap_or_default();
+        let catalog = tokio::task::spawn_blocking(move || discovery::scan(&dir)).await.unwrap_or_default();
         let diff = discovery::diff(&self.catalog, &catalog);
-        let mut report = Rescan {
-            added: diff.added.clone(),
-            removed: diff.removed.clone(),
-            changed: Vec::new(),
-        };
+        let mut report = Rescan { added: diff.added.clone(), removed: diff.removed.clone(), changed: Vec::new() };
+        let store = &self.shared.store;
+        for invalid in catalog.invalid.iter().filter(|i| !self.catalog.invalid.contains(i)) {
+            store.emit(
+                None,
+                EventKind::Invalid { path: invalid.path.display().to_string(), errors: invalid.errors.clone() },
+            );
+        }
         for name in &diff.added {
+            store.emit(Some(name), EventKind::Discovered);
             let logs = Arc::new(LogStore::new(self.logs_dir.join(format!("{name}.log"))));
-            let handle =
-                ServiceHandle::spawn(catalog.services[name].clone(), self.shared.clone(), logs);
+            let handle = ServiceHandle::spawn(catalog.services[name].clone(), self.shared.clone(), logs);
             self.handles.insert(name.clone(), handle);
         }
         for name in &diff.changed {
             let handle = &self.handles[name];
             let running = handle.snapshot().state.has_process();
             handle.update(catalog.services[name].clone());
+            store.emit(Some(name), EventKind::ManifestChanged { running });
             report.changed.push((name.clone(), running));
         }
-        let removed: Vec<ServiceHandle> = diff
-            .removed
-            .iter()
-            .filter_map(|n| self.handles.remove(n))
-            .collect();
+        let removed: Vec<ServiceHandle> = diff.removed.iter().filter_map(|n| self.handles.remove(n)).collect();
         self.catalog = catalog;
         // Removed services vanish from the API at once, then are stopped.
         self.publish_snapshot();
@@ -138,9 +138,7 @@ impl Owner {
     }
 
     fn publish_snapshot(&self) {
-        self.publish.send_replace(Arc::new(Snapshot {
-            services: self.handles.clone(),
-            invalid: self.catalog.invalid.clone(),
-        }));
+        self.publish
+            .send_replace(Arc::new(Snapshot { services: self.handles.clone(), invalid: self.catalog.invalid.clone() }));
     }
 }

@@ -41,11 +41,7 @@ impl ServiceSummary {
             health_endpoint: m.health_endpoint_string(),
             tags: m.tags.clone(),
             status: snap.state,
-            last_http_code: snap
-                .last_health
-                .as_ref()
-                .filter(|_| snap.state.has_process())
-                .and_then(|h| h.http_code),
+            last_http_code: snap.last_health.as_ref().filter(|_| snap.state.has_process()).and_then(|h| h.http_code),
             runtime: match m.runtime {
                 crate::manifest::Runtime::Native { .. } => "native",
                 crate::manifest::Runtime::Compose { .. } => "compose",
@@ -84,10 +80,7 @@ pub struct StatusView {
 
 impl StatusView {
     pub fn of(snap: &Snapshot) -> Self {
-        let uptime = snap
-            .started_at
-            .filter(|_| snap.state.has_process())
-            .map(|(since, _)| since.elapsed());
+        let uptime = snap.started_at.filter(|_| snap.state.has_process()).map(|(since, _)| since.elapsed());
         StatusView {
             name: snap.manifest.name.clone(),
             status: snap.state,
@@ -131,6 +124,8 @@ pub struct StartOutcome {
 pub struct StopOutcome {
     pub message: String,
     pub status: State,
+    /// Running services that depend on this one, stopped first.
+    pub also_stopped: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -160,12 +155,7 @@ pub fn python_timedelta(d: std::time::Duration) -> String {
         1 => "1 day, ".to_string(),
         n => format!("{n} days, "),
     };
-    out.push_str(&format!(
-        "{}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    ));
+    out.push_str(&format!("{}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60));
     if frac != 0 {
         out.push_str(&format!(".{frac:06}"));
     }
@@ -179,18 +169,9 @@ mod tests {
 
     #[test]
     fn timedelta_matches_python() {
-        assert_eq!(
-            python_timedelta(Duration::from_micros(323_123_456)),
-            "0:05:23.123456"
-        );
+        assert_eq!(python_timedelta(Duration::from_micros(323_123_456)), "0:05:23.123456");
         assert_eq!(python_timedelta(Duration::from_secs(0)), "0:00:00");
-        assert_eq!(
-            python_timedelta(Duration::from_secs(86_400 + 3 * 3600 + 4)),
-            "1 day, 3:00:04"
-        );
-        assert_eq!(
-            python_timedelta(Duration::from_micros(2 * 86_400_000_000 + 5)),
-            "2 days, 0:00:00.000005"
-        );
+        assert_eq!(python_timedelta(Duration::from_secs(86_400 + 3 * 3600 + 4)), "1 day, 3:00:04");
+        assert_eq!(python_timedelta(Duration::from_micros(2 * 86_400_000_000 + 5)), "2 days, 0:00:00.000005");
     }
 }

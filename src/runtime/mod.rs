@@ -56,6 +56,9 @@ fn ser_signal<S: serde::Serializer>(signal: &Option<Signal>, s: S) -> Result<S::
 /// A process that was started. Its group id equals its pid.
 pub struct Spawned {
     pub pid: u32,
+    /// When it started, in clock ticks since boot; with the pid, this
+    /// identifies the process even after its pid is reused.
+    pub start_ticks: u64,
     /// Resolves when the process has exited and been reaped.
     pub exited: oneshot::Receiver<ExitInfo>,
 }
@@ -67,4 +70,9 @@ pub trait Runtime: Send + Sync + 'static {
     /// Send `signal` to every process of the group `pgid`. A group that no
     /// longer exists is not an error.
     fn signal_group(&self, pgid: u32, signal: Signal) -> io::Result<()>;
+
+    /// SIGKILL what is left of a process group a previous daemon started
+    /// (`start_ticks` of its leader), returning the pids killed. Processes
+    /// that merely reuse the group id now are left alone.
+    fn kill_leftovers(&self, pgid: u32, start_ticks: u64) -> Vec<u32>;
 }

@@ -21,10 +21,8 @@ pub struct Native;
 
 impl Runtime for Native {
     fn spawn(&self, spec: &SpawnSpec, logs: Arc<LogStore>) -> io::Result<Spawned> {
-        let (program, args) = spec
-            .argv
-            .split_first()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
+        let (program, args) =
+            spec.argv.split_first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
         let mut cmd = Command::new(program);
         cmd.args(args)
             .current_dir(&spec.working_dir)
@@ -46,10 +44,9 @@ impl Runtime for Native {
                 Ok(())
             });
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot run `{program}`: {e}")))?;
+        let mut child = cmd.spawn().map_err(|e| io::Error::new(e.kind(), format!("cannot run `{program}`: {e}")))?;
         let pid = child.id().expect("a just-spawned child has a pid");
+        let start_ticks = proc_stat(pid).map(|s| s.start_ticks).unwrap_or(0);
         if let Some(out) = child.stdout.take() {
             tokio::spawn(pump(out, Stream::Stdout, logs.clone()));
         }
@@ -59,21 +56,17 @@ impl Runtime for Native {
         let (tx, exited) = oneshot::channel();
         tokio::spawn(async move {
             let info = match child.wait().await {
-                Ok(status) => ExitInfo {
-                    code: status.code(),
-                    signal: status.signal().and_then(|s| Signal::try_from(s).ok()),
-                },
+                Ok(status) => {
+                    ExitInfo { code: status.code(), signal: status.signal().and_then(|s| Signal::try_from(s).ok()) }
+                }
                 Err(e) => {
                     tracing::error!(pid, "waiting for child failed: {e}");
-                    ExitInfo {
-                        code: None,
-                        signal: None,
-                    }
+                    ExitInfo { code: None, signal: None }
                 }
             };
             let _ = tx.send(info);
         });
-        Ok(Spawned { pid, exited })
+        Ok(Spawned { pid, start_ticks, exited })
     }
 
     fn signal_group(&self, pgid: u32, signal: Signal) -> io::Result<()> {
@@ -82,6 +75,43 @@ impl Runtime for Native {
             Err(e) => Err(io::Error::from(e)),
         }
     }
+
+    fn kill_leftovers(&self, pgid: u32, start_ticks: u64) -> Vec<u32> {
+        let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+        let mut killed = Vec::new();
+        for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+            // Members of the group that started no earlier than its leader
+            // did: the leader's descendants, not a newcomer with a reused id.
+            let Some(stat) = proc_stat(pid) else { continue };
+            if stat.pgrp == pgid
+                && stat.start_ticks >= start_ticks
+                && stat.state != 'Z'
+                && nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok()
+            {
+                killed.push(pid);
+            }
+        }
+        killed
+    }
+}
+
+/// The fields of `/proc/PID/stat` the runtime needs.
+struct ProcStat {
+    state: char,
+    pgrp: u32,
+    start_ticks: u64,
+}
+
+fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces; fields after it are plain.
+    let after_name = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_name.split(' ').collect();
+    Some(ProcStat {
+        state: fields.first()?.chars().next()?,
+        pgrp: fields.get(2)?.parse().ok()?,
+        start_ticks: fields.get(19)?.parse().ok()?,
+    })
 }
 
 /// Drain one pipe into the log store as fast as it fills.

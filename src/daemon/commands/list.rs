@@ -5,11 +5,7 @@ use crate::daemon::views::{ServiceList, ServiceSummary};
 
 pub fn run(d: &Daemon) -> ServiceList {
     let registry = d.registry.snapshot();
-    let services: Vec<ServiceSummary> = registry
-        .services
-        .values()
-        .map(|h| ServiceSummary::of(&h.snapshot()))
-        .collect();
+    let services: Vec<ServiceSummary> = registry.services.values().map(|h| ServiceSummary::of(&h.snapshot())).collect();
     ServiceList {
         total: services.len(),
         services,

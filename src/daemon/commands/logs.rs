@@ -10,10 +10,6 @@ pub fn tail(d: &Daemon, name: &str, n: usize) -> Result<Vec<LogLine>, Error> {
     Ok(d.service(name)?.logs.tail(n))
 }
 
-pub fn follow(
-    d: &Daemon,
-    name: &str,
-    n: usize,
-) -> Result<(Vec<LogLine>, broadcast::Receiver<LogLine>), Error> {
+pub fn follow(d: &Daemon, name: &str, n: usize) -> Result<(Vec<LogLine>, broadcast::Receiver<LogLine>), Error> {
     Ok(d.service(name)?.logs.follow(n))
 }

@@ -1,5 +1,6 @@
 //! One file per [`Command`](super::Command): what the daemon does for it.
 
+pub mod events;
 pub mod list;
 pub mod logs;
 pub mod rediscover;

@@ -1,15 +1,38 @@
 //! `POST /services/{name}/stop`, `nanny stop`: idempotent; returns once no
-//! process of the service is left.
+//! process of the service is left. Services that depend on it are stopped
+//! first (as systemd does for `Requires=`), and listed in the answer.
 
 use crate::daemon::Daemon;
 use crate::daemon::views::StopOutcome;
+use crate::deps;
 use crate::error::Error;
 
 pub async fn run(d: &Daemon, name: &str) -> Result<StopOutcome, Error> {
-    let service = d.service(name)?;
-    service.stop().await;
+    let also_stopped = stop_with_dependents(d, name).await?;
+    d.store.set_desired(name, false);
     Ok(StopOutcome {
         message: format!("Service '{name}' stopped successfully"),
-        status: service.snapshot().state,
+        status: d.service(name)?.snapshot().state,
+        also_stopped,
     })
+}
+
+/// Stop the running dependents of `name` (deepest first), then `name`.
+/// Returns the dependents that were stopped.
+pub async fn stop_with_dependents(d: &Daemon, name: &str) -> Result<Vec<String>, Error> {
+    let service = d.service(name)?;
+    let registry = d.registry.snapshot();
+    let manifests: deps::Services =
+        registry.services.iter().map(|(n, h)| (n.clone(), h.snapshot().manifest.clone())).collect();
+    let mut stopped = Vec::new();
+    for dependent in deps::dependents(&manifests, name) {
+        let Some(handle) = registry.services.get(&dependent) else { continue };
+        if handle.snapshot().state.holds_gpu() || handle.snapshot().state.has_process() {
+            handle.stop().await;
+            d.store.set_desired(&dependent, false);
+            stopped.push(dependent);
+        }
+    }
+    service.stop().await;
+    Ok(stopped)
 }

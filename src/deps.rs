@@ -1,0 +1,160 @@
+//! Dependencies between services (`depends_on`): which manifests name an
+//! unknown service or take part in a cycle, the order to start in, and who
+//! depends on whom. Pure.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use crate::manifest::{DependencyCondition, Manifest};
+
+pub type Services = BTreeMap<String, Arc<Manifest>>;
+
+/// Every service whose dependencies cannot be satisfied, with the reason:
+/// an unknown (or itself unusable) dependency, or a cycle, named in full.
+pub fn problems(services: &Services) -> BTreeMap<String, String> {
+    let mut bad: BTreeMap<String, String> = BTreeMap::new();
+    for cycle in cycles(services) {
+        let path = cycle.iter().chain(cycle.first()).cloned().collect::<Vec<_>>().join(" -> ");
+        for name in &cycle {
+            bad.entry(name.clone()).or_insert_with(|| format!("dependency cycle: {path}"));
+        }
+    }
+    // A service depending on an unknown or unusable one is unusable too.
+    loop {
+        let before = bad.len();
+        for (name, m) in services {
+            if bad.contains_key(name) {
+                continue;
+            }
+            if let Some(dep) = m.depends_on.iter().find(|d| !services.contains_key(&d.name)) {
+                bad.insert(name.clone(), format!("depends on unknown service '{}'", dep.name));
+            } else if let Some(dep) = m.depends_on.iter().find(|d| bad.contains_key(&d.name)) {
+                bad.insert(name.clone(), format!("depends on '{}', which cannot be used", dep.name));
+            }
+        }
+        if bad.len() == before {
+            return bad;
+        }
+    }
+}
+
+/// Each cycle once, as the list of its members in dependency order.
+fn cycles(services: &Services) -> Vec<Vec<String>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        Visiting,
+        Done,
+    }
+    fn visit(
+        name: &str,
+        services: &Services,
+        marks: &mut BTreeMap<String, Mark>,
+        stack: &mut Vec<String>,
+        found: &mut Vec<Vec<String>>,
+    ) {
+        match marks.get(name) {
+            Some(Mark::Done) => return,
+            Some(Mark::Visiting) => {
+                let start = stack.iter().position(|n| n == name).unwrap_or(0);
+                found.push(stack[start..].to_vec());
+                return;
+            }
+            None => {}
+        }
+        let Some(m) = services.get(name) else { return };
+        marks.insert(name.to_string(), Mark::Visiting);
+        stack.push(name.to_string());
+        for dep in &m.depends_on {
+            visit(&dep.name, services, marks, stack, found);
+        }
+        stack.pop();
+        marks.insert(name.to_string(), Mark::Done);
+    }
+    let mut marks = BTreeMap::new();
+    let mut found = Vec::new();
+    for name in services.keys() {
+        visit(name, services, &mut marks, &mut Vec::new(), &mut found);
+    }
+    found
+}
+
+/// The condition a dependent waits for: as written, else `healthy` when the
+/// dependency has a health check and `started` when it has none.
+pub fn condition(dependency: &Manifest, written: Option<DependencyCondition>) -> DependencyCondition {
+    written.unwrap_or(if dependency.has_health_check() {
+        DependencyCondition::Healthy
+    } else {
+        DependencyCondition::Started
+    })
+}
+
+/// How deep `name` sits in the dependency graph: 0 for a service without
+/// dependencies, else one more than its deepest dependency. Stopping in
+/// descending depth stops dependents before what they depend on.
+pub fn depth(services: &Services, name: &str) -> usize {
+    fn go(services: &Services, name: &str, seen: &mut BTreeSet<String>) -> usize {
+        if !seen.insert(name.to_string()) {
+            return 0; // cycles are rejected at discovery; never loop here
+        }
+        let d = services
+            .get(name)
+            .map(|m| m.depends_on.iter().map(|d| go(services, &d.name, seen) + 1).max().unwrap_or(0))
+            .unwrap_or(0);
+        seen.remove(name);
+        d
+    }
+    go(services, name, &mut BTreeSet::new())
+}
+
+/// Services that depend on `name`, directly or not, deepest first (the
+/// order to stop them in).
+pub fn dependents(services: &Services, name: &str) -> Vec<String> {
+    let mut found: BTreeSet<String> = BTreeSet::new();
+    let mut frontier = vec![name.to_string()];
+    while let Some(current) = frontier.pop() {
+        for (other, m) in services {
+            if m.depends_on.iter().any(|d| d.name == current) && found.insert(other.clone()) {
+                frontier.push(other.clone());
+            }
+        }
+    }
+    let mut list: Vec<String> = found.into_iter().collect();
+    list.sort_by_key(|n| std::cmp::Reverse(depth(services, n)));
+    list
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn services(spec: &[(&str, &[&str])]) -> Services {
+        spec.iter()
+            .map(|(name, deps)| {
+                let text = format!("name: {name}\ncommand: [x]\ndepends_on: [{}]\n", deps.join(", "));
+                let m = crate::manifest::parse(Path::new("/s/service.yaml"), &text, &|_| true).unwrap();
+                (name.to_string(), Arc::new(m))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn cycles_are_named_and_spread_to_dependents() {
+        let s = services(&[("a", &["b"]), ("b", &["c"]), ("c", &["a"]), ("d", &["a"]), ("e", &[]), ("f", &["zzz"])]);
+        let p = problems(&s);
+        assert_eq!(p["a"], "dependency cycle: a -> b -> c -> a");
+        assert!(p["b"].starts_with("dependency cycle"));
+        assert_eq!(p["d"], "depends on 'a', which cannot be used");
+        assert_eq!(p["f"], "depends on unknown service 'zzz'");
+        assert!(!p.contains_key("e"));
+    }
+
+    #[test]
+    fn depth_and_dependents() {
+        let s = services(&[("db", &[]), ("api", &["db"]), ("web", &["api", "db"]), ("lone", &[])]);
+        assert_eq!(depth(&s, "db"), 0);
+        assert_eq!(depth(&s, "web"), 2);
+        assert_eq!(dependents(&s, "db"), vec!["web", "api"]);
+        assert!(dependents(&s, "lone").is_empty());
+    }
+}

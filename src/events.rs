@@ -1,0 +1,97 @@
+//! Lifecycle events: what happened, to which service, in the order it
+//! happened. Every event gets its id from the store when it is persisted,
+//! and only then is it published to live listeners (API SSE, CLI follow).
+
+use serde::{Deserialize, Serialize};
+
+/// One thing that happened. `id`s are strictly increasing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    pub id: u64,
+    pub ts: jiff::Timestamp,
+    pub service: Option<String>,
+    #[serde(flatten)]
+    pub kind: EventKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventKind {
+    DaemonStarted { version: String, pid: u32 },
+    DaemonStopping { reason: String },
+    Discovered,
+    Removed,
+    ManifestChanged { running: bool },
+    Invalid { path: String, errors: Vec<String> },
+    Starting { pid: u32, automatic: bool },
+    Healthy { startup_ms: Option<f64> },
+    Unhealthy { consecutive_failures: u32, last_check: String },
+    Exited { code: Option<i32>, signal: Option<String>, expected: bool },
+    Backoff { attempt: u32, delay_ms: u64 },
+    Failed { reason: String },
+    Stopping { signal: String },
+    Stopped,
+    GpuPreempted { by: String },
+    OrphanKilled { pid: u32 },
+}
+
+impl EventKind {
+    /// The kind as stored and filtered on (`starting`, `exited`, …).
+    pub fn name(&self) -> String {
+        serde_json::to_value(self).ok().and_then(|v| v["kind"].as_str().map(str::to_string)).unwrap_or_default()
+    }
+
+    /// A sentence for people (logs, CLI).
+    pub fn describe(&self) -> String {
+        match self {
+            EventKind::DaemonStarted { version, pid } => format!("daemon {version} started (pid {pid})"),
+            EventKind::DaemonStopping { reason } => format!("daemon stopping: {reason}"),
+            EventKind::Discovered => "discovered".into(),
+            EventKind::Removed => "removed (its manifest is gone)".into(),
+            EventKind::ManifestChanged { running: true } => {
+                "manifest changed; running with the previous one until restarted".into()
+            }
+            EventKind::ManifestChanged { running: false } => "manifest changed".into(),
+            EventKind::Invalid { path, errors } => format!("invalid manifest {path}: {}", errors.join("; ")),
+            EventKind::Starting { pid, automatic } => {
+                format!("starting (pid {pid}{})", if *automatic { ", automatic restart" } else { "" })
+            }
+            EventKind::Healthy { startup_ms: Some(ms) } => format!("running (healthy after {ms:.0} ms)"),
+            EventKind::Healthy { startup_ms: None } => "healthy again".into(),
+            EventKind::Unhealthy { consecutive_failures, last_check } => {
+                format!("unhealthy after {consecutive_failures} failed checks (last: {last_check})")
+            }
+            EventKind::Exited { code, signal, expected } => {
+                let how = match (code, signal) {
+                    (Some(c), _) => format!("exited with code {c}"),
+                    (None, Some(s)) => format!("killed by {s}"),
+                    (None, None) => "exited".into(),
+                };
+                if *expected { how } else { format!("{how} unexpectedly") }
+            }
+            EventKind::Backoff { attempt, delay_ms } => {
+                format!("restart {attempt} in {:.3}s", *delay_ms as f64 / 1000.0)
+            }
+            EventKind::Failed { reason } => format!("failed: {reason}"),
+            EventKind::Stopping { signal } => format!("stopping ({signal})"),
+            EventKind::Stopped => "stopped".into(),
+            EventKind::GpuPreempted { by } => format!("stopped to free the GPU for '{by}'"),
+            EventKind::OrphanKilled { pid } => format!("killed process {pid} left over from a previous daemon"),
+        }
+    }
+}
+
+/// Which events a reader wants.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub since: u64,
+    pub service: Option<String>,
+    pub limit: usize,
+}
+
+impl Filter {
+    pub fn matches(&self, event: &Event) -> bool {
+        event.id > self.since && self.service.as_ref().is_none_or(|s| event.service.as_ref() == Some(s))
+    }
+}
