@@ -93,10 +93,12 @@ fn start_body(body: Result<Bytes, BytesRejection>) -> Result<StartBody, ApiError
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(StartBody::default());
     }
+    // Like the seed's FastAPI: a body that is not the expected JSON is a 422.
     serde_json::from_slice(&body).map_err(|e| {
-        let status =
-            if e.is_syntax() || e.is_eof() { StatusCode::BAD_REQUEST } else { StatusCode::UNPROCESSABLE_ENTITY };
-        ApiError::new(status, format!("invalid request body (expected {{\"force\": true|false}}): {e}"))
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("invalid request body (expected {{\"force\": true|false}}): {e}"),
+        )
     })
 }
 

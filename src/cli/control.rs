@@ -60,7 +60,9 @@ pub async fn run(command: Sub, url: &str, json: bool) -> Result<(), Failure> {
         }
         _ => {
             println!("{}", answer["message"].as_str().unwrap_or("ok"));
-            for (key, what) in [("preempted", "stopped to free the GPU"), ("also_stopped", "stopped first (they depend on it)")] {
+            for (key, what) in
+                [("preempted", "stopped to free the GPU"), ("also_stopped", "stopped first (they depend on it)")]
+            {
                 let names: Vec<String> = answer[key].as_array().into_iter().flatten().map(text).collect();
                 if !names.is_empty() {
                     println!("{what}: {}", names.join(", "));
