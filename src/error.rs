@@ -15,6 +15,8 @@ pub enum Error {
     BadRequest(String),
     #[error("cannot start '{service}': its dependency '{dependency}' did not start: {source}")]
     Dependency { service: String, dependency: String, source: Box<Error> },
+    #[error("{0}")]
+    Runtime(String),
     #[error("the daemon is shutting down")]
     ShuttingDown,
 }

@@ -18,22 +18,60 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EventKind {
-    DaemonStarted { version: String, pid: u32 },
-    DaemonStopping { reason: String },
+    DaemonStarted {
+        version: String,
+        pid: u32,
+    },
+    DaemonStopping {
+        reason: String,
+    },
     Discovered,
     Removed,
-    ManifestChanged { running: bool },
-    Invalid { path: String, errors: Vec<String> },
-    Starting { pid: u32, automatic: bool },
-    Healthy { startup_ms: Option<f64> },
-    Unhealthy { consecutive_failures: u32, last_check: String },
-    Exited { code: Option<i32>, signal: Option<String>, expected: bool },
-    Backoff { attempt: u32, delay_ms: u64 },
-    Failed { reason: String },
-    Stopping { signal: String },
+    ManifestChanged {
+        running: bool,
+    },
+    Invalid {
+        path: String,
+        errors: Vec<String>,
+    },
+    Starting {
+        pid: Option<u32>,
+        automatic: bool,
+    },
+    /// An instance already running (started before this daemon, or by hand) was taken over.
+    Adopted {
+        pid: Option<u32>,
+        containers: Vec<String>,
+    },
+    Healthy {
+        startup_ms: Option<f64>,
+    },
+    Unhealthy {
+        consecutive_failures: u32,
+        last_check: String,
+    },
+    Exited {
+        code: Option<i32>,
+        signal: Option<String>,
+        expected: bool,
+    },
+    Backoff {
+        attempt: u32,
+        delay_ms: u64,
+    },
+    Failed {
+        reason: String,
+    },
+    Stopping {
+        signal: String,
+    },
     Stopped,
-    GpuPreempted { by: String },
-    OrphanKilled { pid: u32 },
+    GpuPreempted {
+        by: String,
+    },
+    OrphanKilled {
+        pid: u32,
+    },
 }
 
 impl EventKind {
@@ -55,10 +93,15 @@ impl EventKind {
             EventKind::ManifestChanged { running: false } => "manifest changed".into(),
             EventKind::Invalid { path, errors } => format!("invalid manifest {path}: {}", errors.join("; ")),
             EventKind::Starting { pid, automatic } => {
-                format!("starting (pid {pid}{})", if *automatic { ", automatic restart" } else { "" })
+                let pid = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+                format!("starting{pid}{}", if *automatic { ", automatic restart" } else { "" })
             }
+            EventKind::Adopted { pid, containers } => match pid {
+                Some(pid) => format!("adopted running process {pid}"),
+                None => format!("adopted running containers {}", containers.join(", ")),
+            },
             EventKind::Healthy { startup_ms: Some(ms) } => format!("running (healthy after {ms:.0} ms)"),
-            EventKind::Healthy { startup_ms: None } => "healthy again".into(),
+            EventKind::Healthy { startup_ms: None } => "running (healthy)".into(),
             EventKind::Unhealthy { consecutive_failures, last_check } => {
                 format!("unhealthy after {consecutive_failures} failed checks (last: {last_check})")
             }

@@ -7,6 +7,8 @@
 
 use std::sync::Mutex;
 
+use crate::runtime::Placement;
+
 /// Who holds the GPU. Pure data and decisions.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Claims {
@@ -60,6 +62,12 @@ impl Arbiter {
 
     pub fn holder(&self) -> Option<String> {
         self.lock().holder().map(str::to_string)
+    }
+
+    /// Where the holder runs: with one GPU service at a time, every device
+    /// (`NANNY_GPU_DEVICES` narrows it, e.g. `0,1`).
+    pub fn placement(&self) -> Placement {
+        Placement { devices: std::env::var("NANNY_GPU_DEVICES").unwrap_or_else(|_| "all".into()) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Claims> {

@@ -40,7 +40,7 @@ impl Probe {
         let argv = manifest.health_command.clone()?;
         let working_dir = match &manifest.runtime {
             crate::manifest::Runtime::Native { working_dir, .. } => working_dir.clone(),
-            crate::manifest::Runtime::Compose { compose_file } => {
+            crate::manifest::Runtime::Compose { compose_file, .. } => {
                 compose_file.parent().unwrap_or(Path::new(".")).to_path_buf()
             }
         };

@@ -64,8 +64,17 @@ pub struct Manifest {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "runtime", rename_all = "lowercase")]
 pub enum Runtime {
-    Native { command: Vec<String>, working_dir: PathBuf, env: BTreeMap<String, String>, env_file: Option<PathBuf> },
-    Compose { compose_file: PathBuf },
+    Native {
+        command: Vec<String>,
+        working_dir: PathBuf,
+        env: BTreeMap<String, String>,
+        env_file: Option<PathBuf>,
+    },
+    Compose {
+        compose_file: PathBuf,
+        /// `compose_project`, when set; else Compose's own default is used.
+        project: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,6 +184,12 @@ pub fn valid_name(name: &str) -> bool {
         && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
         && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b))
         && !name.contains("..")
+}
+
+/// Whether `name` is a project name Compose accepts: `[a-z0-9][a-z0-9_-]*`.
+pub fn valid_project(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
 const NAME_RULE: &str = "must match [a-z0-9][a-z0-9._-]{0,62} and contain no `..`";
@@ -322,6 +337,7 @@ struct RawManifest {
     gpu_required: Option<bool>,
     vram_gb: Option<S<f64>>,
     compose_file: Option<S<String>>,
+    compose_project: Option<S<String>>,
     command: Option<S<RawCommand>>,
     working_dir: Option<S<String>>,
     env: Option<BTreeMap<String, String>>,
@@ -461,7 +477,13 @@ pub fn parse(path: &Path, text: &str, exists: &dyn Fn(&Path) -> bool) -> Result<
                 }
             }
             let compose_file = c.path("compose_file", &compose_file, &dir, exists);
-            Some(Runtime::Compose { compose_file })
+            let project = raw.compose_project.map(|p| {
+                if !valid_project(&p.value) {
+                    c.report("compose_project", &p, format!("`{}` is not a valid Compose project name: use lowercase letters, digits, '_' and '-', starting with a letter or digit", p.value));
+                }
+                p.value
+            });
+            Some(Runtime::Compose { compose_file, project })
         }
         (Some(command), Some(_)) => {
             c.report("command", &command, "give either `command` or `compose_file`, not both");
@@ -581,7 +603,7 @@ pub fn parse(path: &Path, text: &str, exists: &dyn Fn(&Path) -> bool) -> Result<
         manifest_path: path.to_path_buf(),
         runtime: match runtime {
             Some(r) => r,
-            None => Runtime::Compose { compose_file: PathBuf::new() },
+            None => Runtime::Compose { compose_file: PathBuf::new(), project: None },
         },
     };
     if c.problems.is_empty() {
@@ -684,7 +706,10 @@ mod tests {
         assert_eq!(m.vram_gb, 8.0);
         assert_eq!(m.ports, vec!["8000:8000"]);
         assert_eq!(m.health_endpoint_string().as_deref(), Some("http://localhost:8000/health"));
-        assert_eq!(m.runtime, Runtime::Compose { compose_file: PathBuf::from("/svc/a/docker-compose.yml") });
+        assert_eq!(
+            m.runtime,
+            Runtime::Compose { compose_file: PathBuf::from("/svc/a/docker-compose.yml"), project: None }
+        );
         assert_eq!(m.restart, RestartPolicy::OnFailure);
         assert_eq!(m.restart_delay, Duration::from_secs(1));
         assert_eq!(m.max_restarts, 10);

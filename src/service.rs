@@ -18,8 +18,8 @@ use crate::gpu::Arbiter;
 use crate::health::{Probe, ProbeResult};
 use crate::lifecycle::{self, Policy, RestartHistory, State, Verdict};
 use crate::logs::{LogStore, Stream};
-use crate::manifest::{Manifest, Runtime as RuntimeKind};
-use crate::runtime::{ExitInfo, Runtime, SpawnSpec};
+use crate::manifest::Manifest;
+use crate::runtime::{Ended, ExitInfo, Instance, Launched, Parts, Runtime};
 use crate::store::{RecordedProcess, Store};
 
 /// How often a starting service is probed until its first healthy answer.
@@ -39,14 +39,24 @@ pub enum StartError {
     Unsupported(String),
     #[error("cannot start service '{name}': {message}")]
     Spawn { name: String, message: String, logs: Vec<String> },
-    #[error("service '{name}' {exit} while starting")]
-    Exited { name: String, exit: ExitInfo, logs: Vec<String> },
+    #[error("service '{name}' {}", describe_failed_start(exit, reason.as_deref()))]
+    Exited { name: String, exit: ExitInfo, reason: Option<String>, logs: Vec<String> },
     #[error("service '{name}' did not become healthy within {timeout:.1}s (last check: {last_check})")]
     HealthTimeout { name: String, timeout: f64, last_check: String, logs: Vec<String> },
     #[error("service '{name}' was stopped before it became healthy")]
     Interrupted { name: String },
     #[error("service '{name}' was removed")]
     Removed { name: String },
+}
+
+/// `exited with code 1 while starting`, or the runtime's reason when the
+/// instance never ran (`could not start: docker-compose up -d failed …`).
+fn describe_failed_start(exit: &ExitInfo, reason: Option<&str>) -> String {
+    match reason {
+        Some(reason) if exit.code.is_none() && exit.signal.is_none() => format!("could not start: {reason}"),
+        Some(reason) => format!("{exit} while starting: {reason}"),
+        None => format!("{exit} while starting"),
+    }
 }
 
 impl StartError {
@@ -76,6 +86,8 @@ pub struct Snapshot {
     pub pending: Option<Arc<Manifest>>,
     pub state: State,
     pub pid: Option<u32>,
+    /// Containers of a Compose service.
+    pub containers: Vec<String>,
     /// When the current process was spawned.
     pub started_at: Option<(Instant, jiff::Timestamp)>,
     pub restarts: u32,
@@ -100,7 +112,12 @@ enum Input {
     Update(Arc<Manifest>),
     Exited {
         generation: u64,
-        exit: ExitInfo,
+        ended: Ended,
+    },
+    /// The runtime reports the instance up (Compose: `up -d` finished).
+    Ready {
+        generation: u64,
+        parts: Parts,
     },
     Probed {
         generation: u64,
@@ -124,6 +141,7 @@ impl ServiceHandle {
             pending: None,
             state: State::Stopped,
             pid: None,
+            containers: Vec::new(),
             started_at: None,
             restarts: 0,
             last_exit: None,
@@ -149,6 +167,9 @@ impl ServiceHandle {
             failure: None,
             history: RestartHistory::default(),
             automatic: false,
+            instance: None,
+            adopted: false,
+            awaits_ready: false,
             running_since: None,
             finished: false,
         };
@@ -238,6 +259,12 @@ struct Task {
     history: RestartHistory,
     /// Whether the current process was started by the restart policy.
     automatic: bool,
+    /// The running instance (process group or Compose project).
+    instance: Option<Box<dyn Instance>>,
+    /// Whether the instance was adopted rather than started by this task.
+    adopted: bool,
+    /// Whether the runtime will say when the instance is up (`Input::Ready`).
+    awaits_ready: bool,
     /// When the current process was first seen healthy.
     running_since: Option<Instant>,
     finished: bool,
@@ -245,6 +272,11 @@ struct Task {
 
 impl Task {
     async fn run(mut self) {
+        let adopted = self.shared.runtime.adopt(&self.snap.manifest, self.logs.clone()).await;
+        if let Some(launched) = adopted {
+            self.adopt(launched);
+            self.status.send_replace(self.snap.clone());
+        }
         while !self.finished {
             let deadline = self.deadline;
             let next_probe = self.next_probe.filter(|_| !self.probe_in_flight);
@@ -278,9 +310,10 @@ impl Task {
                     self.snap.pending = None;
                 }
             }
-            Input::Exited { generation, exit } if generation == self.generation => self.on_exit(exit),
+            Input::Exited { generation, ended } if generation == self.generation => self.on_exit(ended),
             Input::Probed { generation, result } if generation == self.generation => self.on_probe(result),
-            Input::Exited { .. } | Input::Probed { .. } => {}
+            Input::Ready { generation, parts } if generation == self.generation => self.on_ready(parts),
+            Input::Exited { .. } | Input::Probed { .. } | Input::Ready { .. } => {}
         }
     }
 
@@ -355,47 +388,92 @@ impl Task {
         {
             return self.fail_start(StartError::GpuBusy { holder: held.holder }, false);
         }
-        let spec = match spawn_spec(&manifest) {
-            Ok(spec) => spec,
-            Err(e) => return self.fail_start(e, true),
-        };
-        let spawned = match self.shared.runtime.spawn(&spec, self.logs.clone()) {
-            Ok(s) => s,
-            Err(e) => {
-                let message = e.to_string();
+        let placement = manifest.gpu_required.then(|| self.shared.arbiter.placement());
+        let launched = match self.shared.runtime.launch(&manifest, placement.as_ref(), self.logs.clone()) {
+            Ok(launched) => launched,
+            Err(message) => {
                 self.logs.push(Stream::Nanny, &message);
                 let logs = self.recent_logs();
                 return self.fail_start(StartError::Spawn { name: manifest.name.clone(), message, logs }, true);
             }
         };
+        self.automatic = automatic;
+        self.adopted = false;
+        let pid = self.begin_instance(launched);
+        self.set_state(State::Starting);
+        self.emit(EventKind::Starting { pid, automatic });
+        let now = Instant::now();
+        self.deadline = Some(if manifest.has_health_check() || self.awaits_ready {
+            now + manifest.health_timeout
+        } else {
+            now + SETTLE_TIME.min(manifest.health_timeout)
+        });
+        self.next_probe = manifest.has_health_check().then_some(now);
+    }
+
+    /// Take over an instance that was already running when the task began.
+    fn adopt(&mut self, launched: Launched) {
+        let manifest = self.snap.manifest.clone();
+        if manifest.gpu_required
+            && let Err(held) = self.shared.arbiter.claim(&manifest.name)
+        {
+            tracing::warn!(service = manifest.name, "adopted while '{}' holds the GPU", held.holder);
+        }
+        self.automatic = false;
+        self.adopted = true;
+        self.begin_instance(launched);
+        self.set_state(State::Starting);
+        let parts = self.instance.as_ref().map(|i| i.parts()).unwrap_or_default();
+        self.emit(EventKind::Adopted { pid: parts.pid, containers: parts.containers });
+        self.deadline = Some(Instant::now() + manifest.health_timeout);
+        self.next_probe = manifest.has_health_check().then(Instant::now);
+    }
+
+    /// Wire a new instance's exit and readiness to this task; returns its pid.
+    fn begin_instance(&mut self, launched: Launched) -> Option<u32> {
         self.generation += 1;
         let generation = self.generation;
         let tx = self.tx.clone();
+        let exited = launched.exited;
         tokio::spawn(async move {
-            if let Ok(exit) = spawned.exited.await {
-                let _ = tx.send(Input::Exited { generation, exit });
+            if let Ok(ended) = exited.await {
+                let _ = tx.send(Input::Exited { generation, ended });
             }
         });
-        self.shared.store.record_process(RecordedProcess {
-            service: manifest.name.clone(),
-            pgid: spawned.pid,
-            start_ticks: spawned.start_ticks,
-        });
-        self.logs.push(Stream::Nanny, &format!("started `{}` (pid {})", spec.argv.join(" "), spawned.pid));
+        self.awaits_ready = launched.ready.is_some();
+        if let Some(ready) = launched.ready {
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                if let Ok(parts) = ready.await {
+                    let _ = tx.send(Input::Ready { generation, parts });
+                }
+            });
+        }
+        let instance = launched.instance;
+        if let Some(group) = instance.group() {
+            self.shared.store.record_process(RecordedProcess {
+                service: self.snap.manifest.name.clone(),
+                pgid: group.pgid,
+                start_ticks: group.start_ticks,
+            });
+        }
+        let parts = instance.parts();
+        self.instance = Some(instance);
         let now = Instant::now();
-        self.automatic = automatic;
-        self.snap.pid = Some(spawned.pid);
-        self.snap.started_at = Some((now, jiff::Timestamp::now()));
+        let started = launched.started_at.unwrap_or_else(jiff::Timestamp::now);
+        let age = jiff::Timestamp::now().duration_since(started).unsigned_abs();
+        self.snap.pid = parts.pid;
+        self.snap.containers = parts.containers;
+        self.snap.started_at = Some((now.checked_sub(age).unwrap_or(now), started));
         self.snap.last_error = None;
         self.snap.consecutive_failures = 0;
-        self.set_state(State::Starting);
-        self.emit(EventKind::Starting { pid: spawned.pid, automatic });
-        if manifest.has_health_check() {
-            self.deadline = Some(now + manifest.health_timeout);
-            self.next_probe = Some(now);
-        } else {
-            self.deadline = Some(now + SETTLE_TIME.min(manifest.health_timeout));
-            self.next_probe = None;
+        parts.pid
+    }
+
+    fn on_ready(&mut self, parts: Parts) {
+        self.snap.containers = parts.containers;
+        if self.snap.state == State::Starting && !self.snap.manifest.has_health_check() {
+            self.became_running();
         }
     }
 
@@ -432,11 +510,9 @@ impl Task {
     /// Send the stop signal to the whole group; SIGKILL follows at the deadline.
     fn begin_stop(&mut self) {
         let manifest = self.snap.manifest.clone();
-        if let Some(pid) = self.snap.pid {
-            self.logs.push(Stream::Nanny, &format!("stopping: {} to process group {pid}", manifest.stop_signal));
-            if let Err(e) = self.shared.runtime.signal_group(pid, manifest.stop_signal) {
-                tracing::warn!(service = self.name(), "cannot signal process group {pid}: {e}");
-            }
+        if let Some(instance) = &self.instance {
+            self.logs.push(Stream::Nanny, &format!("stopping ({})", manifest.stop_signal));
+            instance.stop(manifest.stop_signal, manifest.stop_timeout);
         }
         self.set_state(State::Stopping);
         self.emit(EventKind::Stopping { signal: manifest.stop_signal.to_string() });
@@ -466,11 +542,21 @@ impl Task {
                 });
                 self.begin_stop();
             }
+            State::Starting if self.awaits_ready => {
+                let m = &self.snap.manifest;
+                self.failure = Some(StartError::HealthTimeout {
+                    name: m.name.clone(),
+                    timeout: m.health_timeout.as_secs_f64(),
+                    last_check: "the runtime did not report it up".into(),
+                    logs: self.recent_logs(),
+                });
+                self.begin_stop();
+            }
             State::Starting => self.became_running(),
             State::Stopping => {
-                if let Some(pid) = self.snap.pid {
-                    self.logs.push(Stream::Nanny, "stop_timeout passed: SIGKILL to the process group");
-                    let _ = self.shared.runtime.signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+                if let Some(instance) = &self.instance {
+                    self.logs.push(Stream::Nanny, "stop_timeout passed: killing it");
+                    instance.kill();
                 }
             }
             State::Backoff => self.spawn_process(true),
@@ -483,7 +569,10 @@ impl Task {
         let now = Instant::now();
         self.running_since = Some(now);
         self.set_state(State::Running);
-        let startup_ms = self.snap.started_at.map(|(at, _)| now.duration_since(at).as_secs_f64() * 1000.0);
+        let startup_ms = match self.adopted {
+            true => None,
+            false => self.snap.started_at.map(|(at, _)| now.duration_since(at).as_secs_f64() * 1000.0),
+        };
         self.logs.push(Stream::Nanny, "running");
         self.emit(EventKind::Healthy { startup_ms });
         self.next_probe = self.snap.manifest.has_health_check().then(|| now + self.snap.manifest.health_interval);
@@ -554,18 +643,22 @@ impl Task {
         }
     }
 
-    fn on_exit(&mut self, exit: ExitInfo) {
-        // Whatever the leader left behind in its group goes with it.
-        if let Some(pid) = self.snap.pid.take() {
-            let _ = self.shared.runtime.signal_group(pid, nix::sys::signal::Signal::SIGKILL);
-        }
+    fn on_exit(&mut self, ended: Ended) {
+        let Ended { exit, reason } = ended;
+        self.instance = None;
         self.shared.store.forget_process(self.name());
         let state = self.snap.state;
         let expected = state == State::Stopping && self.after_stop != AfterStop::Recover && self.failure.is_none();
-        self.logs.push(Stream::Nanny, &format!("process {exit}"));
+        let what = match self.snap.manifest.runtime {
+            crate::manifest::Runtime::Native { .. } => "process",
+            crate::manifest::Runtime::Compose { .. } => "project",
+        };
+        self.logs.push(Stream::Nanny, &format!("{what} {exit}"));
         self.emit(EventKind::Exited { code: exit.code, signal: exit.signal.map(|s| s.to_string()), expected });
         self.snap.last_exit = Some(ExitRecord { exit, at: jiff::Timestamp::now() });
         self.snap.started_at = None;
+        self.snap.pid = None;
+        self.snap.containers.clear();
         self.deadline = None;
         let healthy_for = self.running_since.map(|since| since.elapsed());
         // Waiters queued for a start after this stop are not waiting on this process.
@@ -594,7 +687,7 @@ impl Task {
             State::Starting if manual_start => {
                 let name = self.name().to_string();
                 let logs = self.recent_logs();
-                self.fail_start(StartError::Exited { name, exit, logs }, true);
+                self.fail_start(StartError::Exited { name, exit, reason, logs }, true);
             }
             State::Starting => self.recover(true, None),
             State::Running | State::Unhealthy => self.recover(!exit.success(), healthy_for),
@@ -646,31 +739,5 @@ impl Task {
 
     fn recent_logs(&self) -> Vec<String> {
         self.logs.tail(FAILURE_LOG_LINES).iter().map(|l| l.render()).collect()
-    }
-}
-
-/// Resolve what to run: the command, its directory and its environment
-/// (`env_file` first, `env` over it), read fresh at every start.
-fn spawn_spec(manifest: &Manifest) -> Result<SpawnSpec, StartError> {
-    match &manifest.runtime {
-        RuntimeKind::Native { command, working_dir, env, env_file } => {
-            let mut vars = std::collections::BTreeMap::new();
-            if let Some(path) = env_file {
-                let spawn_error =
-                    |message: String| StartError::Spawn { name: manifest.name.clone(), message, logs: Vec::new() };
-                let iter = dotenvy::from_path_iter(path)
-                    .map_err(|e| spawn_error(format!("cannot read env_file {}: {e}", path.display())))?;
-                for item in iter {
-                    let (k, v) = item.map_err(|e| spawn_error(format!("env_file {}: {e}", path.display())))?;
-                    vars.insert(k, v);
-                }
-            }
-            vars.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
-            Ok(SpawnSpec { argv: command.clone(), working_dir: working_dir.clone(), env: vars })
-        }
-        RuntimeKind::Compose { .. } => Err(StartError::Unsupported(format!(
-            "service '{}' uses compose_file; the Docker Compose runtime is not available in this version",
-            manifest.name
-        ))),
     }
 }

@@ -39,6 +39,7 @@ impl From<Error> for ApiError {
                 err
             }
             Error::ShuttingDown => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, detail),
+            Error::Runtime(_) => ApiError::new(StatusCode::BAD_GATEWAY, detail),
             Error::Pinned { holder, .. } => {
                 ApiError::new(StatusCode::CONFLICT, detail).with("gpu_service_running", holder.as_str())
             }

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-use crate::daemon::{Command, Daemon, views};
+use crate::daemon::{Command, Daemon};
 use crate::events::{Event, Filter};
 use crate::logs::{LogLine, RING_LINES, Stream};
 pub use error::ApiError;
@@ -37,6 +37,7 @@ pub fn router(daemon: Daemon) -> Router {
         .route("/services/{name}/start", post(start))
         .route("/services/{name}/stop", post(stop))
         .route("/services/{name}/restart", post(restart))
+        .route("/services/{name}/remove", post(remove))
         .route("/services/{name}/status", get(status))
         .route("/services/{name}/logs", get(logs))
         .route("/rediscover", post(rediscover))
@@ -55,16 +56,7 @@ fn ok(value: impl serde::Serialize) -> ApiResult {
 }
 
 async fn health(State(d): State<Daemon>) -> ApiResult {
-    let list = d.ask(Command::List).await?;
-    ok(json!({
-        "status": "healthy",
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime": views::python_timedelta(d.started.elapsed()),
-        "services": list.total,
-        "invalid": list.invalid.len(),
-        "gpu_service_running": list.gpu_service_running,
-        "services_dir": d.config.services_dir,
-    }))
+    ok(d.ask(Command::Health).await?)
 }
 
 async fn list(State(d): State<Daemon>) -> ApiResult {
@@ -110,6 +102,10 @@ async fn start(State(d): State<Daemon>, Path(name): Path<String>, body: Result<B
 async fn restart(State(d): State<Daemon>, Path(name): Path<String>, body: Result<Bytes, BytesRejection>) -> ApiResult {
     let force = start_body(body)?.force;
     ok(d.ask(|reply| Command::Restart { name, force, reply }).await?)
+}
+
+async fn remove(State(d): State<Daemon>, Path(name): Path<String>) -> ApiResult {
+    ok(d.ask(|reply| Command::Remove { name, reply }).await?)
 }
 
 async fn stop(State(d): State<Daemon>, Path(name): Path<String>) -> ApiResult {

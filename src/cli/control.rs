@@ -21,6 +21,7 @@ pub async fn run(command: Sub, url: &str, json: bool) -> Result<(), Failure> {
             client.post(&service_path(name, "/restart"), Some(json!({ "force": force }))).await?
         }
         Sub::Stop { name } => client.post(&service_path(name, "/stop"), None).await?,
+        Sub::Remove { name } => client.post(&service_path(name, "/remove"), None).await?,
         Sub::Rediscover => client.post("/rediscover", None).await?,
         Sub::Events { service, since, limit, follow } => {
             let mut query = format!("?limit={limit}&since={}", since.unwrap_or(0));

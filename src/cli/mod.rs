@@ -49,8 +49,10 @@ enum Sub {
         #[arg(long)]
         force: bool,
     },
-    /// Stop a service (the whole process group).
+    /// Stop a service (the whole process group, or the Compose project).
     Stop { name: String },
+    /// Stop a service and remove what it leaves (Compose: `down`; volumes and images are kept).
+    Remove { name: String },
     /// Stop then start a service, picking up manifest changes.
     Restart {
         name: String,
@@ -147,7 +149,14 @@ pub fn main() -> ExitCode {
             Sub::Serve(args) => serve::run(args).await,
             Sub::Validate { dir } => validate::run(&dir.unwrap_or_else(default_services_dir), cli.json),
             Sub::New { name, dir } => new::run(&name, &dir.unwrap_or_else(default_services_dir)),
-            other => control::run(other, &cli.url, cli.json).await,
+            other => {
+                // A reader that goes away (`nanny logs x | head`) ends the command quietly.
+                // SAFETY: restoring the default disposition of SIGPIPE has no preconditions.
+                let _ = unsafe {
+                    nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl)
+                };
+                control::run(other, &cli.url, cli.json).await
+            }
         }
     });
     match result {

@@ -10,6 +10,8 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::Failure;
 use crate::daemon::{Config, Daemon};
+use crate::runtime::compose::Compose;
+use crate::runtime::{Native, Runtimes};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -56,9 +58,9 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         .await
         .map_err(|e| fail(format!("cannot listen on {}: {e}", args.listen)))?;
     let addr = listener.local_addr().map_err(|e| fail(e.to_string()))?;
-    let daemon = Daemon::start(Config { services_dir, state_dir }, Arc::new(crate::runtime::Native))
-        .await
-        .map_err(|e| fail(e.to_string()))?;
+    let runtime = Runtimes { native: Native, compose: Compose::new(&state_dir) };
+    let daemon =
+        Daemon::start(Config { services_dir, state_dir }, Arc::new(runtime)).await.map_err(|e| fail(e.to_string()))?;
     let catalog = daemon.registry.snapshot();
     tracing::info!(
         services = catalog.services.len(),

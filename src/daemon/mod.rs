@@ -17,11 +17,14 @@ use crate::error::Error;
 use crate::events::{Event, EventKind, Filter};
 use crate::gpu::Arbiter;
 use crate::logs::LogLine;
+use crate::runtime::{GroupRecord, Runtime};
 use crate::service::{ServiceHandle, Shared};
 use crate::store::{Store, StoreError};
 
 pub use registry::Registry;
-use views::{RediscoverReport, ServiceDetail, ServiceList, StartOutcome, StatusView, StopOutcome};
+use views::{
+    DaemonHealth, RediscoverReport, RemoveOutcome, ServiceDetail, ServiceList, StartOutcome, StatusView, StopOutcome,
+};
 
 pub type Reply<T> = oneshot::Sender<Result<T, Error>>;
 
@@ -36,6 +39,8 @@ pub enum Command {
     Logs { name: String, tail: usize, reply: Reply<Vec<LogLine>> },
     FollowLogs { name: String, tail: usize, reply: Reply<(Vec<LogLine>, broadcast::Receiver<LogLine>)> },
     Rediscover(Reply<RediscoverReport>),
+    Health(Reply<DaemonHealth>),
+    Remove { name: String, reply: Reply<RemoveOutcome> },
     Events { filter: Filter, reply: Reply<Vec<Event>> },
     SubscribeEvents { filter: Filter, reply: Reply<(Vec<Event>, broadcast::Receiver<Event>)> },
 }
@@ -53,28 +58,35 @@ pub struct Daemon {
     pub registry: Registry,
     pub arbiter: Arc<Arbiter>,
     pub store: Store,
+    pub runtime: Arc<dyn Runtime>,
     pub started: std::time::Instant,
 }
 
 impl Daemon {
     /// Open the state, clean up after a previous daemon that was killed,
     /// discover the services and start supervising them.
-    pub async fn start(config: Config, runtime: Arc<dyn crate::runtime::Runtime>) -> Result<Daemon, StoreError> {
+    pub async fn start(config: Config, runtime: Arc<dyn Runtime>) -> Result<Daemon, StoreError> {
         let store = Store::open(&config.state_dir)?;
         store.emit(
             None,
             EventKind::DaemonStarted { version: env!("CARGO_PKG_VERSION").into(), pid: std::process::id() },
         );
         for leftover in store.processes().await {
-            for pid in runtime.kill_leftovers(leftover.pgid, leftover.start_ticks) {
+            let group = GroupRecord { pgid: leftover.pgid, start_ticks: leftover.start_ticks };
+            for pid in runtime.kill_leftovers(group) {
                 store.emit(Some(&leftover.service), EventKind::OrphanKilled { pid });
             }
             store.forget_process(&leftover.service);
         }
         let arbiter = Arc::new(Arbiter::default());
-        let shared = Shared { runtime, arbiter: arbiter.clone(), http: crate::health::client(), store: store.clone() };
+        let shared = Shared {
+            runtime: runtime.clone(),
+            arbiter: arbiter.clone(),
+            http: crate::health::client(),
+            store: store.clone(),
+        };
         let registry = Registry::start(config.services_dir.clone(), config.state_dir.join("logs"), shared).await;
-        Ok(Daemon { config: Arc::new(config), registry, arbiter, store, started: std::time::Instant::now() })
+        Ok(Daemon { config: Arc::new(config), registry, arbiter, store, runtime, started: std::time::Instant::now() })
     }
 
     /// Start what should be running: `autostart` services, and those that
@@ -98,6 +110,8 @@ impl Daemon {
                 Command::Logs { name, tail, reply } => send(reply, commands::logs::tail(&d, &name, tail)),
                 Command::FollowLogs { name, tail, reply } => send(reply, commands::logs::follow(&d, &name, tail)),
                 Command::Rediscover(reply) => send(reply, commands::rediscover::run(&d).await),
+                Command::Health(reply) => send(reply, Ok(commands::health::run(&d).await)),
+                Command::Remove { name, reply } => send(reply, commands::remove::run(&d, &name).await),
                 Command::Events { filter, reply } => send(reply, commands::events::history(&d, filter).await),
                 Command::SubscribeEvents { filter, reply } => {
                     send(reply, commands::events::subscribe(&d, filter).await)

@@ -69,6 +69,7 @@ pub struct StatusView {
     pub uptime_seconds: Option<f64>,
     pub started_at: Option<jiff::Timestamp>,
     pub pid: Option<u32>,
+    pub containers: Vec<String>,
     pub restarts: u32,
     pub last_exit: Option<ExitRecord>,
     pub last_health: Option<ProbeResult>,
@@ -90,6 +91,7 @@ impl StatusView {
             uptime_seconds: uptime.map(|u| u.as_secs_f64()),
             started_at: snap.started_at.map(|(_, at)| at),
             pid: snap.pid,
+            containers: snap.containers.clone(),
             restarts: snap.restarts,
             last_exit: snap.last_exit.clone(),
             last_health: snap.last_health.clone(),
@@ -118,6 +120,27 @@ pub struct StartOutcome {
     pub started: bool,
     /// GPU services stopped to make room (`force`).
     pub preempted: Vec<String>,
+}
+
+/// `GET /health`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DaemonHealth {
+    pub status: &'static str,
+    pub version: &'static str,
+    pub uptime: String,
+    pub services: usize,
+    pub invalid: usize,
+    pub gpu_service_running: Option<String>,
+    pub services_dir: String,
+    pub runtimes: crate::runtime::RuntimeInfo,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RemoveOutcome {
+    pub message: String,
+    /// What the runtime did (Compose's own output).
+    pub output: String,
+    pub also_stopped: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

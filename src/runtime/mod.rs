@@ -1,31 +1,28 @@
-//! The seam between decisions and processes: everything that spawns or
-//! signals a service's processes goes through [`Runtime`]. The service task
-//! only ever talks to this trait, so it can be driven by a fake.
+//! The seam between decisions and the things that run: everything that
+//! starts, stops or signals a service's processes or containers goes through
+//! [`Runtime`] and the [`Instance`] it returns. The service task only ever
+//! talks to these traits, so it can be driven by a fake.
+//!
+//! `native` runs a process group; `compose` runs a Docker Compose project.
+//! [`Runtimes`] picks one by the manifest.
 
+pub mod compose;
 mod native;
 
-use std::collections::BTreeMap;
-use std::io;
-use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use nix::sys::signal::Signal;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::logs::LogStore;
+use crate::manifest::{Manifest, Runtime as Kind};
 
 pub use native::Native;
 
-/// What to run: already resolved (env file read, paths absolute).
-#[derive(Debug, Clone)]
-pub struct SpawnSpec {
-    pub argv: Vec<String>,
-    pub working_dir: PathBuf,
-    pub env: BTreeMap<String, String>,
-}
-
-/// How a process ended.
+/// How an instance ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ExitInfo {
     pub code: Option<i32>,
@@ -53,26 +50,141 @@ fn ser_signal<S: serde::Serializer>(signal: &Option<Signal>, s: S) -> Result<S::
     signal.map(Signal::as_str).serialize(s)
 }
 
-/// A process that was started. Its group id equals its pid.
-pub struct Spawned {
-    pub pid: u32,
-    /// When it started, in clock ticks since boot; with the pid, this
-    /// identifies the process even after its pid is reused.
+/// How an instance ended, and why when the runtime knows more than the code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    pub exit: ExitInfo,
+    pub reason: Option<String>,
+}
+
+/// What a running instance is made of, for status answers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Parts {
+    /// The process (and process group) id of a native service.
+    pub pid: Option<u32>,
+    /// The containers of a Compose service.
+    pub containers: Vec<String>,
+}
+
+/// A process group recorded so a later daemon can clean up after a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupRecord {
+    pub pgid: u32,
+    /// The leader's start time in clock ticks since boot (`/proc/PID/stat`).
     pub start_ticks: u64,
-    /// Resolves when the process has exited and been reaped.
-    pub exited: oneshot::Receiver<ExitInfo>,
+}
+
+/// One start of a service: something that runs until it ends or is stopped.
+pub trait Instance: Send + Sync {
+    fn parts(&self) -> Parts;
+    /// Ask it to stop: `signal` to a process group, `compose stop` for a project.
+    fn stop(&self, signal: Signal, timeout: Duration);
+    /// Stop it now (SIGKILL to the group, `compose kill`).
+    fn kill(&self);
+    /// The process group to record for crash recovery, if it is one.
+    fn group(&self) -> Option<GroupRecord>;
+}
+
+/// A launched (or adopted) instance and how the task hears about it.
+pub struct Launched {
+    pub instance: Box<dyn Instance>,
+    /// Resolves once the instance has ended and nothing of it is left running.
+    pub exited: oneshot::Receiver<Ended>,
+    /// Resolves when the runtime itself knows the service is up (Compose:
+    /// `up -d` done and its containers running), with what it is made of.
+    /// `None`: the task decides (a process that stays up).
+    pub ready: Option<oneshot::Receiver<Parts>>,
+    /// When it really started, if earlier than now (adopted instances).
+    pub started_at: Option<jiff::Timestamp>,
+}
+
+/// Why an instance could not be launched: a sentence naming the cause.
+pub type LaunchError = String;
+
+/// GPU placement chosen by the arbiter, handed to the instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Value for `NVIDIA_VISIBLE_DEVICES` / `CUDA_VISIBLE_DEVICES`.
+    pub devices: String,
 }
 
 pub trait Runtime: Send + Sync + 'static {
-    /// Start `spec` in a new process group, its output going to `logs`.
-    fn spawn(&self, spec: &SpawnSpec, logs: Arc<LogStore>) -> io::Result<Spawned>;
+    /// Start `manifest`'s service, its output going to `logs`.
+    fn launch(
+        &self,
+        manifest: &Manifest,
+        gpu: Option<&Placement>,
+        logs: Arc<LogStore>,
+    ) -> Result<Launched, LaunchError>;
 
-    /// Send `signal` to every process of the group `pgid`. A group that no
-    /// longer exists is not an error.
-    fn signal_group(&self, pgid: u32, signal: Signal) -> io::Result<()>;
+    /// Take over an instance of `manifest` that is already running (started
+    /// by a previous daemon or by hand), if the runtime can see one.
+    fn adopt(&self, manifest: &Manifest, logs: Arc<LogStore>) -> BoxFuture<'static, Option<Launched>>;
 
-    /// SIGKILL what is left of a process group a previous daemon started
-    /// (`start_ticks` of its leader), returning the pids killed. Processes
-    /// that merely reuse the group id now are left alone.
-    fn kill_leftovers(&self, pgid: u32, start_ticks: u64) -> Vec<u32>;
+    /// SIGKILL what is left of a process group a previous daemon started,
+    /// returning the pids killed. Processes that merely reuse the group id
+    /// now are left alone.
+    fn kill_leftovers(&self, group: GroupRecord) -> Vec<u32>;
+
+    /// Remove what a stopped service leaves behind (Compose: `down`, which
+    /// keeps volumes and images). Returns what was done.
+    fn remove(&self, manifest: &Manifest) -> BoxFuture<'static, Result<String, String>>;
+
+    /// What the runtimes found on this machine, for `GET /health`.
+    fn describe(&self) -> BoxFuture<'static, RuntimeInfo>;
+}
+
+/// What the daemon reports about its runtimes.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuntimeInfo {
+    pub docker: compose::EngineInfo,
+    pub compose: compose::ToolInfo,
+}
+
+/// The runtime of every service: native processes or Compose projects,
+/// chosen by the manifest.
+pub struct Runtimes {
+    pub native: Native,
+    pub compose: compose::Compose,
+}
+
+impl Runtime for Runtimes {
+    fn launch(
+        &self,
+        manifest: &Manifest,
+        gpu: Option<&Placement>,
+        logs: Arc<LogStore>,
+    ) -> Result<Launched, LaunchError> {
+        match manifest.runtime {
+            Kind::Native { .. } => self.native.launch(manifest, gpu, logs),
+            Kind::Compose { .. } => self.compose.launch(manifest, gpu, logs),
+        }
+    }
+
+    fn adopt(&self, manifest: &Manifest, logs: Arc<LogStore>) -> BoxFuture<'static, Option<Launched>> {
+        match manifest.runtime {
+            // A native process never outlives its daemon (PDEATHSIG).
+            Kind::Native { .. } => Box::pin(async { None }),
+            Kind::Compose { .. } => self.compose.adopt(manifest, logs),
+        }
+    }
+
+    fn kill_leftovers(&self, group: GroupRecord) -> Vec<u32> {
+        self.native.kill_leftovers(group)
+    }
+
+    fn remove(&self, manifest: &Manifest) -> BoxFuture<'static, Result<String, String>> {
+        match manifest.runtime {
+            Kind::Native { .. } => Box::pin(async { Ok("a native service leaves nothing to remove".to_string()) }),
+            Kind::Compose { .. } => {
+                let (compose, manifest) = (self.compose.clone(), manifest.clone());
+                Box::pin(async move { compose.down(&manifest).await })
+            }
+        }
+    }
+
+    fn describe(&self) -> BoxFuture<'static, RuntimeInfo> {
+        let compose = self.compose.clone();
+        Box::pin(async move { RuntimeInfo { docker: compose.engine_info().await, compose: compose.tool_info().await } })
+    }
 }

@@ -3,10 +3,11 @@
 //! driven, never polled), and `PR_SET_PDEATHSIG` so a service dies with a
 //! daemon that is killed outright.
 
-use std::io;
+use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::sync::Arc;
+use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -14,19 +15,43 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio::sync::oneshot;
 
-use super::{ExitInfo, Runtime, SpawnSpec, Spawned};
+use super::{Ended, ExitInfo, GroupRecord, Instance, LaunchError, Launched, Parts, Placement};
 use crate::logs::{self, LogStore, Stream};
+use crate::manifest::{Manifest, Runtime as Kind};
 
 pub struct Native;
 
-impl Runtime for Native {
-    fn spawn(&self, spec: &SpawnSpec, logs: Arc<LogStore>) -> io::Result<Spawned> {
-        let (program, args) =
-            spec.argv.split_first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
+impl Native {
+    pub fn launch(
+        &self,
+        manifest: &Manifest,
+        gpu: Option<&Placement>,
+        logs: Arc<LogStore>,
+    ) -> Result<Launched, LaunchError> {
+        let Kind::Native { command, working_dir, env, env_file } = &manifest.runtime else {
+            return Err(format!("service '{}' is not a native service", manifest.name));
+        };
+        let (program, args) = command.split_first().ok_or("empty command")?;
+        let mut vars = BTreeMap::new();
+        if let Some(gpu) = gpu {
+            vars.insert("NVIDIA_VISIBLE_DEVICES".to_string(), gpu.devices.clone());
+            vars.insert("CUDA_VISIBLE_DEVICES".to_string(), gpu.devices.clone());
+        }
+        // Read at every start, so edits apply on restart; `env` overrides it.
+        if let Some(path) = env_file {
+            let iter =
+                dotenvy::from_path_iter(path).map_err(|e| format!("cannot read env_file {}: {e}", path.display()))?;
+            for item in iter {
+                let (k, v) = item.map_err(|e| format!("env_file {}: {e}", path.display()))?;
+                vars.insert(k, v);
+            }
+        }
+        vars.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+
         let mut cmd = Command::new(program);
         cmd.args(args)
-            .current_dir(&spec.working_dir)
-            .envs(&spec.env)
+            .current_dir(working_dir)
+            .envs(&vars)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -44,9 +69,10 @@ impl Runtime for Native {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(|e| io::Error::new(e.kind(), format!("cannot run `{program}`: {e}")))?;
+        let mut child = cmd.spawn().map_err(|e| format!("cannot run `{program}`: {e}"))?;
         let pid = child.id().expect("a just-spawned child has a pid");
         let start_ticks = proc_stat(pid).map(|s| s.start_ticks).unwrap_or(0);
+        logs.push(Stream::Nanny, &format!("started `{}` (pid {pid})", command.join(" ")));
         if let Some(out) = child.stdout.take() {
             tokio::spawn(pump(out, Stream::Stdout, logs.clone()));
         }
@@ -64,27 +90,22 @@ impl Runtime for Native {
                     ExitInfo { code: None, signal: None }
                 }
             };
-            let _ = tx.send(info);
+            // Whatever the leader left behind in its group goes with it.
+            signal_group(pid, Signal::SIGKILL);
+            let _ = tx.send(Ended { exit: info, reason: None });
         });
-        Ok(Spawned { pid, start_ticks, exited })
+        Ok(Launched { instance: Box::new(ProcessGroup { pid, start_ticks }), exited, ready: None, started_at: None })
     }
 
-    fn signal_group(&self, pgid: u32, signal: Signal) -> io::Result<()> {
-        match killpg(Pid::from_raw(pgid as i32), signal) {
-            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-            Err(e) => Err(io::Error::from(e)),
-        }
-    }
-
-    fn kill_leftovers(&self, pgid: u32, start_ticks: u64) -> Vec<u32> {
+    pub fn kill_leftovers(&self, group: GroupRecord) -> Vec<u32> {
         let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
         let mut killed = Vec::new();
         for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
             // Members of the group that started no earlier than its leader
             // did: the leader's descendants, not a newcomer with a reused id.
             let Some(stat) = proc_stat(pid) else { continue };
-            if stat.pgrp == pgid
-                && stat.start_ticks >= start_ticks
+            if stat.pgrp == group.pgid
+                && stat.start_ticks >= group.start_ticks
                 && stat.state != 'Z'
                 && nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok()
             {
@@ -92,6 +113,56 @@ impl Runtime for Native {
             }
         }
         killed
+    }
+}
+
+/// A running native service: a process group led by `pid`.
+struct ProcessGroup {
+    pid: u32,
+    start_ticks: u64,
+}
+
+impl Instance for ProcessGroup {
+    fn parts(&self) -> Parts {
+        Parts { pid: Some(self.pid), containers: Vec::new() }
+    }
+
+    fn stop(&self, signal: Signal, _timeout: Duration) {
+        signal_group(self.pid, signal);
+    }
+
+    fn kill(&self) {
+        signal_group(self.pid, Signal::SIGKILL);
+    }
+
+    fn group(&self) -> Option<GroupRecord> {
+        Some(GroupRecord { pgid: self.pid, start_ticks: self.start_ticks })
+    }
+}
+
+/// Signal every process of a group; a group that is gone is not an error.
+fn signal_group(pgid: u32, signal: Signal) {
+    match killpg(Pid::from_raw(pgid as i32), signal) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => tracing::warn!("cannot send {signal} to process group {pgid}: {e}"),
+    }
+}
+
+/// Drain one pipe into the log store as fast as it fills.
+async fn pump(mut pipe: impl AsyncRead + Unpin, stream: Stream, logs: Arc<LogStore>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut partial = Vec::new();
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let lines = logs::split_lines(&mut partial, &buf[..n]);
+                logs.push_many(stream, lines.iter().map(String::as_str));
+            }
+        }
+    }
+    if !partial.is_empty() {
+        logs.push(stream, &logs::take_line(&mut partial));
     }
 }
 
@@ -114,20 +185,12 @@ fn proc_stat(pid: u32) -> Option<ProcStat> {
     })
 }
 
-/// Drain one pipe into the log store as fast as it fills.
-async fn pump(mut pipe: impl AsyncRead + Unpin, stream: Stream, logs: Arc<LogStore>) {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut partial = Vec::new();
-    loop {
-        match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let lines = logs::split_lines(&mut partial, &buf[..n]);
-                logs.push_many(stream, lines.iter().map(String::as_str));
-            }
-        }
-    }
-    if !partial.is_empty() {
-        logs.push(stream, &logs::take_line(&mut partial));
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_own_stat() {
+        let me = super::proc_stat(std::process::id()).expect("own /proc stat");
+        assert!(me.start_ticks > 0);
+        assert_eq!(me.pgrp, nix::unistd::getpgrp().as_raw() as u32);
     }
 }

@@ -1,9 +1,11 @@
 //! One file per [`Command`](super::Command): what the daemon does for it.
 
 pub mod events;
+pub mod health;
 pub mod list;
 pub mod logs;
 pub mod rediscover;
+pub mod remove;
 pub mod restart;
 pub mod show;
 pub mod start;

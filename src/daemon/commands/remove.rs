@@ -1,0 +1,16 @@
+//! `POST /services/{name}/remove`, `nanny remove`: stop the service, then
+//! remove what it leaves behind (a Compose project's containers and
+//! networks; volumes and images are kept). Stopping alone never removes.
+
+use crate::daemon::Daemon;
+use crate::daemon::views::RemoveOutcome;
+use crate::error::Error;
+
+pub async fn run(d: &Daemon, name: &str) -> Result<RemoveOutcome, Error> {
+    let also_stopped = super::stop::stop_with_dependents(d, name).await?;
+    d.store.set_desired(name, false);
+    let manifest = d.service(name)?.snapshot().latest_manifest().clone();
+    let output =
+        d.runtime.remove(&manifest).await.map_err(|e| Error::Runtime(format!("cannot remove '{name}': {e}")))?;
+    Ok(RemoveOutcome { message: format!("Service '{name}' stopped and removed"), output, also_stopped })
+}

@@ -1,0 +1,606 @@
+//! Docker Compose projects: brought up, stopped and removed with the Compose
+//! CLI the machine has (the `docker compose` plugin, else `docker-compose`),
+//! and watched through the Docker Engine API (bollard): container state,
+//! exit codes and logs, and the engine's event stream, so a dying container
+//! is noticed when it dies.
+//!
+//! Each launched project has a supervising task that owns it: it runs
+//! `up -d`, follows the containers' logs, and reports the project's end to
+//! the service task (a container died, or a stop finished). Die events come
+//! from one daemon-wide subscription to the engine, dispatched by project.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder};
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{OnceCell, mpsc, oneshot};
+
+use super::{Ended, ExitInfo, GroupRecord, Instance, LaunchError, Launched, Parts, Placement};
+use crate::logs::{self, LogStore, Stream};
+use crate::manifest::{Manifest, Runtime as Kind};
+
+const PROJECT_LABEL: &str = "com.docker.compose.project";
+/// How long to wait between attempts to re-subscribe to engine events.
+const EVENTS_RETRY: Duration = Duration::from_secs(1);
+/// Container logs replayed when a running project is adopted.
+const ADOPT_LOG_LINES: &str = "200";
+/// Compose output lines quoted in an error.
+const ERROR_LINES: usize = 8;
+
+/// The Compose tool found on this machine.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolInfo {
+    /// `docker compose` or `docker-compose`; `null` when neither works.
+    pub tool: Option<String>,
+    pub version: Option<String>,
+    pub error: Option<String>,
+}
+
+/// The Docker engine, as seen through its API.
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineInfo {
+    pub available: bool,
+    pub version: Option<String>,
+    pub api_version: Option<String>,
+    pub error: Option<String>,
+}
+
+/// The Compose runtime. Cheap to clone.
+#[derive(Clone)]
+pub struct Compose {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    overrides_dir: PathBuf,
+    tool: OnceCell<Result<Tool, String>>,
+    engine: OnceCell<Result<Docker, String>>,
+    dies: Dies,
+}
+
+#[derive(Debug, Clone)]
+struct Tool {
+    argv: Vec<String>,
+    version: String,
+}
+
+/// What the engine said about a container of a project.
+#[derive(Debug, Clone)]
+enum EngineNews {
+    Died {
+        container: String,
+        exit_code: Option<i32>,
+    },
+    /// The event stream was interrupted; state must be re-read.
+    Resync,
+}
+
+/// Subscribers to die events, by project. The subscription task alone
+/// reads the engine; these short critical sections never await.
+#[derive(Default, Clone)]
+struct Dies {
+    subscribers: Arc<Mutex<HashMap<String, Vec<mpsc::UnboundedSender<EngineNews>>>>>,
+    started: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Dies {
+    fn subscribe(&self, project: &str) -> mpsc::UnboundedReceiver<EngineNews> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.lock().entry(project.to_string()).or_default().push(tx);
+        rx
+    }
+
+    fn publish(&self, project: &str, news: EngineNews) {
+        if let Some(subscribers) = self.lock().get_mut(project) {
+            subscribers.retain(|s| s.send(news.clone()).is_ok());
+        }
+    }
+
+    fn publish_all(&self, news: EngineNews) {
+        for subscribers in self.lock().values_mut() {
+            subscribers.retain(|s| s.send(news.clone()).is_ok());
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<mpsc::UnboundedSender<EngineNews>>>> {
+        self.subscribers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Follow the engine's container die events for as long as the daemon runs.
+    fn run(&self, docker: Docker) {
+        if self.started.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let dies = self.clone();
+        {
+            tokio::spawn(async move {
+                let mut first = true;
+                loop {
+                    if !first {
+                        dies.publish_all(EngineNews::Resync);
+                    }
+                    first = false;
+                    let filters: HashMap<&str, Vec<&str>> = HashMap::from([
+                        ("type", vec!["container"]),
+                        ("event", vec!["die"]),
+                        ("label", vec![PROJECT_LABEL]),
+                    ]);
+                    let mut events = docker.events(Some(EventsOptionsBuilder::default().filters(&filters).build()));
+                    while let Some(event) = events.next().await {
+                        let Ok(event) = event else { break };
+                        let Some(actor) = event.actor else { continue };
+                        let attributes = actor.attributes.unwrap_or_default();
+                        let Some(project) = attributes.get(PROJECT_LABEL) else { continue };
+                        let news = EngineNews::Died {
+                            container: attributes.get("name").cloned().unwrap_or_default(),
+                            exit_code: attributes.get("exitCode").and_then(|c| c.parse().ok()),
+                        };
+                        dies.publish(project, news);
+                    }
+                    tracing::warn!("the Docker engine's event stream ended; subscribing again");
+                    tokio::time::sleep(EVENTS_RETRY).await;
+                }
+            });
+        }
+    }
+}
+
+/// The project files of one service: the user's compose file and, for a GPU
+/// service, the override the daemon generates.
+struct Project {
+    name: String,
+    dir: PathBuf,
+    files: Vec<PathBuf>,
+}
+
+/// Control of a launched project, held by the service task.
+enum Control {
+    Stop { timeout: Duration },
+    Kill,
+}
+
+struct ProjectInstance {
+    control: mpsc::UnboundedSender<Control>,
+    containers: Vec<String>,
+}
+
+impl Instance for ProjectInstance {
+    fn parts(&self) -> Parts {
+        Parts { pid: None, containers: self.containers.clone() }
+    }
+
+    fn stop(&self, _signal: Signal, timeout: Duration) {
+        let _ = self.control.send(Control::Stop { timeout });
+    }
+
+    fn kill(&self) {
+        let _ = self.control.send(Control::Kill);
+    }
+
+    fn group(&self) -> Option<GroupRecord> {
+        None
+    }
+}
+
+impl Compose {
+    /// `state_dir` holds the generated override files.
+    pub fn new(state_dir: &Path) -> Compose {
+        Compose {
+            inner: Arc::new(Inner {
+                overrides_dir: state_dir.join("compose"),
+                tool: OnceCell::new(),
+                engine: OnceCell::new(),
+                dies: Dies::default(),
+            }),
+        }
+    }
+
+    pub fn tool_info(&self) -> BoxFuture<'static, ToolInfo> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            match inner.tool().await {
+                Ok(tool) => ToolInfo { tool: Some(tool.argv.join(" ")), version: Some(tool.version), error: None },
+                Err(e) => ToolInfo { tool: None, version: None, error: Some(e) },
+            }
+        })
+    }
+
+    pub fn engine_info(&self) -> BoxFuture<'static, EngineInfo> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let docker = match inner.engine().await {
+                Ok(docker) => docker,
+                Err(e) => return EngineInfo { available: false, version: None, api_version: None, error: Some(e) },
+            };
+            match docker.version().await {
+                Ok(v) => EngineInfo { available: true, version: v.version, api_version: v.api_version, error: None },
+                Err(e) => {
+                    EngineInfo { available: false, version: None, api_version: None, error: Some(engine_error(&e)) }
+                }
+            }
+        })
+    }
+
+    pub fn launch(
+        &self,
+        manifest: &Manifest,
+        gpu: Option<&Placement>,
+        logs: Arc<LogStore>,
+    ) -> Result<Launched, LaunchError> {
+        let project = self.project(manifest, gpu)?;
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let (ended_tx, exited) = oneshot::channel();
+        let (ready_tx, ready) = oneshot::channel();
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let ended = inner.supervise(project, None, logs, control_rx, ready_tx).await;
+            let _ = ended_tx.send(ended);
+        });
+        Ok(Launched {
+            instance: Box::new(ProjectInstance { control, containers: Vec::new() }),
+            exited,
+            ready: Some(ready),
+            started_at: None,
+        })
+    }
+
+    /// A project whose containers are all running is taken over as it is.
+    pub fn adopt(&self, manifest: &Manifest, logs: Arc<LogStore>) -> BoxFuture<'static, Option<Launched>> {
+        let inner = self.inner.clone();
+        let project = self.project(manifest, None);
+        Box::pin(async move {
+            let project = project.ok()?;
+            let docker = inner.engine().await.ok()?;
+            let running = list_project(&docker, &project.name).await.ok()?;
+            if running.is_empty() || running.iter().any(|c| !c.running) {
+                return None;
+            }
+            let started_at = started_at(&docker, &running[0].id).await;
+            let containers: Vec<String> = running.iter().map(|c| c.name.clone()).collect();
+            let (control, control_rx) = mpsc::unbounded_channel();
+            let (ended_tx, exited) = oneshot::channel();
+            let (ready_tx, ready) = oneshot::channel();
+            let task_inner = inner.clone();
+            tokio::spawn(async move {
+                let ended = task_inner.supervise(project, Some(running), logs, control_rx, ready_tx).await;
+                let _ = ended_tx.send(ended);
+            });
+            Some(Launched {
+                instance: Box::new(ProjectInstance { control, containers }),
+                exited,
+                ready: Some(ready),
+                started_at,
+            })
+        })
+    }
+
+    /// `compose down`: remove the project's containers and networks
+    /// (volumes and images are kept).
+    pub async fn down(&self, manifest: &Manifest) -> Result<String, String> {
+        let project = self.project(manifest, None)?;
+        let tool = self.inner.tool().await?;
+        let output = self.inner.run(&tool, &project, &["down"], None).await?;
+        Ok(output)
+    }
+
+    /// The project's name and files; writes the GPU override if needed.
+    fn project(&self, manifest: &Manifest, gpu: Option<&Placement>) -> Result<Project, LaunchError> {
+        let Kind::Compose { compose_file, project } = &manifest.runtime else {
+            return Err(format!("service '{}' is not a Compose service", manifest.name));
+        };
+        let dir = compose_file.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let file = ComposeFile::read(compose_file)?;
+        let name = match (project, &file.name) {
+            (Some(p), _) => p.clone(),
+            (None, Some(n)) => n.clone(),
+            (None, None) => default_project_name(&dir),
+        };
+        let mut files = vec![compose_file.clone()];
+        if let Some(gpu) = gpu {
+            let path = self.inner.overrides_dir.join(format!("{}.gpu.yml", manifest.name));
+            let text = gpu_override(&file, gpu);
+            std::fs::create_dir_all(&self.inner.overrides_dir)
+                .and_then(|_| std::fs::write(&path, text))
+                .map_err(|e| format!("cannot write the GPU override {}: {e}", path.display()))?;
+            files.push(path);
+        }
+        Ok(Project { name, dir, files })
+    }
+}
+
+/// A container of a project, as listed by the engine.
+#[derive(Debug, Clone)]
+struct Container {
+    id: String,
+    name: String,
+    running: bool,
+}
+
+impl Inner {
+    async fn tool(&self) -> Result<Tool, String> {
+        self.tool.get_or_init(detect_tool).await.clone()
+    }
+
+    async fn engine(&self) -> Result<Docker, String> {
+        let docker = self
+            .engine
+            .get_or_init(|| async {
+                let docker = Docker::connect_with_defaults().map_err(|e| engine_error(&e))?;
+                docker.negotiate_version().await.map_err(|e| engine_error(&e))
+            })
+            .await
+            .clone();
+        if let Ok(docker) = &docker {
+            self.dies.run(docker.clone());
+        }
+        docker
+    }
+
+    /// Own one start of a project until it has ended.
+    async fn supervise(
+        self: Arc<Self>,
+        project: Project,
+        adopted: Option<Vec<Container>>,
+        logs: Arc<LogStore>,
+        mut control: mpsc::UnboundedReceiver<Control>,
+        ready: oneshot::Sender<Parts>,
+    ) -> Ended {
+        let fail = |reason: String| {
+            // Compose's own output is in the log already; one line says why.
+            logs.push(Stream::Nanny, reason.lines().next().unwrap_or_default());
+            Ended { exit: ExitInfo { code: None, signal: None }, reason: Some(reason) }
+        };
+        let docker = match self.engine().await {
+            Ok(d) => d,
+            Err(e) => return fail(e),
+        };
+        let tool = match self.tool().await {
+            Ok(t) => t,
+            Err(e) => return fail(e),
+        };
+        let mut news = self.dies.subscribe(&project.name);
+        let since = jiff::Timestamp::now().as_second();
+        let backfill = adopted.is_some();
+        let containers = match adopted {
+            Some(running) => running,
+            None => {
+                logs.push(Stream::Nanny, &format!("{} -p {} up -d", tool.argv.join(" "), project.name));
+                if let Err(e) = self.run(&tool, &project, &["up", "-d"], Some(&logs)).await {
+                    return fail(e);
+                }
+                match list_project(&docker, &project.name).await {
+                    Ok(list) if list.iter().any(|c| c.running) => list,
+                    Ok(_) => {
+                        return fail(format!("no container of project '{}' is running after `up -d`", project.name));
+                    }
+                    Err(e) => return fail(e),
+                }
+            }
+        };
+        for c in &containers {
+            let tail = backfill.then_some(ADOPT_LOG_LINES);
+            tokio::spawn(follow_logs(docker.clone(), c.clone(), logs.clone(), since, tail));
+        }
+        let _ = ready.send(Parts { pid: None, containers: containers.iter().map(|c| c.name.clone()).collect() });
+
+        loop {
+            tokio::select! {
+                request = control.recv() => {
+                    let (args, what): (Vec<String>, &str) = match request {
+                        Some(Control::Stop { timeout }) => (vec!["stop".into(), "-t".into(), timeout.as_secs().max(1).to_string()], "stop"),
+                        Some(Control::Kill) | None => (vec!["kill".into()], "kill"),
+                    };
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    if let Err(e) = self.run(&tool, &project, &args, Some(&logs)).await {
+                        logs.push(Stream::Nanny, &format!("compose {what} failed: {e}"));
+                        continue;
+                    }
+                    let code = exit_code(&docker, &containers[0].id).await;
+                    return Ended { exit: ExitInfo { code, signal: None }, reason: None };
+                }
+                Some(event) = news.recv() => match event {
+                    EngineNews::Died { container, exit_code } => {
+                        let reason = format!("container {container} died (exit code {})", exit_code.map(|c| c.to_string()).unwrap_or_else(|| "unknown".into()));
+                        logs.push(Stream::Nanny, &reason);
+                        return Ended { exit: ExitInfo { code: exit_code, signal: None }, reason: Some(reason) };
+                    }
+                    EngineNews::Resync => {
+                        if let Ok(list) = list_project(&docker, &project.name).await
+                            && !list.iter().any(|c| c.running)
+                        {
+                            let code = exit_code(&docker, &containers[0].id).await;
+                            return Ended { exit: ExitInfo { code, signal: None }, reason: Some("its containers stopped while the engine's events were interrupted".into()) };
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Run the Compose tool on `project`; its output goes to `logs`. On
+    /// failure the error quotes Compose's own last lines.
+    async fn run(
+        &self,
+        tool: &Tool,
+        project: &Project,
+        args: &[&str],
+        logs: Option<&LogStore>,
+    ) -> Result<String, String> {
+        let mut command = tokio::process::Command::new(&tool.argv[0]);
+        command.args(&tool.argv[1..]).arg("-p").arg(&project.name);
+        for file in &project.files {
+            command.arg("-f").arg(file);
+        }
+        let output = command
+            .args(args)
+            .current_dir(&project.dir)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| format!("cannot run {}: {e}", tool.argv.join(" ")))?;
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        if let Some(logs) = logs {
+            logs.push_many(Stream::Nanny, lines.iter().copied());
+        }
+        if output.status.success() {
+            return Ok(text);
+        }
+        let quoted = lines[lines.len().saturating_sub(ERROR_LINES)..].join("\n");
+        Err(format!("`{} {}` failed ({}): {quoted}", tool.argv.join(" "), args.join(" "), output.status))
+    }
+}
+
+async fn detect_tool() -> Result<Tool, String> {
+    let candidates: [&[&str]; 2] = [&["docker", "compose"], &["docker-compose"]];
+    let mut tried = Vec::new();
+    for argv in candidates {
+        let output = tokio::process::Command::new(argv[0])
+            .args(&argv[1..])
+            .args(["version", "--short"])
+            .stdin(Stdio::null())
+            .output()
+            .await;
+        match output {
+            Ok(o) if o.status.success() => {
+                let version = String::from_utf8_lossy(&o.stdout).trim().to_string();
+                return Ok(Tool { argv: argv.iter().map(|s| s.to_string()).collect(), version });
+            }
+            Ok(o) => tried.push(format!("`{} version`: {}", argv.join(" "), String::from_utf8_lossy(&o.stderr).trim())),
+            Err(e) => tried.push(format!("`{}`: {e}", argv.join(" "))),
+        }
+    }
+    Err(format!("no Docker Compose tool found ({})", tried.join("; ")))
+}
+
+fn engine_error(e: &bollard::errors::Error) -> String {
+    let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+    format!("the Docker engine at {host} is not reachable: {}", crate::health::error_chain(e))
+}
+
+async fn list_project(docker: &Docker, project: &str) -> Result<Vec<Container>, String> {
+    let label = format!("{PROJECT_LABEL}={project}");
+    let filters: HashMap<&str, Vec<&str>> = HashMap::from([("label", vec![label.as_str()])]);
+    let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+    let list = docker.list_containers(Some(options)).await.map_err(|e| engine_error(&e))?;
+    let mut containers: Vec<Container> = list
+        .into_iter()
+        .map(|c| Container {
+            id: c.id.unwrap_or_default(),
+            name: c.names.and_then(|n| n.first().map(|n| n.trim_start_matches('/').to_string())).unwrap_or_default(),
+            running: c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING),
+        })
+        .collect();
+    containers.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(containers)
+}
+
+async fn started_at(docker: &Docker, id: &str) -> Option<jiff::Timestamp> {
+    let inspect = docker.inspect_container(id, None).await.ok()?;
+    inspect.state?.started_at?.parse().ok()
+}
+
+async fn exit_code(docker: &Docker, id: &str) -> Option<i32> {
+    let inspect = docker.inspect_container(id, None).await.ok()?;
+    inspect.state?.exit_code.map(|c| c as i32)
+}
+
+/// Copy a container's output into the service's log, each line prefixed by
+/// the container's name.
+async fn follow_logs(docker: Docker, container: Container, logs: Arc<LogStore>, since: i64, tail: Option<&str>) {
+    let mut options = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true);
+    options = match tail {
+        Some(tail) => options.tail(tail),
+        None => options.since(since as i32),
+    };
+    let mut stream = docker.logs(&container.id, Some(options.build()));
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    while let Some(Ok(chunk)) = stream.next().await {
+        let (stream, partial, bytes) = match &chunk {
+            bollard::container::LogOutput::StdErr { message } => (Stream::Stderr, &mut err, message),
+            bollard::container::LogOutput::StdOut { message } | bollard::container::LogOutput::Console { message } => {
+                (Stream::Stdout, &mut out, message)
+            }
+            bollard::container::LogOutput::StdIn { .. } => continue,
+        };
+        let lines: Vec<String> =
+            logs::split_lines(partial, bytes).into_iter().map(|l| format!("[{}] {l}", container.name)).collect();
+        logs.push_many(stream, lines.iter().map(String::as_str));
+    }
+}
+
+/// Compose's default project name for a directory: its base name,
+/// lowercased, keeping only `a-z0-9_-`, without leading `_`/`-`.
+pub fn default_project_name(dir: &Path) -> String {
+    let base = std::path::absolute(dir).ok().and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()));
+    base.unwrap_or_default()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-')
+        .collect::<String>()
+        .trim_start_matches(['_', '-'])
+        .to_string()
+}
+
+/// The parts of a compose file the daemon needs.
+#[derive(Deserialize)]
+struct ComposeFile {
+    name: Option<String>,
+    #[serde(default)]
+    services: BTreeMap<String, serde::de::IgnoredAny>,
+}
+
+impl ComposeFile {
+    fn read(path: &Path) -> Result<ComposeFile, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        serde_saphyr::from_str(&text).map_err(|e| {
+            let message = e.to_string();
+            let first = message.lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();
+            format!("{} is not a valid compose file: {first}", path.display())
+        })
+    }
+}
+
+/// An override giving every service of the project the GPU placement, so
+/// the user's compose file is never edited.
+fn gpu_override(file: &ComposeFile, gpu: &Placement) -> String {
+    let mut text = String::from("# Generated by nanny: the GPU placement the arbiter chose.\nservices:\n");
+    for service in file.services.keys() {
+        text.push_str(&format!(
+            "  {service}:\n    environment:\n      NVIDIA_VISIBLE_DEVICES: \"{0}\"\n      CUDA_VISIBLE_DEVICES: \"{0}\"\n",
+            gpu.devices
+        ));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn project_names_follow_compose() {
+        assert_eq!(default_project_name(Path::new("/srv/Minimal SD-API")), "minimalsd-api");
+        assert_eq!(default_project_name(Path::new("/srv/_x.y")), "xy");
+        assert_eq!(default_project_name(Path::new("/srv/web_1")), "web_1");
+    }
+
+    #[test]
+    fn override_names_every_service() {
+        let file: ComposeFile = serde_saphyr::from_str("services:\n  web: {image: x}\n  worker: {image: y}\n").unwrap();
+        let text = gpu_override(&file, &Placement { devices: "0".into() });
+        let parsed: ComposeFile = serde_saphyr::from_str(&text).unwrap();
+        assert_eq!(parsed.services.keys().collect::<Vec<_>>(), vec!["web", "worker"]);
+        assert!(text.contains("NVIDIA_VISIBLE_DEVICES: \"0\""));
+    }
+}
