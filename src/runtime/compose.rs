@@ -61,8 +61,8 @@ pub struct Compose {
 
 struct Inner {
     overrides_dir: PathBuf,
-    tool: OnceCell<Result<Tool, String>>,
-    engine: OnceCell<Result<Docker, String>>,
+    tool: OnceCell<Tool>,
+    engine: OnceCell<Docker>,
     dies: Dies,
 }
 
@@ -325,23 +325,24 @@ struct Container {
 }
 
 impl Inner {
+    /// The Compose tool; found once, looked for again while it is missing.
     async fn tool(&self) -> Result<Tool, String> {
-        self.tool.get_or_init(detect_tool).await.clone()
+        self.tool.get_or_try_init(detect_tool).await.cloned()
     }
 
+    /// The engine client, version negotiated; connected once, retried while
+    /// the engine does not answer (so a Docker started later is found).
     async fn engine(&self) -> Result<Docker, String> {
         let docker = self
             .engine
-            .get_or_init(|| async {
+            .get_or_try_init(|| async {
                 let docker = Docker::connect_with_defaults().map_err(|e| engine_error(&e))?;
                 docker.negotiate_version().await.map_err(|e| engine_error(&e))
             })
             .await
-            .clone();
-        if let Ok(docker) = &docker {
-            self.dies.run(docker.clone());
-        }
-        docker
+            .cloned()?;
+        self.dies.run(docker.clone());
+        Ok(docker)
     }
 
     /// Own one start of a project until it has ended.
