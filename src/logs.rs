@@ -39,8 +39,32 @@ pub struct LogLine {
 }
 
 impl LogLine {
+    /// `TS STREAM LINE`, as written to the log file.
     pub fn render(&self) -> String {
-        format!("{} {:<6} {}", self.ts, format!("{:?}", self.stream).to_lowercase(), self.line)
+        format!("{} {:<6} {}", self.ts, self.stream.as_str(), self.line)
+    }
+
+    /// Read back a line written by [`LogLine::render`].
+    fn parse(text: &str) -> Option<LogLine> {
+        let (ts, rest) = text.split_once(' ')?;
+        let (stream, line) = rest.split_at_checked(6)?;
+        let stream = match stream.trim_end() {
+            "stdout" => Stream::Stdout,
+            "stderr" => Stream::Stderr,
+            "nanny" => Stream::Nanny,
+            _ => return None,
+        };
+        Some(LogLine { ts: ts.parse().ok()?, stream, line: line.strip_prefix(' ').unwrap_or(line).to_string() })
+    }
+}
+
+impl Stream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+            Stream::Nanny => "nanny",
+        }
     }
 }
 
@@ -57,12 +81,13 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    /// A store writing to `path` (appending to what a previous daemon wrote).
+    /// A store writing to `path`, appending to what a previous daemon
+    /// wrote; the end of that is read back, so a tail spans the restart.
     pub fn new(path: PathBuf) -> Self {
         let file_bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         LogStore {
+            inner: Mutex::new(Inner { ring: read_back(&path), file: None, file_bytes }),
             path,
-            inner: Mutex::new(Inner { ring: VecDeque::new(), file: None, file_bytes }),
             live: broadcast::channel(4096).0,
         }
     }
@@ -135,6 +160,23 @@ impl Inner {
     }
 }
 
+/// The last lines of a log file (at most `READ_BACK_BYTES` of it).
+fn read_back(path: &PathBuf) -> VecDeque<LogLine> {
+    const READ_BACK_BYTES: u64 = 1024 * 1024;
+    let Ok(mut file) = File::open(path) else { return VecDeque::new() };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut bytes = Vec::new();
+    use std::io::{Read, Seek, SeekFrom};
+    if file.seek(SeekFrom::Start(len.saturating_sub(READ_BACK_BYTES))).is_err() || file.read_to_end(&mut bytes).is_err()
+    {
+        return VecDeque::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    // The first line may be cut by the seek; a line that does not parse is skipped.
+    let lines: Vec<LogLine> = text.lines().filter_map(LogLine::parse).collect();
+    lines.into_iter().rev().take(RING_LINES).rev().collect()
+}
+
 /// `x.log` → `x.log.1` → … → `x.log.KEEP` (the oldest is dropped).
 fn rotate(path: &PathBuf) {
     let numbered = |n: u32| PathBuf::from(format!("{}.{n}", path.display()));
@@ -199,5 +241,21 @@ mod tests {
         assert_eq!(store.tail(usize::MAX).len(), RING_LINES);
         assert!(dir.path().join("s.log.1").exists(), "rotated");
         assert!(fs::metadata(&path).unwrap().len() < ROTATE_BYTES);
+    }
+
+    #[test]
+    fn a_new_store_reads_back_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.log");
+        let store = LogStore::new(path.clone());
+        store.push(Stream::Stdout, "first  line");
+        store.push(Stream::Nanny, "second");
+        drop(store);
+        let again = LogStore::new(path);
+        let tail = again.tail(10);
+        assert_eq!(
+            tail.iter().map(|l| (l.stream, l.line.as_str())).collect::<Vec<_>>(),
+            vec![(Stream::Stdout, "first  line"), (Stream::Nanny, "second")]
+        );
     }
 }
