@@ -27,6 +27,8 @@ pub const STARTUP_PROBE_INTERVAL: Duration = Duration::from_millis(20);
 /// A service without a health check counts as started once it has stayed up
 /// this long (capped by its `health_timeout`), like supervisord's `startsecs`.
 pub const SETTLE_TIME: Duration = Duration::from_secs(1);
+/// How long a task looks for an instance to adopt before it gives up.
+const ADOPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many log lines a failed start carries back to the caller.
 const FAILURE_LOG_LINES: usize = 20;
 
@@ -272,8 +274,9 @@ struct Task {
 
 impl Task {
     async fn run(mut self) {
-        let adopted = self.shared.runtime.adopt(&self.snap.manifest, self.logs.clone()).await;
-        if let Some(launched) = adopted {
+        // An engine that does not answer must not keep the task from its inputs.
+        let adopted = tokio::time::timeout(ADOPT_TIMEOUT, self.shared.runtime.adopt(&self.snap.manifest, self.logs.clone()));
+        if let Ok(Some(launched)) = adopted.await {
             self.adopt(launched);
             self.status.send_replace(self.snap.clone());
         }
