@@ -275,7 +275,8 @@ struct Task {
 impl Task {
     async fn run(mut self) {
         // An engine that does not answer must not keep the task from its inputs.
-        let adopted = tokio::time::timeout(ADOPT_TIMEOUT, self.shared.runtime.adopt(&self.snap.manifest, self.logs.clone()));
+        let adopted =
+            tokio::time::timeout(ADOPT_TIMEOUT, self.shared.runtime.adopt(&self.snap.manifest, self.logs.clone()));
         if let Ok(Some(launched)) = adopted.await {
             self.adopt(launched);
             self.status.send_replace(self.snap.clone());

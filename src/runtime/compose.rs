@@ -5,14 +5,14 @@
 //! is noticed when it dies.
 //!
 //! Each launched project has a supervising task that owns it: it runs
-//! `up -d`, follows the containers' logs, and reports the project's end to
-//! the service task (a container died, or a stop finished). Die events come
-//! from one daemon-wide subscription to the engine, dispatched by project.
+//! `up -d`, follows the containers' logs and the engine's die events for the
+//! project, and reports the project's end to the service task (a container
+//! died, or a stop finished).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
@@ -63,7 +63,6 @@ struct Inner {
     overrides_dir: PathBuf,
     tool: OnceCell<Tool>,
     engine: OnceCell<Docker>,
-    dies: Dies,
 }
 
 #[derive(Debug, Clone)]
@@ -72,85 +71,57 @@ struct Tool {
     version: String,
 }
 
-/// What the engine said about a container of a project.
+/// A container of a project died, as the engine reported it.
 #[derive(Debug, Clone)]
-enum EngineNews {
-    Died {
-        container: String,
-        exit_code: Option<i32>,
-    },
-    /// The event stream was interrupted; state must be re-read.
-    Resync,
+struct Death {
+    container_id: String,
+    name: String,
+    exit_code: Option<i32>,
 }
 
-/// Subscribers to die events, by project. The subscription task alone
-/// reads the engine; these short critical sections never await.
-#[derive(Default, Clone)]
-struct Dies {
-    subscribers: Arc<Mutex<HashMap<String, Vec<mpsc::UnboundedSender<EngineNews>>>>>,
-    started: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Dies {
-    fn subscribe(&self, project: &str) -> mpsc::UnboundedReceiver<EngineNews> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.lock().entry(project.to_string()).or_default().push(tx);
-        rx
-    }
-
-    fn publish(&self, project: &str, news: EngineNews) {
-        if let Some(subscribers) = self.lock().get_mut(project) {
-            subscribers.retain(|s| s.send(news.clone()).is_ok());
-        }
-    }
-
-    fn publish_all(&self, news: EngineNews) {
-        for subscribers in self.lock().values_mut() {
-            subscribers.retain(|s| s.send(news.clone()).is_ok());
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<mpsc::UnboundedSender<EngineNews>>>> {
-        self.subscribers.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Follow the engine's container die events for as long as the daemon runs.
-    fn run(&self, docker: Docker) {
-        if self.started.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            return;
-        }
-        let dies = self.clone();
-        {
-            tokio::spawn(async move {
-                let mut first = true;
-                loop {
-                    if !first {
-                        dies.publish_all(EngineNews::Resync);
-                    }
-                    first = false;
-                    let filters: HashMap<&str, Vec<&str>> = HashMap::from([
-                        ("type", vec!["container"]),
-                        ("event", vec!["die"]),
-                        ("label", vec![PROJECT_LABEL]),
-                    ]);
-                    let mut events = docker.events(Some(EventsOptionsBuilder::default().filters(&filters).build()));
-                    while let Some(event) = events.next().await {
-                        let Ok(event) = event else { break };
-                        let Some(actor) = event.actor else { continue };
-                        let attributes = actor.attributes.unwrap_or_default();
-                        let Some(project) = attributes.get(PROJECT_LABEL) else { continue };
-                        let news = EngineNews::Died {
-                            container: attributes.get("name").cloned().unwrap_or_default(),
-                            exit_code: attributes.get("exitCode").and_then(|c| c.parse().ok()),
-                        };
-                        dies.publish(project, news);
-                    }
-                    tracing::warn!("the Docker engine's event stream ended; subscribing again");
-                    tokio::time::sleep(EVENTS_RETRY).await;
+/// Follow the engine's die events for `project` from `from` on. Asking for
+/// events `since` a time the caller took before it listed the containers
+/// leaves no gap in which a death goes unseen; if the stream breaks, it is
+/// resumed from the last event seen. Ends when the receiver is dropped.
+fn watch_deaths(docker: Docker, project: String, from: jiff::Timestamp) -> mpsc::UnboundedReceiver<Death> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let label = format!("{PROJECT_LABEL}={project}");
+        let mut since = from;
+        loop {
+            let filters: HashMap<&str, Vec<&str>> =
+                HashMap::from([("type", vec!["container"]), ("event", vec!["die"]), ("label", vec![label.as_str()])]);
+            let since_text = format!("{}.{:09}", since.as_second(), since.subsec_nanosecond());
+            let options = EventsOptionsBuilder::default().since(&since_text).filters(&filters).build();
+            let mut events = docker.events(Some(options));
+            loop {
+                let event = tokio::select! {
+                    _ = tx.closed() => return,
+                    event = events.next() => event,
+                };
+                let Some(Ok(event)) = event else { break };
+                if let Some(nanos) = event.time_nano {
+                    since = jiff::Timestamp::from_nanosecond(nanos as i128).unwrap_or(since);
                 }
-            });
+                let Some(actor) = event.actor else { continue };
+                let attributes = actor.attributes.unwrap_or_default();
+                let death = Death {
+                    container_id: actor.id.unwrap_or_default(),
+                    name: attributes.get("name").cloned().unwrap_or_default(),
+                    exit_code: attributes.get("exitCode").and_then(|c| c.parse().ok()),
+                };
+                if tx.send(death).is_err() {
+                    return;
+                }
+            }
+            tracing::warn!(project, "the Docker engine's event stream ended; resuming it");
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = tokio::time::sleep(EVENTS_RETRY) => {}
+            }
         }
-    }
+    });
+    rx
 }
 
 /// The project files of one service: the user's compose file and, for a GPU
@@ -198,7 +169,6 @@ impl Compose {
                 overrides_dir: state_dir.join("compose"),
                 tool: OnceCell::new(),
                 engine: OnceCell::new(),
-                dies: Dies::default(),
             }),
         }
     }
@@ -241,7 +211,7 @@ impl Compose {
         let (ready_tx, ready) = oneshot::channel();
         let inner = self.inner.clone();
         tokio::spawn(async move {
-            let ended = inner.supervise(project, None, logs, control_rx, ready_tx).await;
+            let ended = inner.supervise(project, None, jiff::Timestamp::now(), logs, control_rx, ready_tx).await;
             let _ = ended_tx.send(ended);
         });
         Ok(Launched {
@@ -259,6 +229,7 @@ impl Compose {
         Box::pin(async move {
             let project = project.ok()?;
             let docker = inner.engine().await.ok()?;
+            let watch_from = jiff::Timestamp::now();
             let running = list_project(&docker, &project.name).await.ok()?;
             if running.is_empty() || running.iter().any(|c| !c.running) {
                 return None;
@@ -270,7 +241,7 @@ impl Compose {
             let (ready_tx, ready) = oneshot::channel();
             let task_inner = inner.clone();
             tokio::spawn(async move {
-                let ended = task_inner.supervise(project, Some(running), logs, control_rx, ready_tx).await;
+                let ended = task_inner.supervise(project, Some(running), watch_from, logs, control_rx, ready_tx).await;
                 let _ = ended_tx.send(ended);
             });
             Some(Launched {
@@ -341,7 +312,6 @@ impl Inner {
             })
             .await
             .cloned()?;
-        self.dies.run(docker.clone());
         Ok(docker)
     }
 
@@ -350,6 +320,7 @@ impl Inner {
         self: Arc<Self>,
         project: Project,
         adopted: Option<Vec<Container>>,
+        watch_from: jiff::Timestamp,
         logs: Arc<LogStore>,
         mut control: mpsc::UnboundedReceiver<Control>,
         ready: oneshot::Sender<Parts>,
@@ -367,8 +338,8 @@ impl Inner {
             Ok(t) => t,
             Err(e) => return fail(e),
         };
-        let mut news = self.dies.subscribe(&project.name);
-        let since = jiff::Timestamp::now().as_second();
+        let mut deaths = watch_deaths(docker.clone(), project.name.clone(), watch_from);
+        let since = watch_from.as_second();
         let backfill = adopted.is_some();
         let containers = match adopted {
             Some(running) => running,
@@ -407,21 +378,16 @@ impl Inner {
                     let code = exit_code(&docker, &containers[0].id).await;
                     return Ended { exit: ExitInfo { code, signal: None }, reason: None };
                 }
-                Some(event) = news.recv() => match event {
-                    EngineNews::Died { container, exit_code } => {
-                        let reason = format!("container {container} died (exit code {})", exit_code.map(|c| c.to_string()).unwrap_or_else(|| "unknown".into()));
-                        logs.push(Stream::Nanny, &reason);
-                        return Ended { exit: ExitInfo { code: exit_code, signal: None }, reason: Some(reason) };
+                Some(death) = deaths.recv() => {
+                    // Containers replaced by `up -d` die too; only ours count.
+                    if !containers.iter().any(|c| c.id == death.container_id) {
+                        continue;
                     }
-                    EngineNews::Resync => {
-                        if let Ok(list) = list_project(&docker, &project.name).await
-                            && !list.iter().any(|c| c.running)
-                        {
-                            let code = exit_code(&docker, &containers[0].id).await;
-                            return Ended { exit: ExitInfo { code, signal: None }, reason: Some("its containers stopped while the engine's events were interrupted".into()) };
-                        }
-                    }
-                },
+                    let code = death.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "unknown".into());
+                    let reason = format!("container {} died (exit code {code})", death.name);
+                    logs.push(Stream::Nanny, &reason);
+                    return Ended { exit: ExitInfo { code: death.exit_code, signal: None }, reason: Some(reason) };
+                }
             }
         }
     }
