@@ -34,7 +34,7 @@ pub struct StoreError {
 enum Request {
     Append { service: Option<String>, kind: EventKind },
     Query { filter: Filter, reply: oneshot::Sender<Vec<Event>> },
-    SetDesired { service: String, running: bool },
+    SetDesired { service: String, running: bool, reply: oneshot::Sender<()> },
     Desired { reply: oneshot::Sender<Vec<String>> },
     RecordProcess(RecordedProcess),
     ForgetProcess { service: String },
@@ -102,8 +102,11 @@ impl Store {
         self.ask(|reply| Request::Query { filter, reply }).await.unwrap_or_default()
     }
 
-    pub fn set_desired(&self, service: &str, running: bool) {
-        let _ = self.tx.send(Request::SetDesired { service: service.to_string(), running });
+    /// Record whether `service` is meant to be running; resolves once written,
+    /// so an answer given after it is never lost to a crash.
+    pub async fn set_desired(&self, service: &str, running: bool) {
+        let service = service.to_string();
+        let _ = self.ask(|reply| Request::SetDesired { service, running, reply }).await;
     }
 
     /// Services last meant to be running.
@@ -155,12 +158,13 @@ impl Owner {
             Request::Query { filter, reply } => {
                 let _ = reply.send(self.query(&filter)?);
             }
-            Request::SetDesired { service, running } => {
+            Request::SetDesired { service, running, reply } => {
                 self.conn.execute(
                     "INSERT INTO desired (service, running, updated) VALUES (?1, ?2, ?3)
                      ON CONFLICT (service) DO UPDATE SET running = ?2, updated = ?3",
                     params![service, running, jiff::Timestamp::now().to_string()],
                 )?;
+                let _ = reply.send(());
             }
             Request::Desired { reply } => {
                 let mut stmt = self.conn.prepare("SELECT service FROM desired WHERE running = 1 ORDER BY service")?;
@@ -269,9 +273,9 @@ mod tests {
     async fn desired_state_and_processes_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.set_desired("a", true);
-        store.set_desired("b", true);
-        store.set_desired("b", false);
+        store.set_desired("a", true).await;
+        store.set_desired("b", true).await;
+        store.set_desired("b", false).await;
         assert_eq!(store.desired().await, vec!["a"]);
         let p = RecordedProcess { service: "a".into(), pgid: 42, start_ticks: 7 };
         store.record_process(p.clone());

@@ -138,7 +138,7 @@ impl Daemon {
         self.store.emit(None, EventKind::DaemonStopping { reason: reason.to_string() });
         if forget {
             for name in self.registry.snapshot().services.keys() {
-                self.store.set_desired(name, false);
+                self.store.set_desired(name, false).await;
             }
         }
         self.registry.shutdown().await;

@@ -129,6 +129,10 @@ impl Owner {
             store.emit(Some(name), EventKind::ManifestChanged { running });
             report.changed.push((name.clone(), running));
         }
+        for name in &diff.removed {
+            store.emit(Some(name), EventKind::Removed);
+            store.set_desired(name, false).await;
+        }
         let removed: Vec<ServiceHandle> = diff.removed.iter().filter_map(|n| self.handles.remove(n)).collect();
         self.catalog = catalog;
         // Removed services vanish from the API at once, then are stopped.

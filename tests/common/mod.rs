@@ -5,7 +5,8 @@
 use std::fs;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
@@ -35,9 +36,30 @@ pub fn http_client() -> reqwest::Client {
 }
 
 /// A port that was free a moment ago.
+/// A free port for a fixture service, taken below the kernel's ephemeral range: a port from
+/// `bind(:0)` can be handed out again to any outgoing connection or `:0` listener (the test's own
+/// HTTP polling, other daemons) before the service binds it, which makes a busy machine's
+/// services fail at startup with "address already in use".
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().unwrap().port()
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768)
+        .clamp(12000, 65535);
+    let (start, span) = (10000u32, low - 10000);
+    let seed = std::process::id() as u64 * 7919
+        + std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+    for _ in 0..1000 {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst) as u64;
+        // A simple mix so concurrent test processes spread over the range.
+        let x = (seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        let port = (start + (x >> 33) as u32 % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port found below {low}");
 }
 
 // ---------------------------------------------------------------------------------------------

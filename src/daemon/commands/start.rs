@@ -24,7 +24,7 @@ pub async fn run(d: &Daemon, name: &str, force: bool) -> Result<StartOutcome, Er
     let service = d.service(name)?;
     let was_running = matches!(service.snapshot().state, State::Running | State::Unhealthy);
     let preempted = start_with_dependencies(d.clone(), name.to_string(), force).await?;
-    d.store.set_desired(name, true);
+    d.store.set_desired(name, true).await;
     let snap = service.snapshot();
     Ok(StartOutcome {
         message: format!("Service '{name}' started successfully"),
@@ -87,6 +87,8 @@ async fn start_one(d: &Daemon, service: &ServiceHandle, name: &str, force: bool)
                 }
                 tracing::info!(service = name, "force: stopping GPU holder '{holder}'");
                 super::stop::stop_with_dependents(d, &holder).await?;
+                // Preempted: it is not meant to come back after a crash.
+                d.store.set_desired(&holder, false).await;
                 d.store.emit(Some(&holder), EventKind::GpuPreempted { by: name.to_string() });
                 preempted.push(holder);
             }

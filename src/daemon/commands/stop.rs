@@ -9,7 +9,7 @@ use crate::error::Error;
 
 pub async fn run(d: &Daemon, name: &str) -> Result<StopOutcome, Error> {
     let also_stopped = stop_with_dependents(d, name).await?;
-    d.store.set_desired(name, false);
+    d.store.set_desired(name, false).await;
     Ok(StopOutcome {
         message: format!("Service '{name}' stopped successfully"),
         status: d.service(name)?.snapshot().state,
@@ -29,7 +29,7 @@ pub async fn stop_with_dependents(d: &Daemon, name: &str) -> Result<Vec<String>,
         let Some(handle) = registry.services.get(&dependent) else { continue };
         if handle.snapshot().state.holds_gpu() || handle.snapshot().state.has_process() {
             handle.stop().await;
-            d.store.set_desired(&dependent, false);
+            d.store.set_desired(&dependent, false).await;
             stopped.push(dependent);
         }
     }
