@@ -1,5 +1,5 @@
 //! Health probes: one check of a service's `health_endpoint` (HTTP or TCP) or
-//! `health_command`, bounded by a timeout. Probes never touch service state;
+//! `health_command` (or a check its runtime offers), bounded by a timeout. Probes never touch service state;
 //! the service task decides what a result means.
 
 use std::path::Path;
@@ -19,6 +19,20 @@ pub struct ProbeResult {
     pub http_code: Option<u16>,
     pub latency_ms: f64,
     pub message: String,
+}
+
+/// What one check found: healthy or not, the HTTP code if any, and why.
+pub type Outcome = (bool, Option<u16>, String);
+
+/// Run a check, never taking longer than `timeout`, and time it.
+pub async fn timed(timeout: Duration, check: impl Future<Output = Outcome>) -> ProbeResult {
+    let at = jiff::Timestamp::now();
+    let started = Instant::now();
+    let (ok, http_code, message) = match tokio::time::timeout(timeout, check).await {
+        Ok(outcome) => outcome,
+        Err(_) => (false, None, format!("no answer within {:.1}s", timeout.as_secs_f64())),
+    };
+    ProbeResult { at, ok, http_code, latency_ms: started.elapsed().as_secs_f64() * 1000.0, message }
 }
 
 /// What to probe, extracted from a manifest so a probe can run on its own task.
@@ -47,19 +61,8 @@ impl Probe {
         Some(Probe::Command { argv, working_dir })
     }
 
-    /// Run one check, never taking longer than `timeout`.
-    pub async fn run(&self, client: &reqwest::Client, timeout: Duration) -> ProbeResult {
-        let at = jiff::Timestamp::now();
-        let started = Instant::now();
-        let outcome = tokio::time::timeout(timeout, self.check(client, timeout)).await;
-        let (ok, http_code, message) = match outcome {
-            Ok(result) => result,
-            Err(_) => (false, None, format!("no answer within {:.1}s", timeout.as_secs_f64())),
-        };
-        ProbeResult { at, ok, http_code, latency_ms: started.elapsed().as_secs_f64() * 1000.0, message }
-    }
-
-    async fn check(&self, client: &reqwest::Client, timeout: Duration) -> (bool, Option<u16>, String) {
+    /// One check; its caller bounds it with [`timed`].
+    pub async fn check(&self, client: &reqwest::Client, timeout: Duration) -> Outcome {
         match self {
             Probe::Http(url) => match client.get(url).timeout(timeout).send().await {
                 Ok(resp) => {

@@ -15,7 +15,9 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::events::EventKind;
 use crate::gpu::Arbiter;
-use crate::health::{Probe, ProbeResult};
+use futures_util::future::BoxFuture;
+
+use crate::health::{self, Probe, ProbeResult};
 use crate::lifecycle::{self, Policy, RestartHistory, State, Verdict};
 use crate::logs::{LogStore, Stream};
 use crate::manifest::Manifest;
@@ -265,7 +267,8 @@ struct Task {
     instance: Option<Box<dyn Instance>>,
     /// Whether the instance was adopted rather than started by this task.
     adopted: bool,
-    /// Whether the runtime will say when the instance is up (`Input::Ready`).
+    /// Whether the runtime is yet to say the instance is up (`Input::Ready`);
+    /// until it has, a passing check does not make the service running.
     awaits_ready: bool,
     /// When the current process was first seen healthy.
     running_since: Option<Instant>,
@@ -407,12 +410,12 @@ impl Task {
         self.set_state(State::Starting);
         self.emit(EventKind::Starting { pid, automatic });
         let now = Instant::now();
-        self.deadline = Some(if manifest.has_health_check() || self.awaits_ready {
+        self.deadline = Some(if self.checks_health() || self.awaits_ready {
             now + manifest.health_timeout
         } else {
             now + SETTLE_TIME.min(manifest.health_timeout)
         });
-        self.next_probe = manifest.has_health_check().then_some(now);
+        self.next_probe = self.checks_health().then_some(now);
     }
 
     /// Take over an instance that was already running when the task began.
@@ -430,7 +433,7 @@ impl Task {
         let parts = self.instance.as_ref().map(|i| i.parts()).unwrap_or_default();
         self.emit(EventKind::Adopted { pid: parts.pid, containers: parts.containers });
         self.deadline = Some(Instant::now() + manifest.health_timeout);
-        self.next_probe = manifest.has_health_check().then(Instant::now);
+        self.next_probe = self.checks_health().then(Instant::now);
     }
 
     /// Wire a new instance's exit and readiness to this task; returns its pid.
@@ -476,7 +479,8 @@ impl Task {
 
     fn on_ready(&mut self, parts: Parts) {
         self.snap.containers = parts.containers;
-        if self.snap.state == State::Starting && !self.snap.manifest.has_health_check() {
+        self.awaits_ready = false;
+        if self.snap.state == State::Starting && !self.checks_health() {
             self.became_running();
         }
     }
@@ -526,7 +530,7 @@ impl Task {
     fn on_deadline(&mut self) {
         self.deadline = None;
         match self.snap.state {
-            State::Starting if self.snap.manifest.has_health_check() => {
+            State::Starting if self.checks_health() => {
                 let m = &self.snap.manifest;
                 let last_check = self
                     .snap
@@ -579,18 +583,19 @@ impl Task {
         };
         self.logs.push(Stream::Nanny, "running");
         self.emit(EventKind::Healthy { startup_ms });
-        self.next_probe = self.snap.manifest.has_health_check().then(|| now + self.snap.manifest.health_interval);
+        self.next_probe = self.checks_health().then(|| now + self.snap.manifest.health_interval);
         for waiter in self.start_waiters.drain(..) {
             let _ = waiter.send(Ok(()));
         }
     }
 
+    /// Whether the service has a health check: its manifest's, or one its
+    /// runtime offers.
+    fn checks_health(&self) -> bool {
+        self.snap.manifest.has_health_check() || self.instance.as_ref().is_some_and(|i| i.check().is_some())
+    }
+
     fn launch_probe(&mut self) {
-        let Some(probe) = Probe::of(&self.snap.manifest) else {
-            self.next_probe = None;
-            return;
-        };
-        self.probe_in_flight = true;
         let timeout = match self.snap.state {
             State::Starting => {
                 self.deadline.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(Duration::from_secs(5))
@@ -598,9 +603,23 @@ impl Task {
             _ => self.snap.manifest.health_interval,
         }
         .clamp(Duration::from_millis(100), Duration::from_secs(5));
-        let (generation, tx, client) = (self.generation, self.tx.clone(), self.shared.http.clone());
+        let check: BoxFuture<'static, health::Outcome> = match Probe::of(&self.snap.manifest) {
+            Some(probe) => {
+                let client = self.shared.http.clone();
+                Box::pin(async move { probe.check(&client, timeout).await })
+            }
+            None => match self.instance.as_ref().and_then(|i| i.check()) {
+                Some(check) => check,
+                None => {
+                    self.next_probe = None;
+                    return;
+                }
+            },
+        };
+        self.probe_in_flight = true;
+        let (generation, tx) = (self.generation, self.tx.clone());
         tokio::spawn(async move {
-            let result = probe.run(&client, timeout).await;
+            let result = health::timed(timeout, check).await;
             let _ = tx.send(Input::Probed { generation, result });
         });
     }
@@ -612,7 +631,7 @@ impl Task {
         match self.snap.state {
             State::Starting => {
                 self.snap.last_health = Some(result);
-                if ok {
+                if ok && !self.awaits_ready {
                     self.became_running();
                 } else {
                     self.next_probe = Some(Instant::now() + STARTUP_PROBE_INTERVAL);

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
+use bollard::models::HealthStatusEnum;
 use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{OnceCell, mpsc, oneshot};
 
 use super::{Ended, ExitInfo, GroupRecord, Instance, LaunchError, Launched, Parts, Placement};
+use crate::health::Outcome;
 use crate::logs::{self, LogStore, Stream};
 use crate::manifest::{Manifest, Runtime as Kind};
 
@@ -141,6 +143,8 @@ enum Control {
 struct ProjectInstance {
     control: mpsc::UnboundedSender<Control>,
     containers: Vec<String>,
+    inner: Arc<Inner>,
+    project: String,
 }
 
 impl Instance for ProjectInstance {
@@ -158,6 +162,11 @@ impl Instance for ProjectInstance {
 
     fn group(&self) -> Option<GroupRecord> {
         None
+    }
+
+    fn check(&self) -> Option<BoxFuture<'static, Outcome>> {
+        let (inner, project) = (self.inner.clone(), self.project.clone());
+        Some(Box::pin(async move { inner.check(&project).await }))
     }
 }
 
@@ -206,6 +215,7 @@ impl Compose {
         logs: Arc<LogStore>,
     ) -> Result<Launched, LaunchError> {
         let project = self.project(manifest, gpu)?;
+        let project_name = project.name.clone();
         let (control, control_rx) = mpsc::unbounded_channel();
         let (ended_tx, exited) = oneshot::channel();
         let (ready_tx, ready) = oneshot::channel();
@@ -215,7 +225,12 @@ impl Compose {
             let _ = ended_tx.send(ended);
         });
         Ok(Launched {
-            instance: Box::new(ProjectInstance { control, containers: Vec::new() }),
+            instance: Box::new(ProjectInstance {
+                control,
+                containers: Vec::new(),
+                inner: self.inner.clone(),
+                project: project_name,
+            }),
             exited,
             ready: Some(ready),
             started_at: None,
@@ -236,6 +251,7 @@ impl Compose {
             }
             let started_at = started_at(&docker, &running[0].id).await;
             let containers: Vec<String> = running.iter().map(|c| c.name.clone()).collect();
+            let project_name = project.name.clone();
             let (control, control_rx) = mpsc::unbounded_channel();
             let (ended_tx, exited) = oneshot::channel();
             let (ready_tx, ready) = oneshot::channel();
@@ -245,7 +261,12 @@ impl Compose {
                 let _ = ended_tx.send(ended);
             });
             Some(Launched {
-                instance: Box::new(ProjectInstance { control, containers }),
+                instance: Box::new(ProjectInstance {
+                    control,
+                    containers,
+                    inner: inner.clone(),
+                    project: project_name,
+                }),
                 exited,
                 ready: Some(ready),
                 started_at,
@@ -313,6 +334,35 @@ impl Inner {
             .await
             .cloned()?;
         Ok(docker)
+    }
+
+    /// The project's containers as a health check: all running, and healthy
+    /// where they have a HEALTHCHECK.
+    async fn check(&self, project: &str) -> Outcome {
+        let docker = match self.engine().await {
+            Ok(d) => d,
+            Err(e) => return (false, None, e),
+        };
+        let containers = match list_project(&docker, project).await {
+            Ok(list) if list.is_empty() => return (false, None, format!("project '{project}' has no container")),
+            Ok(list) => list,
+            Err(e) => return (false, None, e),
+        };
+        let mut healthchecked = 0;
+        for c in &containers {
+            if !c.running {
+                return (false, None, format!("container {} is not running", c.name));
+            }
+            let health = docker.inspect_container(&c.id, None).await.ok().and_then(|i| i.state?.health?.status);
+            match health {
+                Some(HealthStatusEnum::HEALTHY) => healthchecked += 1,
+                Some(status @ (HealthStatusEnum::STARTING | HealthStatusEnum::UNHEALTHY)) => {
+                    return (false, None, format!("container {} is {status}", c.name));
+                }
+                _ => {}
+            }
+        }
+        (true, None, format!("{} container(s) running, {healthchecked} reporting healthy", containers.len()))
     }
 
     /// Own one start of a project until it has ended.

@@ -83,6 +83,13 @@ pub trait Instance: Send + Sync {
     fn kill(&self);
     /// The process group to record for crash recovery, if it is one.
     fn group(&self) -> Option<GroupRecord>;
+
+    /// A health check the runtime itself can make, used when the manifest
+    /// names none (Compose: every container running, and healthy if it has a
+    /// HEALTHCHECK).
+    fn check(&self) -> Option<BoxFuture<'static, crate::health::Outcome>> {
+        None
+    }
 }
 
 /// A launched (or adopted) instance and how the task hears about it.
