@@ -721,3 +721,43 @@ async fn remove_stops_and_runs_down_keeping_the_image() {
     assert!(fresh.running && fresh.id != c.id, "a new container after down: {fresh:?}");
     d.stop_ok("web").await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The containers' own HEALTHCHECK
+// ---------------------------------------------------------------------------------------------
+
+/// Without a `health_endpoint`, a Compose service is checked through its containers: it is
+/// `running` only once the container's HEALTHCHECK reports healthy, and a container that turns
+/// unhealthy makes the service unhealthy.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_healthcheck_decides_when_the_service_is_running() {
+    require_docker!();
+    let ws = Workspace::new();
+    let pname = docker::unique("hc");
+    let web = Web::new("web", &pname).no_health().extra("health_interval: 0.5\nhealth_failures: 2\nrestart: never\n");
+    // Healthy once /www/ok exists; the check runs every second after a short start period.
+    let compose = format!(
+        "version: \"3.8\"\nservices:\n  web:\n    image: {}\n    healthcheck:\n      test: [\"CMD\", \"/bin/busybox\", \"test\", \"-e\", \"/www/ok\"]\n      interval: 1s\n      start_period: 1s\n    entrypoint: [\"/bin/busybox\", \"sh\", \"-c\", \"sleep 2; /bin/busybox touch /www/ok; exec /bin/busybox httpd -f -p 8000 -h /www\"]\n",
+        web.image
+    );
+    let web = web.compose_text(&compose);
+    let p = web.write(&ws.services(), &pname);
+    let d = Daemon::start(&ws.services());
+
+    let v = d.start_ok("web").await;
+    assert_eq!(v["status"], "running", "{v}");
+    let c = p.only();
+    let health = docker::docker_ok(&["inspect", "-f", "{{.State.Health.Status}}", &c.id]);
+    assert_eq!(health.trim(), "healthy", "start answered before the container's HEALTHCHECK passed");
+    let st = d.status("web").await;
+    assert_eq!(st["last_health"]["ok"], true, "{st}");
+    assert!(st["last_health"]["message"].as_str().unwrap_or("").contains("healthy"), "{st}");
+
+    // The container turns unhealthy: the service follows.
+    docker::docker_ok(&["exec", &c.id, "/bin/busybox", "rm", "/www/ok"]);
+    wait_until(Duration::from_secs(30), "the service becomes unhealthy", || async {
+        d.state_of("web").await == "unhealthy"
+    })
+    .await;
+    d.stop_ok("web").await;
+}
