@@ -68,8 +68,8 @@ pub fn allowed(from: State, to: State) -> bool {
             | (Stopped, Failed)
             | (Starting, Running | Stopping | Backoff | Failed)
             | (Running, Unhealthy | Stopping | Backoff | Failed | Stopped)
-            | (Unhealthy, Running | Stopping | Backoff | Failed)
-            | (Stopping, Stopped | Failed)
+            | (Unhealthy, Running | Stopped | Stopping | Backoff | Failed)
+            | (Stopping, Stopped | Backoff | Failed)
             | (Backoff, Starting | Stopped | Failed)
             | (Failed, Stopped)
     )
@@ -187,8 +187,8 @@ mod tests {
             (Stopped, vec![Starting, Failed]),
             (Starting, vec![Running, Stopping, Backoff, Failed]),
             (Running, vec![Stopped, Unhealthy, Stopping, Backoff, Failed]),
-            (Unhealthy, vec![Running, Stopping, Backoff, Failed]),
-            (Stopping, vec![Stopped, Failed]),
+            (Unhealthy, vec![Running, Stopped, Stopping, Backoff, Failed]),
+            (Stopping, vec![Stopped, Backoff, Failed]),
             (Backoff, vec![Stopped, Starting, Failed]),
             (Failed, vec![Stopped, Starting]),
         ];

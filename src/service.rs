@@ -341,7 +341,8 @@ impl Task {
         if matches!(to, State::Stopped | State::Failed) {
             self.deadline = None;
         }
-        if !to.holds_gpu() && self.snap.manifest.gpu_required {
+        // Whatever the manifest says now (it may have changed since the claim).
+        if !to.holds_gpu() {
             self.shared.arbiter.release(&self.snap.manifest.name);
         }
         // Published before any waiter is answered, so an answer is never
@@ -448,6 +449,9 @@ impl Task {
             }
         });
         self.awaits_ready = launched.ready.is_some();
+        // A probe of the previous instance may still be out; its answer is
+        // ignored (older generation) and must not hold back this one's probes.
+        self.probe_in_flight = false;
         if let Some(ready) = launched.ready {
             let tx = self.tx.clone();
             tokio::spawn(async move {
@@ -525,6 +529,7 @@ impl Task {
         self.set_state(State::Stopping);
         self.emit(EventKind::Stopping { signal: manifest.stop_signal.to_string() });
         self.deadline = Some(Instant::now() + manifest.stop_timeout);
+        self.next_probe = None;
     }
 
     fn on_deadline(&mut self) {
@@ -548,6 +553,7 @@ impl Task {
                     last_check,
                     logs: self.recent_logs(),
                 });
+                self.after_stop = AfterStop::Recover;
                 self.begin_stop();
             }
             State::Starting if self.awaits_ready => {
@@ -558,6 +564,7 @@ impl Task {
                     last_check: "the runtime did not report it up".into(),
                     logs: self.recent_logs(),
                 });
+                self.after_stop = AfterStop::Recover;
                 self.begin_stop();
             }
             State::Starting => self.became_running(),
@@ -689,8 +696,29 @@ impl Task {
         match state {
             State::Stopping => {
                 match (self.failure.take(), self.after_stop) {
-                    (Some(error), _) if manual_start => self.fail_start(error, true),
-                    (Some(_), _) => self.recover(true, None),
+                    // The start that failed was asked for by hand: its caller hears why.
+                    (Some(error), AfterStop::Recover) if manual_start => {
+                        self.after_stop = AfterStop::Rest;
+                        self.fail_start(error, true);
+                    }
+                    // An automatic start failed: the restart policy decides.
+                    (Some(_), AfterStop::Recover) => {
+                        self.after_stop = AfterStop::Rest;
+                        self.recover(true, None);
+                    }
+                    // Another start arrived while the failed one was being stopped: it
+                    // overlapped a failing start and gets the same answer.
+                    (Some(error), AfterStop::Start) => {
+                        self.after_stop = AfterStop::Rest;
+                        self.fail_start(error, true);
+                    }
+                    // A stop (or shutdown) by hand arrived meanwhile: it wins.
+                    (Some(error), _) => {
+                        for waiter in self.start_waiters.drain(..) {
+                            let _ = waiter.send(Err(error.clone()));
+                        }
+                        self.set_stopped();
+                    }
                     (None, AfterStop::Recover) => {
                         self.after_stop = AfterStop::Rest;
                         self.recover(true, healthy_for);

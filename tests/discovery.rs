@@ -271,3 +271,34 @@ async fn rediscover_stops_a_removed_running_service() {
     assert_eq!(code, 404);
     assert_eq!(service_names(&d.services().await), vec!["stays"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_service_whose_manifest_turns_invalid_keeps_running() {
+    let ws = Workspace::new();
+    let pidfile = ws.path("web.pid");
+    let web = ws.add(Svc::new("web").arg("--pidfile").arg(&pidfile).description("web v1"));
+    let d = Daemon::start(&ws.services());
+    d.start_ok("web").await;
+    let pid = read_pidfile(&pidfile).await;
+
+    // A typo in the running service's manifest, and a copy that duplicates its name.
+    ws.write_manifest("web", &format!("{}typo_field: 1\n", web.clone().description("web v2").yaml()));
+    let (code, r) = d.post("/rediscover", None).await;
+    assert_eq!(code, 200, "{r}");
+    assert!(names(&r["removed"]).is_empty(), "a broken manifest must not remove the service: {r}");
+    invalid_entry(&r, "web/service.yaml");
+    let st = d.status("web").await;
+    assert_eq!(st["status"], "running", "{st}");
+    assert_eq!(st["pid"], pid, "{st}");
+    assert!(pid_alive(pid));
+    assert_eq!(d.get_ok("/services/web").await["description"], "web v1", "the previous manifest stays in force");
+
+    // Fixing the manifest makes it a plain change again.
+    ws.write_manifest("web", &web.clone().description("web v3").yaml());
+    let (code, r) = d.post("/rediscover", None).await;
+    assert_eq!(code, 200, "{r}");
+    assert!(r["invalid"].as_array().unwrap().is_empty(), "{r}");
+    assert_eq!(r["changed"][0]["name"], "web", "{r}");
+    assert_eq!(d.status("web").await["pid"], pid);
+    d.stop_ok("web").await;
+}

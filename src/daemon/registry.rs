@@ -106,7 +106,16 @@ impl Owner {
 
     async fn rescan(&mut self) -> Rescan {
         let dir = self.services_dir.clone();
-        let catalog = tokio::task::spawn_blocking(move || discovery::scan(&dir)).await.unwrap_or_default();
+        let mut catalog = tokio::task::spawn_blocking(move || discovery::scan(&dir)).await.unwrap_or_default();
+        // A service whose manifest is still there but now invalid (a typo, a
+        // duplicate name, a broken dependency) keeps its previous manifest and
+        // keeps running: only a manifest that is gone removes a service.
+        for (name, previous) in &self.catalog.services {
+            if !catalog.services.contains_key(name) && catalog.invalid.iter().any(|i| i.path == previous.manifest_path)
+            {
+                catalog.services.insert(name.clone(), previous.clone());
+            }
+        }
         let diff = discovery::diff(&self.catalog, &catalog);
         let mut report = Rescan { added: diff.added.clone(), removed: diff.removed.clone(), changed: Vec::new() };
         let store = &self.shared.store;

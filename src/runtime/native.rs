@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -80,6 +80,8 @@ impl Native {
             tokio::spawn(pump(err, Stream::Stderr, logs));
         }
         let (tx, exited) = oneshot::channel();
+        let grace = Arc::new(Mutex::new(None));
+        let stopping = grace.clone();
         tokio::spawn(async move {
             let info = match child.wait().await {
                 Ok(status) => {
@@ -90,29 +92,66 @@ impl Native {
                     ExitInfo { code: None, signal: None }
                 }
             };
-            // Whatever the leader left behind in its group goes with it.
+            // During a stop, the rest of the group gets what is left of the
+            // stop timeout to finish (a wrapper script's child, say); then, or
+            // at once after a crash, whatever the leader left goes with it.
+            let grace_until = *stopping.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(until) = grace_until {
+                wait_group_gone(pid, until).await;
+            }
             signal_group(pid, Signal::SIGKILL);
+            // Nothing is reported (and no GPU released) while a member lives.
+            wait_group_gone(pid, Instant::now() + GROUP_EXIT_WAIT).await;
             let _ = tx.send(Ended { exit: info, reason: None });
         });
-        Ok(Launched { instance: Box::new(ProcessGroup { pid, start_ticks }), exited, ready: None, started_at: None })
+        Ok(Launched {
+            instance: Box::new(ProcessGroup { pid, start_ticks, grace }),
+            exited,
+            ready: None,
+            started_at: None,
+        })
     }
 
     pub fn kill_leftovers(&self, group: GroupRecord) -> Vec<u32> {
-        let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-        let mut killed = Vec::new();
-        for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
-            // Members of the group that started no earlier than its leader
-            // did: the leader's descendants, not a newcomer with a reused id.
-            let Some(stat) = proc_stat(pid) else { continue };
-            if stat.pgrp == group.pgid
-                && stat.start_ticks >= group.start_ticks
-                && stat.state != 'Z'
-                && nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok()
-            {
-                killed.push(pid);
-            }
+        // A live process with the leader's pid but another start time means
+        // the group id now belongs to someone else: leave it alone.
+        if let Some(leader) = proc_stat(group.pgid)
+            && leader.start_ticks != group.start_ticks
+        {
+            return Vec::new();
         }
-        killed
+        // Members that started no earlier than the leader did: its
+        // descendants, not a newcomer with a reused id.
+        group_members(group.pgid)
+            .into_iter()
+            .filter(|(_, stat)| stat.start_ticks >= group.start_ticks)
+            .filter(|(pid, _)| nix::sys::signal::kill(Pid::from_raw(*pid as i32), Signal::SIGKILL).is_ok())
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+}
+
+/// How long to wait for a SIGKILLed group to be gone before reporting the exit anyway.
+const GROUP_EXIT_WAIT: Duration = Duration::from_secs(5);
+/// How often to look while waiting for a group to be gone.
+const GROUP_EXIT_POLL: Duration = Duration::from_millis(5);
+
+/// The live (not zombie) processes of group `pgid`.
+fn group_members(pgid: u32) -> Vec<(u32, ProcStat)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, proc_stat(pid)?)))
+        .filter(|(_, stat)| stat.pgrp == pgid && stat.state != 'Z')
+        .collect()
+}
+
+/// Wait until no process of group `pgid` is left, or `until`. Processes
+/// other than the leader are not our children, so no exit notification
+/// exists for them; this bounded wait runs only while a service ends.
+async fn wait_group_gone(pgid: u32, until: Instant) {
+    while !group_members(pgid).is_empty() && Instant::now() < until {
+        tokio::time::sleep(GROUP_EXIT_POLL).await;
     }
 }
 
@@ -120,6 +159,8 @@ impl Native {
 struct ProcessGroup {
     pid: u32,
     start_ticks: u64,
+    /// Set by `stop`: until when the group may take to stop gracefully.
+    grace: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Instance for ProcessGroup {
@@ -127,7 +168,8 @@ impl Instance for ProcessGroup {
         Parts { pid: Some(self.pid), containers: Vec::new() }
     }
 
-    fn stop(&self, signal: Signal, _timeout: Duration) {
+    fn stop(&self, signal: Signal, timeout: Duration) {
+        *self.grace.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + timeout);
         signal_group(self.pid, signal);
     }
 
