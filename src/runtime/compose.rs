@@ -17,7 +17,10 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::models::HealthStatusEnum;
-use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder};
+use bollard::query_parameters::{
+    EventsOptionsBuilder, KillContainerOptions, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    StopContainerOptionsBuilder,
+};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use nix::sys::signal::Signal;
@@ -34,6 +37,9 @@ const PROJECT_LABEL: &str = "com.docker.compose.project";
 const EVENTS_RETRY: Duration = Duration::from_secs(1);
 /// Container logs replayed when a running project is adopted.
 const ADOPT_LOG_LINES: &str = "200";
+/// Beyond its own timeout, how long `compose stop`/`kill` may take before the
+/// engine is asked directly.
+const HALT_SLACK: Duration = Duration::from_secs(30);
 /// Compose output lines quoted in an error.
 const ERROR_LINES: usize = 8;
 
@@ -132,6 +138,8 @@ struct Project {
     name: String,
     dir: PathBuf,
     files: Vec<PathBuf>,
+    /// The manifest's `stop_timeout`, for stops the supervisor decides on.
+    stop_timeout: Duration,
 }
 
 /// Control of a launched project, held by the service task.
@@ -246,9 +254,12 @@ impl Compose {
             let docker = inner.engine().await.ok()?;
             let watch_from = jiff::Timestamp::now();
             let running = list_project(&docker, &project.name).await.ok()?;
-            if running.is_empty() || running.iter().any(|c| !c.running) {
+            // Adopted when something runs and nothing has failed (finished
+            // one-shot containers are fine).
+            if !running.iter().any(|c| c.running) || running.iter().any(|c| !c.running && !c.exited_cleanly) {
                 return None;
             }
+            let running: Vec<Container> = running.into_iter().filter(|c| c.running).collect();
             let started_at = started_at(&docker, &running[0].id).await;
             let containers: Vec<String> = running.iter().map(|c| c.name.clone()).collect();
             let project_name = project.name.clone();
@@ -304,7 +315,7 @@ impl Compose {
                 .map_err(|e| format!("cannot write the GPU override {}: {e}", path.display()))?;
             files.push(path);
         }
-        Ok(Project { name, dir, files })
+        Ok(Project { name, dir, files, stop_timeout: manifest.stop_timeout })
     }
 }
 
@@ -314,6 +325,8 @@ struct Container {
     id: String,
     name: String,
     running: bool,
+    /// A one-shot container (a migration, say) that finished with code 0.
+    exited_cleanly: bool,
 }
 
 impl Inner {
@@ -349,7 +362,7 @@ impl Inner {
             Err(e) => return (false, None, e),
         };
         let mut healthchecked = 0;
-        for c in &containers {
+        for c in containers.iter().filter(|c| !c.exited_cleanly) {
             if !c.running {
                 return (false, None, format!("container {} is not running", c.name));
             }
@@ -395,11 +408,20 @@ impl Inner {
             Some(running) => running,
             None => {
                 logs.push(Stream::Nanny, &format!("{} -p {} up -d", tool.argv.join(" "), project.name));
-                if let Err(e) = self.run(&tool, &project, &["up", "-d"], Some(&logs)).await {
-                    return fail(e);
+                // `up -d` may take long (a pull): a stop or kill meanwhile abandons
+                // it (the Compose process dies with its future) and stops what exists.
+                tokio::select! {
+                    result = self.run(&tool, &project, &["up", "-d"], Some(&logs)) => {
+                        if let Err(e) = result {
+                            return fail(e);
+                        }
+                    }
+                    request = control.recv() => {
+                        return self.halt(&docker, &tool, &project, request.unwrap_or(Control::Kill), &logs).await;
+                    }
                 }
                 match list_project(&docker, &project.name).await {
-                    Ok(list) if list.iter().any(|c| c.running) => list,
+                    Ok(list) if list.iter().any(|c| c.running) => list.into_iter().filter(|c| c.running).collect(),
                     Ok(_) => {
                         return fail(format!("no container of project '{}' is running after `up -d`", project.name));
                     }
@@ -416,17 +438,7 @@ impl Inner {
         loop {
             tokio::select! {
                 request = control.recv() => {
-                    let (args, what): (Vec<String>, &str) = match request {
-                        Some(Control::Stop { timeout }) => (vec!["stop".into(), "-t".into(), timeout.as_secs().max(1).to_string()], "stop"),
-                        Some(Control::Kill) | None => (vec!["kill".into()], "kill"),
-                    };
-                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                    if let Err(e) = self.run(&tool, &project, &args, Some(&logs)).await {
-                        logs.push(Stream::Nanny, &format!("compose {what} failed: {e}"));
-                        continue;
-                    }
-                    let code = exit_code(&docker, &containers[0].id).await;
-                    return Ended { exit: ExitInfo { code, signal: None }, reason: None };
+                    return self.halt(&docker, &tool, &project, request.unwrap_or(Control::Kill), &logs).await;
                 }
                 Some(death) = deaths.recv() => {
                     // Containers replaced by `up -d` die too; only ours count.
@@ -436,10 +448,56 @@ impl Inner {
                     let code = death.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "unknown".into());
                     let reason = format!("container {} died (exit code {code})", death.name);
                     logs.push(Stream::Nanny, &reason);
+                    // The rest of the project goes with it, as a process group's
+                    // members do, so nothing keeps running (or holding the GPU)
+                    // behind a service that is no longer supervised.
+                    let others = list_project(&docker, &project.name).await.unwrap_or_default();
+                    if others.iter().any(|c| c.running) {
+                        let stop = Control::Stop { timeout: project.stop_timeout };
+                        self.halt(&docker, &tool, &project, stop, &logs).await;
+                    }
                     return Ended { exit: ExitInfo { code: death.exit_code, signal: None }, reason: Some(reason) };
                 }
             }
         }
+    }
+
+    /// Stop or kill the project with the Compose tool; if that fails (the
+    /// compose file is gone or broken, the tool hangs), container by
+    /// container through the engine. Returns how the project ended.
+    async fn halt(&self, docker: &Docker, tool: &Tool, project: &Project, how: Control, logs: &LogStore) -> Ended {
+        let (args, limit) = match how {
+            Control::Stop { timeout } => {
+                (vec!["stop".to_string(), "-t".into(), timeout.as_secs().max(1).to_string()], timeout + HALT_SLACK)
+            }
+            Control::Kill => (vec!["kill".to_string()], HALT_SLACK),
+        };
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let outcome = match tokio::time::timeout(limit, self.run(tool, project, &args, Some(logs))).await {
+            Ok(result) => result.map(drop),
+            Err(_) => Err(format!("no answer within {}s", limit.as_secs())),
+        };
+        if let Err(e) = outcome {
+            logs.push(Stream::Nanny, &format!("compose {} failed ({e}); going through the engine", args[0]));
+            for c in list_project(docker, &project.name).await.unwrap_or_default().iter().filter(|c| c.running) {
+                let result = match how {
+                    Control::Stop { timeout } => {
+                        let options = StopContainerOptionsBuilder::default().t(timeout.as_secs().max(1) as i32).build();
+                        docker.stop_container(&c.id, Some(options)).await
+                    }
+                    Control::Kill => docker.kill_container(&c.id, None::<KillContainerOptions>).await,
+                };
+                if let Err(e) = result {
+                    logs.push(Stream::Nanny, &format!("cannot stop container {}: {}", c.name, engine_error(&e)));
+                }
+            }
+        }
+        let first = list_project(docker, &project.name).await.ok().and_then(|l| l.into_iter().next());
+        let code = match first {
+            Some(c) => exit_code(docker, &c.id).await,
+            None => None,
+        };
+        Ended { exit: ExitInfo { code, signal: None }, reason: None }
     }
 
     /// Run the Compose tool on `project`; its output goes to `logs`. On
@@ -507,7 +565,9 @@ fn engine_error(e: &bollard::errors::Error) -> String {
 
 async fn list_project(docker: &Docker, project: &str) -> Result<Vec<Container>, String> {
     let label = format!("{PROJECT_LABEL}={project}");
-    let filters: HashMap<&str, Vec<&str>> = HashMap::from([("label", vec![label.as_str()])]);
+    // `compose run` containers belong to the project but not to its services.
+    let filters: HashMap<&str, Vec<&str>> =
+        HashMap::from([("label", vec![label.as_str(), "com.docker.compose.oneoff=False"])]);
     let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
     let list = docker.list_containers(Some(options)).await.map_err(|e| engine_error(&e))?;
     let mut containers: Vec<Container> = list
@@ -516,6 +576,7 @@ async fn list_project(docker: &Docker, project: &str) -> Result<Vec<Container>, 
             id: c.id.unwrap_or_default(),
             name: c.names.and_then(|n| n.first().map(|n| n.trim_start_matches('/').to_string())).unwrap_or_default(),
             running: c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING),
+            exited_cleanly: c.status.as_deref().is_some_and(|s| s.starts_with("Exited (0)")),
         })
         .collect();
     containers.sort_by(|a, b| a.name.cmp(&b.name));
