@@ -194,7 +194,7 @@ struct EventsQuery {
 impl EventsQuery {
     fn filter(&self, last_event_id: Option<&str>) -> Result<Filter, ApiError> {
         let number = |name: &str, text: &str| {
-            text.trim().parse::<u64>().map_err(|_| {
+            text.trim().parse::<u64>().ok().filter(|n| i64::try_from(*n).is_ok()).ok_or_else(|| {
                 ApiError::new(StatusCode::BAD_REQUEST, format!("`{name}` must be a whole number >= 0, got `{text}`"))
             })
         };
@@ -239,7 +239,12 @@ async fn event_stream(
 ) -> ApiResult {
     let Query(query) = query.map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, r.body_text()))?;
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
-    let filter = Filter { limit: 0, ..query.filter(last_event_id)? };
+    let mut filter = query.filter(last_event_id)?;
+    // A client resuming from an id gets everything it missed (up to the
+    // maximum); a new one, the newest `limit` (default 100) before going live.
+    if query.limit.is_none() && (last_event_id.is_some() || query.since.is_some()) {
+        filter.limit = MAX_EVENTS as usize;
+    }
     let (backlog, live) = d.ask(|reply| Command::SubscribeEvents { filter: filter.clone(), reply }).await?;
     let seen = backlog.last().map(|e| e.id).unwrap_or(filter.since);
     let to_sse = |e: &Event| {
@@ -264,7 +269,8 @@ async fn event_stream(
                         Ok(e) if e.id > seen && filter.matches(&e) => pending.push_back(e),
                         Ok(_) => {}
                         Err(broadcast::error::RecvError::Lagged(_)) => {
-                            pending = store.events(Filter { since: seen, ..filter.clone() }).await.into();
+                            let catch_up = Filter { since: seen, limit: MAX_EVENTS as usize, ..filter.clone() };
+                            pending = store.events(catch_up).await.into();
                         }
                         Err(broadcast::error::RecvError::Closed) => return None,
                     }
