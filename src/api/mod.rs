@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -45,11 +45,28 @@ pub fn router(daemon: Daemon) -> Router {
         .route("/events/stream", get(event_stream))
         .route("/api/services/status", get(seed_status))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
+        })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(daemon)
 }
 
 type ApiResult = Result<Response, ApiError>;
+
+/// The `{name}` path segment; a malformed one is a JSON 400 like every error.
+struct Name(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Name {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(name)| Name(name))
+            .map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, r.body_text()))
+    }
+}
 
 fn ok(value: impl serde::Serialize) -> ApiResult {
     Ok(Json(value).into_response())
@@ -63,11 +80,11 @@ async fn list(State(d): State<Daemon>) -> ApiResult {
     ok(d.ask(Command::List).await?)
 }
 
-async fn show(State(d): State<Daemon>, Path(name): Path<String>) -> ApiResult {
+async fn show(State(d): State<Daemon>, Name(name): Name) -> ApiResult {
     ok(d.ask(|reply| Command::Show { name, reply }).await?)
 }
 
-async fn status(State(d): State<Daemon>, Path(name): Path<String>) -> ApiResult {
+async fn status(State(d): State<Daemon>, Name(name): Name) -> ApiResult {
     ok(d.ask(|reply| Command::Status { name, reply }).await?)
 }
 
@@ -94,21 +111,21 @@ fn start_body(body: Result<Bytes, BytesRejection>) -> Result<StartBody, ApiError
     })
 }
 
-async fn start(State(d): State<Daemon>, Path(name): Path<String>, body: Result<Bytes, BytesRejection>) -> ApiResult {
+async fn start(State(d): State<Daemon>, Name(name): Name, body: Result<Bytes, BytesRejection>) -> ApiResult {
     let force = start_body(body)?.force;
     ok(d.ask(|reply| Command::Start { name, force, reply }).await?)
 }
 
-async fn restart(State(d): State<Daemon>, Path(name): Path<String>, body: Result<Bytes, BytesRejection>) -> ApiResult {
+async fn restart(State(d): State<Daemon>, Name(name): Name, body: Result<Bytes, BytesRejection>) -> ApiResult {
     let force = start_body(body)?.force;
     ok(d.ask(|reply| Command::Restart { name, force, reply }).await?)
 }
 
-async fn remove(State(d): State<Daemon>, Path(name): Path<String>) -> ApiResult {
+async fn remove(State(d): State<Daemon>, Name(name): Name) -> ApiResult {
     ok(d.ask(|reply| Command::Remove { name, reply }).await?)
 }
 
-async fn stop(State(d): State<Daemon>, Path(name): Path<String>) -> ApiResult {
+async fn stop(State(d): State<Daemon>, Name(name): Name) -> ApiResult {
     ok(d.ask(|reply| Command::Stop { name, reply }).await?)
 }
 
@@ -142,11 +159,7 @@ fn parse_flag(name: &str, value: Option<&str>) -> Result<bool, ApiError> {
     }
 }
 
-async fn logs(
-    State(d): State<Daemon>,
-    Path(name): Path<String>,
-    query: Result<Query<LogsQuery>, QueryRejection>,
-) -> ApiResult {
+async fn logs(State(d): State<Daemon>, Name(name): Name, query: Result<Query<LogsQuery>, QueryRejection>) -> ApiResult {
     let Query(query) = query.map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, r.body_text()))?;
     let tail = parse_tail(query.tail.as_deref())?;
     if parse_flag("follow", query.follow.as_deref())? {
