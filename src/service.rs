@@ -408,8 +408,10 @@ impl Task {
         self.automatic = automatic;
         self.adopted = false;
         let pid = self.begin_instance(launched);
-        self.set_state(State::Starting);
+        // The event goes out before the state is published: whoever waits on
+        // the state (a dependent) then emits its own events after this one.
         self.emit(EventKind::Starting { pid, automatic });
+        self.set_state(State::Starting);
         let now = Instant::now();
         self.deadline = Some(if self.checks_health() || self.awaits_ready {
             now + manifest.health_timeout

@@ -1,5 +1,5 @@
 //! Helpers for the supervision tests (restart policy, health monitoring, dependencies, events,
-//! crash recovery), on top of `tests/common`: a manifest builder for the `supervise.py` fixture,
+//! crash recovery), on top of `tests/common`: a manifest builder for the `svc.py` fixture,
 //! event-history helpers usable with either daemon harness, a daemon harness that can be
 //! restarted on the same state directory with extra arguments, and an SSE reader.
 #![allow(dead_code)]
@@ -17,18 +17,13 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::common::{Daemon, NANNY, pid_alive};
-
-/// Absolute path of the supervision fixture service.
-pub fn supervise_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/supervise.py")
-}
+use crate::common::{Daemon, NANNY, fixture_script, pid_alive};
 
 // ---------------------------------------------------------------------------------------------
-// Manifests for supervise.py
+// Manifests for the svc.py fixture (supervision tests)
 // ---------------------------------------------------------------------------------------------
 
-/// A manifest running `supervise.py`.
+/// A manifest running the `svc.py` fixture (`common::fixture_script()`).
 #[derive(Clone, Debug)]
 pub struct Sup {
     pub name: String,
@@ -88,7 +83,7 @@ impl Sup {
     }
 
     pub fn command(&self) -> Vec<String> {
-        let mut cmd = vec!["python3".to_string(), supervise_script().to_string_lossy().into_owned()];
+        let mut cmd = vec!["python3".to_string(), fixture_script().to_string_lossy().into_owned()];
         if let Some(p) = self.port {
             cmd.push("--port".into());
             cmd.push(p.to_string());
