@@ -99,9 +99,10 @@ impl Native {
             if let Some(until) = grace_until {
                 wait_group_gone(pid, until).await;
             }
-            signal_group(pid, Signal::SIGKILL);
             // Nothing is reported (and no GPU released) while a member lives.
-            wait_group_gone(pid, Instant::now() + GROUP_EXIT_WAIT).await;
+            if signal_group(pid, Signal::SIGKILL) {
+                wait_group_gone(pid, Instant::now() + GROUP_EXIT_WAIT).await;
+            }
             let _ = tx.send(Ended { exit: info, reason: None });
         });
         Ok(Launched {
@@ -182,11 +183,16 @@ impl Instance for ProcessGroup {
     }
 }
 
-/// Signal every process of a group; a group that is gone is not an error.
-fn signal_group(pgid: u32, signal: Signal) {
+/// Signal every process of a group; returns whether the group still had
+/// members (a group that is gone is not an error).
+fn signal_group(pgid: u32, signal: Signal) -> bool {
     match killpg(Pid::from_raw(pgid as i32), signal) {
-        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-        Err(e) => tracing::warn!("cannot send {signal} to process group {pgid}: {e}"),
+        Ok(()) => true,
+        Err(nix::errno::Errno::ESRCH) => false,
+        Err(e) => {
+            tracing::warn!("cannot send {signal} to process group {pgid}: {e}");
+            true
+        }
     }
 }
 
