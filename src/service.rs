@@ -31,6 +31,10 @@ pub const STARTUP_PROBE_INTERVAL: Duration = Duration::from_millis(20);
 pub const SETTLE_TIME: Duration = Duration::from_secs(1);
 /// How long a task looks for an instance to adopt before it gives up.
 const ADOPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a start outside the daemon: how many looks for all of it running,
+/// and how far apart.
+const ADOPT_TRIES: usize = 10;
+const ADOPT_RETRY: Duration = Duration::from_millis(300);
 /// How many log lines a failed start carries back to the caller.
 const FAILURE_LOG_LINES: usize = 20;
 
@@ -118,6 +122,14 @@ enum Input {
         generation: u64,
         ended: Ended,
     },
+    /// The service was started outside the daemon (watch number `watch`).
+    StartedOutside {
+        watch: u64,
+    },
+    /// An instance found running outside the daemon, to take over.
+    Adopt(Launched),
+    /// Looking for it found nothing to take over: watch again.
+    NothingToAdopt,
     /// The runtime reports the instance up (Compose: `up -d` finished).
     Ready {
         generation: u64,
@@ -173,6 +185,8 @@ impl ServiceHandle {
             automatic: false,
             instance: None,
             adopted: false,
+            outside: None,
+            watch: 0,
             awaits_ready: false,
             running_since: None,
             finished: false,
@@ -267,6 +281,9 @@ struct Task {
     instance: Option<Box<dyn Instance>>,
     /// Whether the instance was adopted rather than started by this task.
     adopted: bool,
+    /// While at rest: the watch for a start outside the daemon, and its number.
+    outside: Option<tokio::task::AbortHandle>,
+    watch: u64,
     /// Whether the runtime is yet to say the instance is up (`Input::Ready`);
     /// until it has, a passing check does not make the service running.
     awaits_ready: bool,
@@ -283,6 +300,8 @@ impl Task {
         if let Ok(Some(launched)) = adopted.await {
             self.adopt(launched);
             self.status.send_replace(self.snap.clone());
+        } else {
+            self.watch_outside();
         }
         while !self.finished {
             let deadline = self.deadline;
@@ -293,6 +312,9 @@ impl Task {
                 _ = sleep_until(next_probe.unwrap_or_else(Instant::now)), if next_probe.is_some() => self.launch_probe(),
             }
             self.status.send_replace(self.snap.clone());
+        }
+        if let Some(watch) = self.outside.take() {
+            watch.abort();
         }
     }
 
@@ -320,6 +342,11 @@ impl Task {
             Input::Exited { generation, ended } if generation == self.generation => self.on_exit(ended),
             Input::Probed { generation, result } if generation == self.generation => self.on_probe(result),
             Input::Ready { generation, parts } if generation == self.generation => self.on_ready(parts),
+            Input::StartedOutside { watch } if watch == self.watch && self.at_rest() => self.look_for_outside_start(),
+            Input::Adopt(launched) if self.at_rest() => self.adopt(launched),
+            Input::NothingToAdopt if self.at_rest() => self.watch_outside(),
+            // Not at rest any more: a dropped `Launched` is abandoned, not stopped.
+            Input::StartedOutside { .. } | Input::Adopt(_) | Input::NothingToAdopt => {}
             Input::Exited { .. } | Input::Probed { .. } | Input::Ready { .. } => {}
         }
     }
@@ -341,6 +368,11 @@ impl Task {
         if matches!(to, State::Stopped | State::Failed) {
             self.deadline = None;
         }
+        if self.at_rest() {
+            self.watch_outside();
+        } else if let Some(watch) = self.outside.take() {
+            watch.abort();
+        }
         // Whatever the manifest says now (it may have changed since the claim).
         if !to.holds_gpu() {
             self.shared.arbiter.release(&self.snap.manifest.name);
@@ -348,6 +380,47 @@ impl Task {
         // Published before any waiter is answered, so an answer is never
         // contradicted by an older snapshot.
         self.status.send_replace(self.snap.clone());
+    }
+
+    /// Stopped or failed: nothing runs and nothing is about to.
+    fn at_rest(&self) -> bool {
+        matches!(self.snap.state, State::Stopped | State::Failed)
+    }
+
+    /// At rest, watch for the service being started outside the daemon (a
+    /// Compose project brought up by hand), to adopt it.
+    fn watch_outside(&mut self) {
+        if self.outside.is_some() {
+            return;
+        }
+        let Some(started) = self.shared.runtime.started_outside(&self.snap.manifest) else { return };
+        self.watch += 1;
+        let (watch, tx) = (self.watch, self.tx.clone());
+        let task = tokio::spawn(async move {
+            started.await;
+            let _ = tx.send(Input::StartedOutside { watch });
+        });
+        self.outside = Some(task.abort_handle());
+    }
+
+    /// Something was started outside: adopt it once all of it runs (a
+    /// project's containers start one by one), or go back to watching.
+    fn look_for_outside_start(&mut self) {
+        self.outside = None;
+        let (runtime, manifest, logs, tx) =
+            (self.shared.runtime.clone(), self.snap.manifest.clone(), self.logs.clone(), self.tx.clone());
+        tokio::spawn(async move {
+            for _ in 0..ADOPT_TRIES {
+                if let Ok(Some(launched)) =
+                    tokio::time::timeout(ADOPT_TIMEOUT, runtime.adopt(&manifest, logs.clone())).await
+                {
+                    let _ = tx.send(Input::Adopt(launched));
+                    return;
+                }
+                tokio::time::sleep(ADOPT_RETRY).await;
+            }
+            let _ = tx.send(Input::NothingToAdopt);
+        });
     }
 
     fn set_failed(&mut self, reason: String) {

@@ -761,3 +761,35 @@ async fn a_container_healthcheck_decides_when_the_service_is_running() {
     .await;
     d.stop_ok("web").await;
 }
+
+/// A project brought up by hand while the daemon runs (the seed's "test locally" step) is
+/// recognised at once, not left shown as stopped, and `start` does not start it twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_project_started_by_hand_while_the_daemon_runs_is_adopted() {
+    require_docker!();
+    let ws = Workspace::new();
+    let pname = docker::unique("live");
+    let web = Web::new("live", &pname);
+    let p = web.write(&ws.services(), &pname);
+    let d = Daemon::start(&ws.services());
+    assert_eq!(d.state_of("live").await, "stopped");
+
+    p.compose_ok(&["up", "-d"]);
+    let c0 = p.only();
+    d.wait_state("live", "running", LONG).await;
+    let evs = d.events_of("live").await;
+    assert_eq!(of_kind(&evs, None, "adopted").len(), 1, "{}", render(&evs));
+    assert!(of_kind(&evs, None, "starting").is_empty(), "adopted, not started: {}", render(&evs));
+    assert_eq!(containers_of(&d.status("live").await), vec![c0.name.clone()]);
+
+    d.start_ok("live").await;
+    let c1 = p.only();
+    assert_eq!((c1.id, c1.started_at), (c0.id, c0.started_at), "start restarted it");
+
+    // Stopped through the daemon, then started by hand again: adopted again.
+    d.stop_ok("live").await;
+    p.compose_ok(&["start"]);
+    d.wait_state("live", "running", LONG).await;
+    assert_eq!(of_kind(&d.events_of("live").await, None, "adopted").len(), 2);
+    d.stop_ok("live").await;
+}

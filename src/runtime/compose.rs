@@ -87,6 +87,32 @@ struct Death {
     exit_code: Option<i32>,
 }
 
+/// The instance was dropped without a stop: supervision ends and the
+/// containers are left as they are (an adoption that lost a race, say).
+fn abandoned() -> Ended {
+    Ended { exit: ExitInfo { code: None, signal: None }, reason: Some("no longer supervised".into()) }
+}
+
+/// Resolves when a container of `project` starts (not a `compose run` one),
+/// seen through the engine's events from now on; never if the engine is
+/// unreachable.
+async fn container_started(inner: Arc<Inner>, project: String) {
+    let Ok(docker) = inner.engine().await else { return std::future::pending().await };
+    let label = format!("{PROJECT_LABEL}={project}");
+    loop {
+        let filters: HashMap<&str, Vec<&str>> = HashMap::from([
+            ("type", vec!["container"]),
+            ("event", vec!["start"]),
+            ("label", vec![label.as_str(), "com.docker.compose.oneoff=False"]),
+        ]);
+        let mut events = docker.events(Some(EventsOptionsBuilder::default().filters(&filters).build()));
+        if let Some(Ok(_)) = events.next().await {
+            return;
+        }
+        tokio::time::sleep(EVENTS_RETRY).await;
+    }
+}
+
 /// Follow the engine's die events for `project` from `from` on. Asking for
 /// events `since` a time the caller took before it listed the containers
 /// leaves no gap in which a death goes unseen; if the stream breaks, it is
@@ -285,6 +311,18 @@ impl Compose {
         })
     }
 
+    /// Resolves when the project is started outside the daemon (by hand).
+    pub fn started_outside(&self, manifest: &Manifest) -> BoxFuture<'static, ()> {
+        let project = self.project(manifest, None).map(|p| p.name);
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            match project {
+                Ok(project) => container_started(inner, project).await,
+                Err(_) => std::future::pending().await,
+            }
+        })
+    }
+
     /// `compose down`: remove the project's containers and networks
     /// (volumes and images are kept).
     pub async fn down(&self, manifest: &Manifest) -> Result<String, String> {
@@ -417,7 +455,8 @@ impl Inner {
                         }
                     }
                     request = control.recv() => {
-                        return self.halt(&docker, &tool, &project, request.unwrap_or(Control::Kill), &logs).await;
+                        let Some(request) = request else { return abandoned() };
+                        return self.halt(&docker, &tool, &project, request, &logs).await;
                     }
                 }
                 match list_project(&docker, &project.name).await {
@@ -438,7 +477,8 @@ impl Inner {
         loop {
             tokio::select! {
                 request = control.recv() => {
-                    return self.halt(&docker, &tool, &project, request.unwrap_or(Control::Kill), &logs).await;
+                    let Some(request) = request else { return abandoned() };
+                    return self.halt(&docker, &tool, &project, request, &logs).await;
                 }
                 Some(death) = deaths.recv() => {
                     // Containers replaced by `up -d` die too; only ours count.

@@ -133,6 +133,11 @@ pub trait Runtime: Send + Sync + 'static {
     /// now are left alone.
     fn kill_leftovers(&self, group: GroupRecord) -> Vec<u32>;
 
+    /// Resolves when the service is started outside the daemon (a Compose
+    /// project brought up by hand), so it can be adopted; `None` when that
+    /// cannot happen (a native process is only ever started by the daemon).
+    fn started_outside(&self, manifest: &Manifest) -> Option<BoxFuture<'static, ()>>;
+
     /// Remove what a stopped service leaves behind (Compose: `down`, which
     /// keeps volumes and images). Returns what was done.
     fn remove(&self, manifest: &Manifest) -> BoxFuture<'static, Result<String, String>>;
@@ -178,6 +183,13 @@ impl Runtime for Runtimes {
 
     fn kill_leftovers(&self, group: GroupRecord) -> Vec<u32> {
         self.native.kill_leftovers(group)
+    }
+
+    fn started_outside(&self, manifest: &Manifest) -> Option<BoxFuture<'static, ()>> {
+        match manifest.runtime {
+            Kind::Native { .. } => None,
+            Kind::Compose { .. } => Some(self.compose.started_outside(manifest)),
+        }
     }
 
     fn remove(&self, manifest: &Manifest) -> BoxFuture<'static, Result<String, String>> {
