@@ -42,9 +42,9 @@ fn first_error(inv: &Value) -> String {
 async fn starting_a_service_starts_its_dependencies_in_order() {
     let ws = Workspace::new();
     // db is slow to become healthy; api only needs it started, web needs api healthy.
-    Sup::new("db").arg("--health-after").arg("1.0").write(&ws.services());
-    Sup::new("api").extra("depends_on: {db: {condition: started}}\n").write(&ws.services());
-    Sup::new("web").extra("depends_on: [api]\n").write(&ws.services());
+    Svc::new("db").arg("--health-after").arg("1.0").write(&ws.services());
+    Svc::new("api").extra("depends_on: {db: {condition: started}}\n").write(&ws.services());
+    Svc::new("web").extra("depends_on: [api]\n").write(&ws.services());
     let d = Daemon::start(&ws.services());
 
     let v = d.start_ok("web").await;
@@ -82,8 +82,8 @@ async fn starting_a_service_starts_its_dependencies_in_order() {
 async fn a_dependency_without_health_check_only_needs_to_be_started() {
     let ws = Workspace::new();
     // No health check: the default condition is `started`.
-    Sup::new("queue").no_port().write(&ws.services());
-    Sup::new("worker").extra("depends_on: [queue]\n").write(&ws.services());
+    Svc::new("queue").no_port().write(&ws.services());
+    Svc::new("worker").extra("depends_on: [queue]\n").write(&ws.services());
     let d = Daemon::start(&ws.services());
 
     d.start_ok("worker").await;
@@ -97,11 +97,11 @@ async fn a_dependency_without_health_check_only_needs_to_be_started() {
 #[tokio::test(flavor = "multi_thread")]
 async fn stopping_a_dependency_stops_its_dependents_first() {
     let ws = Workspace::new();
-    Sup::new("db").write(&ws.services());
-    Sup::new("api").extra("depends_on: [db]\n").write(&ws.services());
-    Sup::new("web").extra("depends_on: [api, db]\n").write(&ws.services());
-    Sup::new("report").extra("depends_on: [db]\n").write(&ws.services()); // never started
-    Sup::new("other").write(&ws.services());
+    Svc::new("db").write(&ws.services());
+    Svc::new("api").extra("depends_on: [db]\n").write(&ws.services());
+    Svc::new("web").extra("depends_on: [api, db]\n").write(&ws.services());
+    Svc::new("report").extra("depends_on: [db]\n").write(&ws.services()); // never started
+    Svc::new("other").write(&ws.services());
     let d = Daemon::start(&ws.services());
 
     d.start_ok("web").await;
@@ -130,11 +130,11 @@ async fn stopping_a_dependency_stops_its_dependents_first() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dependency_cycle_makes_every_member_invalid() {
     let ws = Workspace::new();
-    Sup::new("a").extra("depends_on: [b]\n").write(&ws.services());
-    Sup::new("b").extra("depends_on: [c]\n").write(&ws.services());
-    let c = Sup::new("c").extra("depends_on: [a]\n").write(&ws.services());
-    Sup::new("d").extra("depends_on: [a]\n").write(&ws.services());
-    Sup::new("e").write(&ws.services());
+    Svc::new("a").extra("depends_on: [b]\n").write(&ws.services());
+    Svc::new("b").extra("depends_on: [c]\n").write(&ws.services());
+    let c = Svc::new("c").extra("depends_on: [a]\n").write(&ws.services());
+    Svc::new("d").extra("depends_on: [a]\n").write(&ws.services());
+    Svc::new("e").write(&ws.services());
     let dmn = Daemon::start(&ws.services());
 
     let list = dmn.services().await;
@@ -166,7 +166,7 @@ async fn a_dependency_cycle_makes_every_member_invalid() {
     );
 
     // Breaking the cycle makes all of them usable; starting a brings up c, then b, then a.
-    Sup { extra: String::new(), ..c }.write(&ws.services());
+    Svc { extra: String::new(), ..c }.write(&ws.services());
     let (code, v) = dmn.post("/rediscover", None).await;
     assert_eq!(code, 200, "{v}");
     let list = dmn.services().await;
@@ -181,9 +181,9 @@ async fn a_dependency_cycle_makes_every_member_invalid() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unknown_dependency_makes_the_manifest_invalid() {
     let ws = Workspace::new();
-    Sup::new("x").extra("depends_on: {ghost: {condition: started}}\n").write(&ws.services());
-    Sup::new("y").extra("depends_on: [x]\n").write(&ws.services());
-    Sup::new("z").write(&ws.services());
+    Svc::new("x").extra("depends_on: {ghost: {condition: started}}\n").write(&ws.services());
+    Svc::new("y").extra("depends_on: [x]\n").write(&ws.services());
+    Svc::new("z").write(&ws.services());
     let d = Daemon::start(&ws.services());
 
     let list = d.services().await;
@@ -197,7 +197,7 @@ async fn an_unknown_dependency_makes_the_manifest_invalid() {
     assert_eq!(code, 404, "{v}");
 
     // Once the dependency exists, both become services.
-    Sup::new("ghost").write(&ws.services());
+    Svc::new("ghost").write(&ws.services());
     let (code, v) = d.post("/rediscover", None).await;
     assert_eq!(code, 200, "{v}");
     assert_eq!(names(&d.services().await["services"]), ["ghost", "x", "y", "z"]);
@@ -210,13 +210,13 @@ async fn an_unknown_dependency_makes_the_manifest_invalid() {
 #[tokio::test(flavor = "multi_thread")]
 async fn autostart_services_come_up_with_their_dependencies() {
     let ws = Workspace::new();
-    Sup::new("db").write(&ws.services());
-    Sup::new("api").extra("depends_on: [db]\n").write(&ws.services());
-    Sup::new("web").extra("autostart: true\ndepends_on: [api]\n").write(&ws.services());
-    Sup::new("lonely").write(&ws.services());
+    Svc::new("db").write(&ws.services());
+    Svc::new("api").extra("depends_on: [db]\n").write(&ws.services());
+    Svc::new("web").extra("autostart: true\ndepends_on: [api]\n").write(&ws.services());
+    Svc::new("lonely").write(&ws.services());
     // Two autostart GPU services: the higher priority one gets the GPU.
-    Sup::new("gpu-lo").gpu().extra("autostart: true\npriority: 1\n").write(&ws.services());
-    Sup::new("gpu-hi").gpu().extra("autostart: true\npriority: 5\n").write(&ws.services());
+    Svc::new("gpu-lo").gpu().extra("autostart: true\npriority: 1\n").write(&ws.services());
+    Svc::new("gpu-hi").gpu().extra("autostart: true\npriority: 5\n").write(&ws.services());
     let d = Daemon::start(&ws.services());
 
     for s in ["db", "api", "web", "gpu-hi"] {

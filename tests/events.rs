@@ -74,18 +74,17 @@ fn check_frame(f: &SseFrame) {
 }
 
 /// Rewrites `name`'s manifest with a new description (a `manifest_changed` at the next rescan).
-fn touch_manifest(ws: &Workspace, sup: &Sup, n: usize) {
-    let yaml = sup
-        .yaml()
-        .replace(&format!("description: supervision test service {}", sup.name), &format!("description: edited {n}"));
+fn touch_manifest(ws: &Workspace, sup: &Svc, n: usize) {
+    let yaml =
+        sup.yaml().replace(&format!("description: test service {}", sup.name), &format!("description: edited {n}"));
     ws.write_manifest(&sup.name, &yaml);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn history_is_filtered_by_since_service_and_limit() {
     let ws = Workspace::new();
-    Sup::new("a").write(&ws.services());
-    Sup::new("b").write(&ws.services());
+    Svc::new("a").write(&ws.services());
+    Svc::new("b").write(&ws.services());
     let d = Daemon::start(&ws.services());
 
     d.start_ok("a").await;
@@ -144,7 +143,7 @@ async fn history_is_filtered_by_since_service_and_limit() {
 #[tokio::test(flavor = "multi_thread")]
 async fn history_default_limit_and_bad_parameters() {
     let ws = Workspace::new();
-    let a = Sup::new("a").write(&ws.services());
+    let a = Svc::new("a").write(&ws.services());
     let d = Daemon::start(&ws.services());
 
     // 110 cheap events: a rescan after each manifest edit.
@@ -183,8 +182,8 @@ async fn history_default_limit_and_bad_parameters() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_stream_delivers_live_events_in_order_after_storing_them() {
     let ws = Workspace::new();
-    Sup::new("a").write(&ws.services());
-    Sup::new("b").write(&ws.services());
+    Svc::new("a").write(&ws.services());
+    Svc::new("b").write(&ws.services());
     let d = Daemon::start(&ws.services());
     let db = rusqlite::Connection::open(d.state_dir().join("nanny.db")).expect("open nanny.db");
     let stored = |event_id: u64| -> bool {
@@ -228,7 +227,7 @@ async fn the_stream_delivers_live_events_in_order_after_storing_them() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_stream_resumes_after_last_event_id_without_gaps_or_duplicates() {
     let ws = Workspace::new();
-    let a = Sup::new("a").write(&ws.services());
+    let a = Svc::new("a").write(&ws.services());
     let d = Daemon::start(&ws.services());
     d.start_ok("a").await;
     d.stop_ok("a").await;
@@ -259,7 +258,7 @@ async fn the_stream_resumes_after_last_event_id_without_gaps_or_duplicates() {
     let writer = tokio::spawn(async move {
         let client = http_client();
         for n in 0..40 {
-            let yaml = a.yaml().replace("description: supervision test service a", &format!("description: v{n}"));
+            let yaml = a.yaml().replace("description: test service a", &format!("description: v{n}"));
             std::fs::write(services.join("a/service.yaml"), yaml).unwrap();
             let r = client.post(format!("{url}/rediscover")).send().await.unwrap();
             assert_eq!(r.status().as_u16(), 200);
@@ -279,7 +278,7 @@ async fn the_stream_resumes_after_last_event_id_without_gaps_or_duplicates() {
 #[tokio::test(flavor = "multi_thread")]
 async fn events_persist_across_daemon_restarts() {
     let ws = Workspace::new();
-    Sup::new("a").write(&ws.services());
+    Svc::new("a").write(&ws.services());
     let state = ws.path("state");
     let mut d = Nanny::start(&ws.services(), &state);
     d.start_running("a").await;
@@ -324,8 +323,8 @@ async fn events_persist_across_daemon_restarts() {
 #[tokio::test(flavor = "multi_thread")]
 async fn rescans_report_changes_removals_and_invalid_manifests() {
     let ws = Workspace::new();
-    let a = Sup::new("a").write(&ws.services());
-    let b = Sup::new("b").write(&ws.services());
+    let a = Svc::new("a").write(&ws.services());
+    let b = Svc::new("b").write(&ws.services());
     let d = Daemon::start(&ws.services());
     d.start_ok("a").await;
     let mark = d.last_event_id().await;
@@ -335,7 +334,7 @@ async fn rescans_report_changes_removals_and_invalid_manifests() {
     let (code, v) = d.post("/rediscover", None).await;
     assert_eq!(code, 200, "{v}");
     ws.remove_service_dir("b");
-    Sup::new("c").write(&ws.services());
+    Svc::new("c").write(&ws.services());
     let broken = ws.write_manifest("broken", "name: broken\ncommand: [\"true\"]\nbogus_field: 1\n");
     let (code, v) = d.post("/rediscover", None).await;
     assert_eq!(code, 200, "{v}");
@@ -362,8 +361,8 @@ async fn rescans_report_changes_removals_and_invalid_manifests() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cli_prints_and_follows_events() {
     let ws = Workspace::new();
-    Sup::new("a").write(&ws.services());
-    Sup::new("b").write(&ws.services());
+    Svc::new("a").write(&ws.services());
+    Svc::new("b").write(&ws.services());
     let d = Daemon::start(&ws.services());
     d.start_ok("a").await;
 

@@ -28,7 +28,7 @@ fn health_at(st: &Value) -> jiff::Timestamp {
 async fn an_unhealthy_service_is_restarted() {
     let ws = Workspace::new();
     let sick = ws.path("sick");
-    Sup::new("web")
+    Svc::new("web")
         .arg("--unhealthy-file")
         .arg(&sick)
         .extra("health_interval: 0.3\nhealth_failures: 3\nrestart_delay: 0.1\n")
@@ -75,7 +75,7 @@ async fn an_unhealthy_service_is_restarted() {
 async fn with_restart_never_an_unhealthy_service_keeps_running_until_it_recovers() {
     let ws = Workspace::new();
     let sick = ws.path("sick");
-    Sup::new("api")
+    Svc::new("api")
         .arg("--unhealthy-file")
         .arg(&sick)
         .extra("restart: never\nhealth_interval: 0.3\nhealth_failures: 3\n")
@@ -123,7 +123,7 @@ async fn with_restart_never_an_unhealthy_service_keeps_running_until_it_recovers
 async fn failures_below_the_threshold_are_forgiven() {
     let ws = Workspace::new();
     let sick = ws.path("sick");
-    Sup::new("db")
+    Svc::new("db")
         .arg("--unhealthy-file")
         .arg(&sick)
         .extra("health_interval: 0.3\nhealth_failures: 5\n")
@@ -158,12 +158,12 @@ async fn failures_below_the_threshold_are_forgiven() {
 async fn a_hung_health_endpoint_does_not_delay_other_services() {
     let ws = Workspace::new();
     let hang = ws.path("hang");
-    Sup::new("hung")
+    Svc::new("hung")
         .arg("--hang-file")
         .arg(&hang)
         .extra("restart: never\nhealth_interval: 0.3\nhealth_failures: 3\n")
         .write(&ws.services());
-    Sup::new("steady").extra("health_interval: 0.3\n").write(&ws.services());
+    Svc::new("steady").extra("health_interval: 0.3\n").write(&ws.services());
     let d = Daemon::start(&ws.services());
 
     d.start_ok("hung").await;
@@ -211,7 +211,7 @@ async fn a_hung_health_endpoint_does_not_delay_other_services() {
 async fn status_reports_the_last_check() {
     let ws = Workspace::new();
     let sick = ws.path("sick");
-    Sup::new("probe")
+    Svc::new("probe")
         .arg("--unhealthy-file")
         .arg(&sick)
         .extra("health_interval: 0.3\nhealth_failures: 100\n")
@@ -254,7 +254,7 @@ async fn health_command_failures_count_too() {
     let ws = Workspace::new();
     let sick = ws.path("sick");
     let cmd = serde_json::to_string(&["test", "!", "-e", sick.to_str().unwrap()]).unwrap();
-    Sup::new("worker")
+    Svc::new("worker")
         .no_port()
         .extra(&format!("health_command: {cmd}\nhealth_interval: 0.3\nhealth_failures: 2\nrestart: never\n"))
         .write(&ws.services());

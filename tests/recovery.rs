@@ -33,12 +33,12 @@ async fn after_a_daemon_crash_leftovers_are_killed_and_services_restored() {
     let ws = Workspace::new();
     let state = ws.path("state");
     let grandchild_file = ws.path("alpha.grandchild");
-    Sup::new("alpha").arg("--grandchild").arg(&grandchild_file).write(&ws.services());
-    Sup::new("beta").write(&ws.services());
-    Sup::new("idle").write(&ws.services());
-    Sup::new("never").write(&ws.services());
-    Sup::new("gpu-a").gpu().write(&ws.services());
-    Sup::new("gpu-b").gpu().write(&ws.services());
+    Svc::new("alpha").arg("--grandchild").arg(&grandchild_file).write(&ws.services());
+    Svc::new("beta").write(&ws.services());
+    Svc::new("idle").write(&ws.services());
+    Svc::new("never").write(&ws.services());
+    Svc::new("gpu-a").gpu().write(&ws.services());
+    Svc::new("gpu-b").gpu().write(&ws.services());
 
     let mut d1 = Nanny::start(&ws.services(), &state);
     d1.start_running("alpha").await;
@@ -126,7 +126,7 @@ async fn after_a_daemon_crash_leftovers_are_killed_and_services_restored() {
 async fn a_crash_restores_services_even_with_on_shutdown_forget() {
     let ws = Workspace::new();
     let state = ws.path("state");
-    Sup::new("alpha").write(&ws.services());
+    Svc::new("alpha").write(&ws.services());
     let mut d1 = Nanny::start_with(&ws.services(), &state, &["--on-shutdown", "forget"], &[]);
     d1.start_running("alpha").await;
     let old = pid_of(&d1.svc_status("alpha").await);
@@ -145,10 +145,10 @@ async fn a_crash_restores_services_even_with_on_shutdown_forget() {
 /// `autostart`; then a clean SIGTERM and a new daemon. Returns the new daemon.
 async fn clean_restart(ws: &Workspace, args: &[&str], env: &[(&str, &str)]) -> Nanny {
     let state = ws.path("state");
-    Sup::new("alpha").write(&ws.services());
-    Sup::new("beta").extra("depends_on: [alpha]\n").write(&ws.services());
-    Sup::new("idle").write(&ws.services());
-    Sup::new("auto").extra("autostart: true\n").write(&ws.services());
+    Svc::new("alpha").write(&ws.services());
+    Svc::new("beta").extra("depends_on: [alpha]\n").write(&ws.services());
+    Svc::new("idle").write(&ws.services());
+    Svc::new("auto").extra("autostart: true\n").write(&ws.services());
 
     let mut d1 = Nanny::start_with(&ws.services(), &state, args, env);
     d1.wait_state("auto", "running", LONG).await;

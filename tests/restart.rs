@@ -39,7 +39,7 @@ fn sigkill(pid: i32) {
 #[tokio::test(flavor = "multi_thread")]
 async fn crash_loop_hits_the_window_limit_then_a_manual_start_works() {
     let ws = Workspace::new();
-    Sup::new("crashy")
+    Svc::new("crashy")
         .arg("--exit-after-healthy")
         .arg("0.2")
         .arg("1")
@@ -90,7 +90,7 @@ async fn crash_loop_hits_the_window_limit_then_a_manual_start_works() {
 #[tokio::test(flavor = "multi_thread")]
 async fn backoff_delays_double_up_to_the_cap() {
     let ws = Workspace::new();
-    Sup::new("flappy")
+    Svc::new("flappy")
         .arg("--exit-after-healthy")
         .arg("0.2")
         .arg("1")
@@ -137,7 +137,7 @@ async fn backoff_delays_double_up_to_the_cap() {
 async fn restart_never_leaves_a_crashed_service_failed() {
     let ws = Workspace::new();
     let starts_file = ws.path("once.starts");
-    Sup::new("once")
+    Svc::new("once")
         .arg("--exit-after-healthy")
         .arg("0.2")
         .arg("1")
@@ -172,7 +172,7 @@ async fn on_failure_does_not_restart_a_clean_exit() {
     let ws = Workspace::new();
     let starts_file = ws.path("clean.starts");
     // No `restart:` line: on-failure is the default.
-    Sup::new("clean")
+    Svc::new("clean")
         .arg("--exit-after-healthy")
         .arg("0.2")
         .arg("0")
@@ -202,7 +202,7 @@ async fn on_failure_does_not_restart_a_clean_exit() {
 async fn always_restarts_a_clean_exit() {
     let ws = Workspace::new();
     let starts_file = ws.path("loop.starts");
-    Sup::new("loop")
+    Svc::new("loop")
         .arg("--exit-after-healthy")
         .arg("0.2")
         .arg("0")
@@ -238,7 +238,7 @@ async fn always_restarts_a_clean_exit() {
 #[tokio::test(flavor = "multi_thread")]
 async fn on_failure_restarts_a_killed_process() {
     let ws = Workspace::new();
-    Sup::new("victim").extra("restart_delay: 0.1\n").write(&ws.services());
+    Svc::new("victim").extra("restart_delay: 0.1\n").write(&ws.services());
     let d = Daemon::start(&ws.services());
 
     d.start_ok("victim").await;
@@ -268,7 +268,7 @@ async fn a_failed_manual_start_is_not_retried() {
     let fail = ws.path("fail");
     let starts_file = ws.path("broken.starts");
     touch(&fail);
-    Sup::new("broken")
+    Svc::new("broken")
         .arg("--fail-start-file")
         .arg(&fail)
         .arg("--starts")
@@ -295,7 +295,7 @@ async fn a_failed_manual_start_is_not_retried() {
 async fn a_restart_that_fails_while_starting_counts_as_another_failure() {
     let ws = Workspace::new();
     let fail = ws.path("fail");
-    Sup::new("fragile")
+    Svc::new("fragile")
         .arg("--fail-start-file")
         .arg(&fail)
         .extra("restart_delay: 0.1\nrestart_delay_max: 5\nmax_restarts: 10\nrestart_window: 120\n")
@@ -331,7 +331,7 @@ async fn a_quiet_period_resets_the_backoff() {
     let ws = Workspace::new();
     let crash = ws.path("crash");
     // quiet period = max(restart_delay_max, 1 s) = 1 s
-    Sup::new("steady")
+    Svc::new("steady")
         .arg("--exit-file")
         .arg(&crash)
         .extra("restart_delay: 0.1\nrestart_delay_max: 0.3\nmax_restarts: 10\nrestart_window: 120\n")
@@ -362,7 +362,7 @@ async fn a_quiet_period_resets_the_backoff() {
 async fn the_restart_window_slides() {
     let ws = Workspace::new();
     let crash = ws.path("crash");
-    Sup::new("slider")
+    Svc::new("slider")
         .arg("--exit-file")
         .arg(&crash)
         .extra("restart_delay: 0.05\nrestart_delay_max: 0.1\nmax_restarts: 2\nrestart_window: 3\n")
@@ -399,7 +399,7 @@ async fn stop_during_backoff_cancels_the_restart() {
     let ws = Workspace::new();
     let crash = ws.path("crash");
     let starts_file = ws.path("waiting.starts");
-    Sup::new("waiting")
+    Svc::new("waiting")
         .arg("--exit-file")
         .arg(&crash)
         .arg("--starts")
@@ -430,7 +430,7 @@ async fn stop_during_backoff_cancels_the_restart() {
 async fn start_during_backoff_starts_now() {
     let ws = Workspace::new();
     let crash = ws.path("crash");
-    Sup::new("patient").arg("--exit-file").arg(&crash).extra("restart_delay: 30\n").write(&ws.services());
+    Svc::new("patient").arg("--exit-file").arg(&crash).extra("restart_delay: 30\n").write(&ws.services());
     let d = Daemon::start(&ws.services());
 
     d.start_ok("patient").await;
@@ -454,8 +454,8 @@ async fn start_during_backoff_starts_now() {
 async fn a_gpu_service_in_backoff_keeps_the_gpu() {
     let ws = Workspace::new();
     let crash = ws.path("crash");
-    Sup::new("gpu-a").gpu().arg("--exit-file").arg(&crash).extra("restart_delay: 30\n").write(&ws.services());
-    Sup::new("gpu-b").gpu().write(&ws.services());
+    Svc::new("gpu-a").gpu().arg("--exit-file").arg(&crash).extra("restart_delay: 30\n").write(&ws.services());
+    Svc::new("gpu-b").gpu().write(&ws.services());
     let d = Daemon::start(&ws.services());
 
     d.start_ok("gpu-a").await;

@@ -297,6 +297,13 @@ impl Svc {
         y.push_str(&self.extra);
         y
     }
+    /// Writes `DIR/NAME/service.yaml`.
+    pub fn write(&self, services_dir: &Path) -> Svc {
+        let d = services_dir.join(&self.name);
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("service.yaml"), self.yaml()).unwrap();
+        self.clone()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -17,115 +17,11 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::common::{Daemon, NANNY, fixture_script, pid_alive};
+use crate::common::{Daemon, NANNY, pid_alive};
 
 // ---------------------------------------------------------------------------------------------
 // Manifests for the svc.py fixture (supervision tests)
 // ---------------------------------------------------------------------------------------------
-
-/// A manifest running the `svc.py` fixture (`common::fixture_script()`).
-#[derive(Clone, Debug)]
-pub struct Sup {
-    pub name: String,
-    pub port: Option<u16>,
-    pub args: Vec<String>,
-    pub gpu: bool,
-    pub health: bool,
-    pub health_timeout: f64,
-    pub stop_timeout: f64,
-    pub extra: String,
-}
-
-impl Sup {
-    /// Listening on a fresh free port, health checked at /health.
-    pub fn new(name: &str) -> Self {
-        Sup {
-            name: name.to_string(),
-            port: Some(crate::common::free_port()),
-            args: vec![],
-            gpu: false,
-            health: true,
-            health_timeout: 20.0,
-            stop_timeout: 5.0,
-            extra: String::new(),
-        }
-    }
-
-    /// No port and no health check.
-    pub fn no_port(mut self) -> Self {
-        self.port = None;
-        self.health = false;
-        self
-    }
-
-    pub fn gpu(mut self) -> Self {
-        self.gpu = true;
-        self
-    }
-
-    pub fn arg(mut self, a: impl AsRef<std::ffi::OsStr>) -> Self {
-        self.args.push(a.as_ref().to_string_lossy().into_owned());
-        self
-    }
-
-    pub fn health_timeout(mut self, s: f64) -> Self {
-        self.health_timeout = s;
-        self
-    }
-
-    /// Extra manifest lines (must not repeat keys written by `yaml()`).
-    pub fn extra(mut self, lines: &str) -> Self {
-        self.extra.push_str(lines);
-        if !self.extra.ends_with('\n') {
-            self.extra.push('\n');
-        }
-        self
-    }
-
-    pub fn command(&self) -> Vec<String> {
-        let mut cmd = vec!["python3".to_string(), fixture_script().to_string_lossy().into_owned()];
-        if let Some(p) = self.port {
-            cmd.push("--port".into());
-            cmd.push(p.to_string());
-        }
-        cmd.extend(self.args.iter().cloned());
-        cmd
-    }
-
-    pub fn health_url(&self) -> Option<String> {
-        match (self.health, self.port) {
-            (true, Some(p)) => Some(format!("http://127.0.0.1:{p}/health")),
-            _ => None,
-        }
-    }
-
-    pub fn yaml(&self) -> String {
-        let mut y = String::new();
-        y.push_str(&format!("name: {}\n", self.name));
-        y.push_str(&format!("description: supervision test service {}\n", self.name));
-        y.push_str("version: 1.0.0\n");
-        y.push_str(&format!("gpu_required: {}\n", self.gpu));
-        if self.gpu {
-            y.push_str("vram_gb: 4\n");
-        }
-        y.push_str(&format!("command: {}\n", serde_json::to_string(&self.command()).unwrap()));
-        if let Some(url) = self.health_url() {
-            y.push_str(&format!("health_endpoint: {url}\n"));
-        }
-        y.push_str(&format!("health_timeout: {}\n", self.health_timeout));
-        y.push_str(&format!("stop_timeout: {}\n", self.stop_timeout));
-        y.push_str(&self.extra);
-        y
-    }
-
-    /// Writes `DIR/NAME/service.yaml`.
-    pub fn write(&self, services_dir: &Path) -> Sup {
-        let d = services_dir.join(&self.name);
-        fs::create_dir_all(&d).unwrap();
-        fs::write(d.join("service.yaml"), self.yaml()).unwrap();
-        self.clone()
-    }
-}
 
 /// Creates (or truncates) a control file for the fixture.
 pub fn touch(path: &Path) {
