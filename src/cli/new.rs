@@ -27,7 +27,7 @@ pub fn run(name: &str, services_dir: &Path) -> Result<(), Failure> {
     std::fs::create_dir_all(&dir).map_err(io_error)?;
     let manifest_text = TEMPLATE_MANIFEST.replacen(TEMPLATE_NAME_LINE, &format!("name: {name}"), 1);
     std::fs::write(dir.join("service.yaml"), manifest_text).map_err(io_error)?;
-    std::fs::write(dir.join("server.py"), TEMPLATE_SERVER).map_err(io_error)?;
+    std::fs::write(dir.join("server.py"), TEMPLATE_SERVER.replace("my-service", name)).map_err(io_error)?;
     println!("created {}/service.yaml and server.py", dir.display());
     println!(
         "next: edit the manifest (port, health_endpoint, command), check it with `nanny validate {}`,",
