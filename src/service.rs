@@ -464,9 +464,10 @@ impl Task {
             self.snap.manifest = pending;
         }
         let manifest = self.snap.manifest.clone();
-        if manifest.gpu_required
-            && let Err(held) = self.shared.arbiter.claim(&manifest.name)
-        {
+        if !manifest.gpu_required {
+            // It may have held the GPU under a previous manifest (a restart from backoff).
+            self.shared.arbiter.release(&manifest.name);
+        } else if let Err(held) = self.shared.arbiter.claim(&manifest.name) {
             return self.fail_start(StartError::GpuBusy { holder: held.holder }, false);
         }
         let placement = manifest.gpu_required.then(|| self.shared.arbiter.placement());

@@ -229,3 +229,35 @@ async fn concurrent_forced_starts_end_with_one_gpu_service() {
     assert_no_lock_conflict_logged(&d, &names).await;
     d.stop_ok(holder).await;
 }
+
+/// A GPU service whose manifest stops asking for the GPU while it waits to restart gives the
+/// GPU up when it restarts, so another GPU service can start.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_that_no_longer_needs_the_gpu_gives_it_up_at_its_restart() {
+    let ws = Workspace::new();
+    // Healthy, then exits 1 a moment later; restarted after a 2 s backoff.
+    let crashy = Svc::new("crashy").gpu().args(["--exit-after-healthy", "0.3", "1"]).extra("restart_delay: 2\n");
+    ws.add(crashy.clone());
+    ws.add(Svc::new("other").gpu());
+    let d = Daemon::start(&ws.services());
+    d.start_ok("crashy").await;
+    wait_until(Duration::from_secs(20), "crashy waits to restart", || async {
+        d.state_of("crashy").await == "backoff"
+    })
+    .await;
+    assert_eq!(d.services().await["gpu_service_running"], "crashy", "backoff keeps the GPU");
+
+    // The manifest no longer asks for the GPU (and no longer crashes).
+    let mut calm = Svc::new("crashy").extra("restart_delay: 2\n");
+    calm.port = crashy.port;
+    ws.write_manifest("crashy", &calm.yaml());
+    let (code, r) = d.post("/rediscover", None).await;
+    assert_eq!(code, 200, "{r}");
+    wait_until(Duration::from_secs(20), "crashy restarted", || async { d.state_of("crashy").await == "running" }).await;
+
+    let (code, v) = d.start_svc("other").await;
+    assert_eq!(code, 200, "the GPU must be free once crashy runs without needing it: {v}");
+    assert_eq!(d.services().await["gpu_service_running"], "other");
+    d.stop_ok("other").await;
+    d.stop_ok("crashy").await;
+}
