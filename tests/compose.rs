@@ -793,3 +793,41 @@ async fn a_project_started_by_hand_while_the_daemon_runs_is_adopted() {
     assert_eq!(of_kind(&d.events_of("live").await, None, "adopted").len(), 2);
     d.stop_ok("live").await;
 }
+
+/// A `compose run` container carries the project's label but is not part of the service: it
+/// neither fails the service's container check nor ends the service when it dies.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_one_off_container_of_the_project_is_not_the_service() {
+    require_docker!();
+    let ws = Workspace::new();
+    let pname = docker::unique("oneoff");
+    let web = Web::new("web", &pname).no_health().extra("health_interval: 0.3\n");
+    let p = web.write(&ws.services(), &pname);
+    let d = Daemon::start(&ws.services());
+    d.start_ok("web").await;
+    let service_container = p.only();
+
+    p.compose_ok(&["run", "-d", "--no-deps", "web"]);
+    let label = format!("label=com.docker.compose.project={pname}");
+    let oneoff =
+        docker::docker_ok(&["ps", "-q", "--filter", &label, "--filter", "label=com.docker.compose.oneoff=True"]);
+    let oneoff = oneoff.trim();
+    assert!(!oneoff.is_empty(), "compose run made a one-off container");
+    docker::docker_ok(&["kill", oneoff]);
+    let killed_at = jiff::Timestamp::now();
+
+    // Two container checks after the kill, both passing, and the service still running.
+    wait_until(LONG, "two checks after the one-off died", || async {
+        let st = d.status("web").await;
+        let at: jiff::Timestamp = st["last_health"]["at"].as_str().unwrap_or("").parse().unwrap_or(killed_at);
+        at.duration_since(killed_at).as_secs_f64() > 0.7
+    })
+    .await;
+    let st = d.status("web").await;
+    assert_eq!(st["status"], "running", "{st}");
+    assert_eq!(st["last_health"]["ok"], true, "{st}");
+    assert_eq!(containers_of(&st), vec![service_container.name.clone()], "{st}");
+    let evs = d.events_of("web").await;
+    assert!(of_kind(&evs, None, "exited").is_empty(), "the one-off's death is not the service's: {}", render(&evs));
+    d.stop_ok("web").await;
+}
