@@ -482,3 +482,39 @@ async fn a_gpu_service_in_backoff_keeps_the_gpu() {
     d.start_ok("gpu-a").await;
     assert_eq!(d.services().await["gpu_service_running"], "gpu-a");
 }
+
+/// An automatic restart whose health check never passes is being stopped when someone stops
+/// the service by hand: the stop wins, and the restart policy does not start it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_by_hand_wins_over_the_recovery_of_a_failed_automatic_start() {
+    let ws = Workspace::new();
+    let unhealthy = ws.path("unhealthy");
+    let svc = Svc::new("flaky")
+        .args(["--exit-after-healthy", "0.5", "1", "--ignore-term"])
+        .arg("--unhealthy-file")
+        .arg(&unhealthy)
+        .health_timeout(1.5)
+        .stop_timeout(4.0)
+        .extra("restart_delay: 0.1\n");
+    ws.add(svc);
+    let d = Daemon::start(&ws.services());
+    d.start_ok("flaky").await;
+    // From now on /health answers 503: the automatic restart after the crash cannot pass.
+    touch(&unhealthy);
+    wait_until(Duration::from_secs(30), "the failed automatic start is being stopped", || async {
+        let evs = d.events_of("flaky").await;
+        of_kind(&evs, None, "starting").len() == 2 && d.state_of("flaky").await == "stopping"
+    })
+    .await;
+
+    d.stop_ok("flaky").await;
+    assert_eq!(d.state_of("flaky").await, "stopped");
+    // Nothing restarts it: the state stays `stopped` well past the 0.1 s restart delay.
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        assert_eq!(d.state_of("flaky").await, "stopped", "{}", render(&d.events_of("flaky").await));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let evs = d.events_of("flaky").await;
+    assert_eq!(of_kind(&evs, None, "starting").len(), 2, "{}", render(&evs));
+}
