@@ -868,3 +868,168 @@ impl Task {
         self.logs.tail(FAILURE_LOG_LINES).iter().map(|l| l.render()).collect()
     }
 }
+
+/// The task driven by a recording fake runtime on a paused clock: every
+/// launch is recorded with the (virtual) time it happened, and the test
+/// decides when each instance ends. No process, no sleep.
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Mutex;
+
+    use futures_util::future::BoxFuture;
+    use nix::sys::signal::Signal;
+
+    use super::*;
+    use crate::runtime::compose::{EngineInfo, ToolInfo};
+    use crate::runtime::{GroupRecord, LaunchError, Placement, RuntimeInfo};
+
+    /// One launch: when it happened, and the switch that ends the instance.
+    struct Launch {
+        at: Instant,
+        end: Arc<Mutex<Option<oneshot::Sender<Ended>>>>,
+    }
+
+    impl Launch {
+        fn end(&self, code: i32) {
+            let end = self.end.lock().unwrap().take().expect("instance still running");
+            let _ = end.send(Ended { exit: ExitInfo { code: Some(code), signal: None }, reason: None });
+        }
+    }
+
+    struct Fake {
+        launches: mpsc::UnboundedSender<Launch>,
+    }
+
+    /// Stopping a fake instance ends it at once, with code 0.
+    struct FakeInstance {
+        end: Arc<Mutex<Option<oneshot::Sender<Ended>>>>,
+    }
+
+    impl Instance for FakeInstance {
+        fn parts(&self) -> Parts {
+            Parts { pid: Some(1), containers: Vec::new() }
+        }
+        fn stop(&self, _signal: Signal, _timeout: Duration) {
+            if let Some(end) = self.end.lock().unwrap().take() {
+                let _ = end.send(Ended { exit: ExitInfo { code: Some(0), signal: None }, reason: None });
+            }
+        }
+        fn kill(&self) {
+            self.stop(Signal::SIGKILL, Duration::ZERO);
+        }
+        fn group(&self) -> Option<GroupRecord> {
+            None
+        }
+    }
+
+    impl Runtime for Fake {
+        fn launch(&self, _: &Manifest, _: Option<&Placement>, _: Arc<LogStore>) -> Result<Launched, LaunchError> {
+            let (tx, exited) = oneshot::channel();
+            let end = Arc::new(Mutex::new(Some(tx)));
+            let _ = self.launches.send(Launch { at: Instant::now(), end: end.clone() });
+            Ok(Launched { instance: Box::new(FakeInstance { end }), exited, ready: None, started_at: None })
+        }
+        fn adopt(&self, _: &Manifest, _: Arc<LogStore>) -> BoxFuture<'static, Option<Launched>> {
+            Box::pin(async { None })
+        }
+        fn started_outside(&self, _: &Manifest) -> Option<BoxFuture<'static, ()>> {
+            None
+        }
+        fn kill_leftovers(&self, _: GroupRecord) -> Vec<u32> {
+            Vec::new()
+        }
+        fn remove(&self, _: &Manifest) -> BoxFuture<'static, Result<String, String>> {
+            Box::pin(async { Ok(String::new()) })
+        }
+        fn describe(&self) -> BoxFuture<'static, RuntimeInfo> {
+            Box::pin(async {
+                RuntimeInfo {
+                    docker: EngineInfo { available: false, version: None, api_version: None, error: None },
+                    compose: ToolInfo { tool: None, version: None, error: None },
+                }
+            })
+        }
+    }
+
+    struct Harness {
+        service: ServiceHandle,
+        arbiter: Arc<Arbiter>,
+        launches: mpsc::UnboundedReceiver<Launch>,
+        _state: tempfile::TempDir,
+    }
+
+    fn harness(manifest_yaml: &str) -> Harness {
+        let state = tempfile::tempdir().unwrap();
+        let manifest = crate::manifest::parse(Path::new("/s/x/service.yaml"), manifest_yaml, &|_| true).unwrap();
+        let (tx, launches) = mpsc::unbounded_channel();
+        let arbiter = Arc::new(Arbiter::default());
+        let shared = Shared {
+            runtime: Arc::new(Fake { launches: tx }),
+            arbiter: arbiter.clone(),
+            http: crate::health::client(),
+            store: Store::open(state.path()).unwrap(),
+        };
+        let logs = Arc::new(LogStore::new(state.path().join("x.log")));
+        Harness { service: ServiceHandle::spawn(Arc::new(manifest), shared, logs), arbiter, launches, _state: state }
+    }
+
+    async fn state_becomes(service: &ServiceHandle, state: State) {
+        let mut watch = service.watch();
+        watch.wait_for(|s| s.state == state).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn crashes_are_restarted_after_the_policy_s_delays_until_the_window_is_spent() {
+        let mut h = harness(
+            "name: x\ncommand: [x]\nrestart: always\nrestart_delay: 1\nrestart_delay_max: 4\nmax_restarts: 4\nrestart_window: 1h\n",
+        );
+        h.service.start().await.expect("starts (stays up for the settle time)");
+        let mut launch = h.launches.recv().await.unwrap();
+        let mut delays = Vec::new();
+        for _ in 0..4 {
+            launch.end(1);
+            let crashed = Instant::now();
+            launch = h.launches.recv().await.unwrap();
+            delays.push((launch.at - crashed).as_secs());
+            state_becomes(&h.service, State::Running).await;
+        }
+        assert_eq!(delays, vec![1, 2, 4, 4], "restart_delay doubles up to restart_delay_max");
+        launch.end(1);
+        state_becomes(&h.service, State::Failed).await;
+        let snap = h.service.snapshot();
+        assert_eq!(snap.restarts, 4);
+        assert!(snap.last_error.unwrap().contains("restarted 4 times"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_during_backoff_cancels_the_restart_and_a_start_overrides_it() {
+        let mut h = harness("name: x\ncommand: [x]\nrestart: on-failure\nrestart_delay: 30\n");
+        h.service.start().await.unwrap();
+        h.launches.recv().await.unwrap().end(3);
+        state_becomes(&h.service, State::Backoff).await;
+        h.service.stop().await;
+        assert_eq!(h.service.snapshot().state, State::Stopped);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(h.launches.try_recv().is_err(), "no restart after a stop by hand");
+
+        // Crash again, and start by hand during the backoff: at once, not 30 s later.
+        h.service.start().await.unwrap();
+        h.launches.recv().await.unwrap().end(3);
+        state_becomes(&h.service, State::Backoff).await;
+        let asked = Instant::now();
+        h.service.start().await.unwrap();
+        assert_eq!(h.launches.recv().await.unwrap().at, asked, "a start by hand does not wait for the backoff");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_clean_exit_under_on_failure_stops_and_a_gpu_claim_is_released() {
+        let mut h = harness("name: x\ncommand: [x]\ngpu_required: true\n");
+        h.service.start().await.unwrap();
+        assert_eq!(h.arbiter.holder().as_deref(), Some("x"));
+        h.launches.recv().await.unwrap().end(0);
+        state_becomes(&h.service, State::Stopped).await;
+        assert!(h.launches.try_recv().is_err(), "a clean exit is not restarted under on-failure");
+        assert_eq!(h.arbiter.holder(), None, "the claim goes with the process");
+    }
+}
