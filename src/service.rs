@@ -899,11 +899,15 @@ mod tests {
 
     struct Fake {
         launches: mpsc::UnboundedSender<Launch>,
+        /// Whether the instances' own health check hangs (else it passes).
+        checks_hang: Arc<Mutex<bool>>,
     }
 
-    /// Stopping a fake instance ends it at once, with code 0.
+    /// Stopping a fake instance ends it at once, with code 0. It offers a
+    /// health check of its own, as a Compose project does.
     struct FakeInstance {
         end: Arc<Mutex<Option<oneshot::Sender<Ended>>>>,
+        checks_hang: Arc<Mutex<bool>>,
     }
 
     impl Instance for FakeInstance {
@@ -921,6 +925,15 @@ mod tests {
         fn group(&self) -> Option<GroupRecord> {
             None
         }
+        fn check(&self) -> Option<BoxFuture<'static, health::Outcome>> {
+            let hang = *self.checks_hang.lock().unwrap();
+            Some(Box::pin(async move {
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                (true, None, "fine".to_string())
+            }))
+        }
     }
 
     impl Runtime for Fake {
@@ -928,7 +941,8 @@ mod tests {
             let (tx, exited) = oneshot::channel();
             let end = Arc::new(Mutex::new(Some(tx)));
             let _ = self.launches.send(Launch { at: Instant::now(), end: end.clone() });
-            Ok(Launched { instance: Box::new(FakeInstance { end }), exited, ready: None, started_at: None })
+            let instance = FakeInstance { end, checks_hang: self.checks_hang.clone() };
+            Ok(Launched { instance: Box::new(instance), exited, ready: None, started_at: None })
         }
         fn adopt(&self, _: &Manifest, _: Arc<LogStore>) -> BoxFuture<'static, Option<Launched>> {
             Box::pin(async { None })
@@ -955,6 +969,7 @@ mod tests {
     struct Harness {
         service: ServiceHandle,
         arbiter: Arc<Arbiter>,
+        checks_hang: Arc<Mutex<bool>>,
         launches: mpsc::UnboundedReceiver<Launch>,
         _state: tempfile::TempDir,
     }
@@ -964,19 +979,23 @@ mod tests {
         let manifest = crate::manifest::parse(Path::new("/s/x/service.yaml"), manifest_yaml, &|_| true).unwrap();
         let (tx, launches) = mpsc::unbounded_channel();
         let arbiter = Arc::new(Arbiter::default());
+        let checks_hang = Arc::new(Mutex::new(false));
         let shared = Shared {
-            runtime: Arc::new(Fake { launches: tx }),
+            runtime: Arc::new(Fake { launches: tx, checks_hang: checks_hang.clone() }),
             arbiter: arbiter.clone(),
             http: crate::health::client(),
             store: Store::open(state.path()).unwrap(),
         };
         let logs = Arc::new(LogStore::new(state.path().join("x.log")));
-        Harness { service: ServiceHandle::spawn(Arc::new(manifest), shared, logs), arbiter, launches, _state: state }
+        let service = ServiceHandle::spawn(Arc::new(manifest), shared, logs);
+        Harness { service, arbiter, checks_hang, launches, _state: state }
     }
 
+    /// Wait (in virtual time, so at no cost) for `state`; a minute is plenty.
     async fn state_becomes(service: &ServiceHandle, state: State) {
         let mut watch = service.watch();
-        watch.wait_for(|s| s.state == state).await.unwrap();
+        let reached = tokio::time::timeout(Duration::from_secs(60), watch.wait_for(|s| s.state == state)).await;
+        assert!(reached.is_ok(), "never became {state:?}; now {:?}", service.snapshot().state);
     }
 
     #[tokio::test(start_paused = true)]
@@ -1031,5 +1050,25 @@ mod tests {
         state_becomes(&h.service, State::Stopped).await;
         assert!(h.launches.try_recv().is_err(), "a clean exit is not restarted under on-failure");
         assert_eq!(h.arbiter.holder(), None, "the claim goes with the process");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_check_still_out_when_the_process_is_replaced_does_not_hold_back_the_next_checks() {
+        let mut h = harness(
+            "name: x\ncommand: [x]\nrestart: always\nrestart_delay: 0\nhealth_interval: 1\nhealth_timeout: 3\n",
+        );
+        h.service.start().await.unwrap();
+        let launch = h.launches.recv().await.unwrap();
+        // A check hangs, and the process dies while it is out.
+        *h.checks_hang.lock().unwrap() = true;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Checks made from now on answer (the one already out keeps hanging).
+        *h.checks_hang.lock().unwrap() = false;
+        launch.end(1);
+        let _replacement = h.launches.recv().await.unwrap();
+        // The replacement is checked (and found healthy) within its health_timeout.
+        state_becomes(&h.service, State::Running).await;
+        assert!(Instant::now() - launch.at < Duration::from_secs(3), "became running only after a timeout");
+        assert_eq!(h.service.snapshot().restarts, 1);
     }
 }
