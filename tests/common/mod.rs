@@ -310,6 +310,70 @@ impl Svc {
 // The daemon
 // ---------------------------------------------------------------------------------------------
 
+/// Spawns `nanny serve --listen 127.0.0.1:0` on `services` and `state_dir` (stderr to
+/// `stderr_path`, nanny's own env settings cleared), waits 30 s for its readiness line and
+/// returns the child and the URL it listens on. Its stdout is drained for its whole life.
+pub fn spawn_serve(
+    services: &Path,
+    state_dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stderr_path: &Path,
+) -> (Child, String) {
+    let stderr = fs::File::create(stderr_path).unwrap();
+    let mut cmd = Command::new(NANNY);
+    cmd.arg("serve")
+        .arg("--services")
+        .arg(services)
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--state-dir")
+        .arg(state_dir)
+        .args(args)
+        .env_remove("NANNY_URL")
+        .env_remove("NANNY_TOKEN")
+        .env_remove("NANNY_SERVICES_DIR")
+        .env_remove("NANNY_LISTEN")
+        .env_remove("NANNY_STATE_DIR")
+        .env_remove("NANNY_ON_SHUTDOWN")
+        .env("RUST_BACKTRACE", "1")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(stderr));
+    let mut child = cmd.spawn().expect("spawn nanny serve");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        // Keep draining stdout for the daemon's whole life so it never blocks on a pipe.
+        let mut first = true;
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if first {
+                first = false;
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let line = match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = fs::read_to_string(stderr_path).unwrap_or_default();
+            panic!("nanny serve printed no readiness line within 30 s ({e}); stderr:\n{stderr}");
+        }
+    };
+    let url = line
+        .strip_prefix("nanny listening on ")
+        .unwrap_or_else(|| panic!("unexpected readiness line {line:?}"))
+        .trim()
+        .trim_end_matches('/')
+        .to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "readiness line {line:?}");
+    (child, url)
+}
+
 pub struct Daemon {
     pub child: Option<Child>,
     pub url: String,
@@ -324,65 +388,15 @@ impl Daemon {
     pub fn start(services_dir: &Path) -> Daemon {
         let tmp = tempfile::Builder::new().prefix("nanny-daemon-").tempdir().expect("tempdir");
         let stderr_path = tmp.path().join("daemon.stderr");
-        let stderr = fs::File::create(&stderr_path).unwrap();
-        let mut child = Command::new(NANNY)
-            .arg("serve")
-            .arg("--services")
-            .arg(services_dir)
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--state-dir")
-            .arg(tmp.path().join("state"))
-            .env_remove("NANNY_URL")
-            .env_remove("NANNY_TOKEN")
-            .env_remove("NANNY_SERVICES_DIR")
-            .env_remove("NANNY_LISTEN")
-            .env_remove("NANNY_STATE_DIR")
-            .env("RUST_BACKTRACE", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .expect("spawn nanny serve");
-
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            // Keep draining stdout for the daemon's whole life so it never blocks on a pipe.
-            let mut first = true;
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if first {
-                    first = false;
-                    let _ = tx.send(line);
-                }
-            }
-        });
-
-        let mut d = Daemon {
+        let (child, url) = spawn_serve(services_dir, &tmp.path().join("state"), &[], &[], &stderr_path);
+        Daemon {
             child: Some(child),
-            url: String::new(),
+            url,
             tmp,
             client: reqwest::Client::builder().timeout(Duration::from_secs(90)).no_proxy().build().unwrap(),
             stderr_path,
             exit: None,
-        };
-        let line = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(l) => l,
-            Err(e) => {
-                let stderr = d.stderr();
-                panic!("nanny serve printed no readiness line within 30 s ({e}); stderr:\n{stderr}");
-            }
-        };
-        let url = line
-            .strip_prefix("nanny listening on ")
-            .unwrap_or_else(|| panic!("unexpected readiness line {line:?}"))
-            .trim()
-            .trim_end_matches('/')
-            .to_string();
-        assert!(url.starts_with("http://127.0.0.1:"), "readiness line {line:?}");
-        d.url = url;
-        d
+        }
     }
 
     pub fn pid(&self) -> i32 {

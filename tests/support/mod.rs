@@ -5,11 +5,9 @@
 #![allow(dead_code)]
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -17,7 +15,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::common::{Daemon, NANNY, pid_alive};
+use crate::common::{Daemon, pid_alive};
 
 // ---------------------------------------------------------------------------------------------
 // Manifests for the svc.py fixture (supervision tests)
@@ -281,63 +279,16 @@ impl Nanny {
         let logs = tempfile::Builder::new().prefix("nanny-support-").tempdir().expect("tempdir");
         let n = STARTS.fetch_add(1, Ordering::SeqCst);
         let stderr_path = logs.path().join(format!("daemon-{n}.stderr"));
-        let stderr = fs::File::create(&stderr_path).unwrap();
-        let mut cmd = Command::new(NANNY);
-        cmd.arg("serve")
-            .arg("--services")
-            .arg(services)
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--state-dir")
-            .arg(state_dir)
-            .args(args)
-            .env_remove("NANNY_URL")
-            .env_remove("NANNY_TOKEN")
-            .env_remove("NANNY_SERVICES_DIR")
-            .env_remove("NANNY_LISTEN")
-            .env_remove("NANNY_STATE_DIR")
-            .env_remove("NANNY_ON_SHUTDOWN")
-            .env("RUST_BACKTRACE", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr));
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn nanny serve");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            let mut first = true;
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if first {
-                    first = false;
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let mut d = Nanny {
+        let (child, url) = crate::common::spawn_serve(services, state_dir, args, env, &stderr_path);
+        Nanny {
             child,
-            url: String::new(),
+            url,
             client: reqwest::Client::builder().timeout(Duration::from_secs(90)).no_proxy().build().unwrap(),
             state_dir: state_dir.to_path_buf(),
             stderr_path,
             _logs: logs,
             exit: None,
-        };
-        let line = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(l) => l,
-            Err(e) => panic!("nanny serve printed no readiness line within 30 s ({e}); stderr:\n{}", d.stderr()),
-        };
-        d.url = line
-            .strip_prefix("nanny listening on ")
-            .unwrap_or_else(|| panic!("unexpected readiness line {line:?}"))
-            .trim()
-            .trim_end_matches('/')
-            .to_string();
-        assert!(d.url.starts_with("http://127.0.0.1:"), "readiness line {line:?}");
-        d
+        }
     }
 
     pub fn start(services: &Path, state_dir: &Path) -> Nanny {
