@@ -538,11 +538,7 @@ impl Task {
         }
         let instance = launched.instance;
         if let Some(group) = instance.group() {
-            self.shared.store.record_process(RecordedProcess {
-                service: self.snap.manifest.name.clone(),
-                pgid: group.pgid,
-                start_ticks: group.start_ticks,
-            });
+            self.shared.store.record_process(RecordedProcess { service: self.snap.manifest.name.clone(), group });
         }
         let parts = instance.parts();
         self.instance = Some(instance);

@@ -14,14 +14,13 @@ use rusqlite::{Connection, params};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::events::{Event, EventKind, Filter};
+use crate::runtime::GroupRecord;
 
 /// A process group the daemon started, as recorded for crash recovery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedProcess {
     pub service: String,
-    pub pgid: u32,
-    /// The leader's start time in clock ticks since boot (`/proc/PID/stat`).
-    pub start_ticks: u64,
+    pub group: GroupRecord,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +67,8 @@ const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS processes (
         service     TEXT PRIMARY KEY,
         pgid        INTEGER NOT NULL,
-        start_ticks INTEGER NOT NULL
+        start_ticks INTEGER NOT NULL,
+        boot_id     TEXT NOT NULL DEFAULT ''
     );
 ";
 
@@ -79,6 +79,13 @@ impl Store {
         let error = |source| StoreError { path: path.display().to_string(), source };
         let conn = Connection::open(&path).map_err(error)?;
         conn.execute_batch(SCHEMA).map_err(error)?;
+        // Databases written before `boot_id` was recorded gain the column.
+        let has_boot_id: bool = conn
+            .query_row("SELECT COUNT(*) FROM pragma_table_info('processes') WHERE name = 'boot_id'", [], |r| r.get(0))
+            .map_err(error)?;
+        if !has_boot_id {
+            conn.execute_batch("ALTER TABLE processes ADD COLUMN boot_id TEXT NOT NULL DEFAULT ''").map_err(error)?;
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let live = broadcast::channel(1024).0;
         let owner = Owner { conn, live: live.clone() };
@@ -173,21 +180,24 @@ impl Owner {
             }
             Request::RecordProcess(p) => {
                 self.conn.execute(
-                    "INSERT OR REPLACE INTO processes (service, pgid, start_ticks) VALUES (?1, ?2, ?3)",
-                    params![p.service, p.pgid, p.start_ticks as i64],
+                    "INSERT OR REPLACE INTO processes (service, pgid, start_ticks, boot_id) VALUES (?1, ?2, ?3, ?4)",
+                    params![p.service, p.group.pgid, p.group.start_ticks as i64, p.group.boot_id],
                 )?;
             }
             Request::ForgetProcess { service } => {
                 self.conn.execute("DELETE FROM processes WHERE service = ?1", params![service])?;
             }
             Request::Processes { reply } => {
-                let mut stmt = self.conn.prepare("SELECT service, pgid, start_ticks FROM processes")?;
+                let mut stmt = self.conn.prepare("SELECT service, pgid, start_ticks, boot_id FROM processes")?;
                 let rows = stmt
                     .query_map([], |row| {
                         Ok(RecordedProcess {
                             service: row.get(0)?,
-                            pgid: row.get(1)?,
-                            start_ticks: row.get::<_, i64>(2)? as u64,
+                            group: GroupRecord {
+                                pgid: row.get(1)?,
+                                start_ticks: row.get::<_, i64>(2)? as u64,
+                                boot_id: row.get(3)?,
+                            },
                         })
                     })?
                     .collect::<Result<_, _>>()?;
@@ -277,7 +287,10 @@ mod tests {
         store.set_desired("b", true).await;
         store.set_desired("b", false).await;
         assert_eq!(store.desired().await, vec!["a"]);
-        let p = RecordedProcess { service: "a".into(), pgid: 42, start_ticks: 7 };
+        let p = RecordedProcess {
+            service: "a".into(),
+            group: GroupRecord { pgid: 42, start_ticks: 7, boot_id: "b".into() },
+        };
         store.record_process(p.clone());
         assert_eq!(store.processes().await, vec![p]);
         store.forget_process("a");

@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::events::{Event, EventKind, Filter};
 use crate::gpu::Arbiter;
 use crate::logs::LogLine;
-use crate::runtime::{GroupRecord, Runtime};
+use crate::runtime::Runtime;
 use crate::service::{ServiceHandle, Shared};
 use crate::store::{Store, StoreError};
 
@@ -72,8 +72,7 @@ impl Daemon {
             EventKind::DaemonStarted { version: env!("CARGO_PKG_VERSION").into(), pid: std::process::id() },
         );
         for leftover in store.processes().await {
-            let group = GroupRecord { pgid: leftover.pgid, start_ticks: leftover.start_ticks };
-            for pid in runtime.kill_leftovers(group) {
+            for pid in runtime.kill_leftovers(leftover.group.clone()) {
                 store.emit(Some(&leftover.service), EventKind::OrphanKilled { pid });
             }
             store.forget_process(&leftover.service);

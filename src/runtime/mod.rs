@@ -67,11 +67,13 @@ pub struct Parts {
 }
 
 /// A process group recorded so a later daemon can clean up after a crash.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupRecord {
     pub pgid: u32,
     /// The leader's start time in clock ticks since boot (`/proc/PID/stat`).
     pub start_ticks: u64,
+    /// The machine's boot it was started in: after a reboot, none of it is left.
+    pub boot_id: String,
 }
 
 /// One start of a service: something that runs until it ends or is stopped.

@@ -114,6 +114,10 @@ impl Native {
     }
 
     pub fn kill_leftovers(&self, group: GroupRecord) -> Vec<u32> {
+        // Recorded before a reboot: nothing of it survived, and its ids may be anyone's now.
+        if !group.boot_id.is_empty() && group.boot_id != boot_id() {
+            return Vec::new();
+        }
         // A live process with the leader's pid but another start time means
         // the group id now belongs to someone else: leave it alone.
         if let Some(leader) = proc_stat(group.pgid)
@@ -130,6 +134,14 @@ impl Native {
             .map(|(pid, _)| pid)
             .collect()
     }
+}
+
+/// This boot of the machine (empty where the kernel does not say).
+fn boot_id() -> &'static str {
+    static BOOT_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BOOT_ID.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
+    })
 }
 
 /// How long to wait for a SIGKILLed group to be gone before reporting the exit anyway.
@@ -179,7 +191,7 @@ impl Instance for ProcessGroup {
     }
 
     fn group(&self) -> Option<GroupRecord> {
-        Some(GroupRecord { pgid: self.pid, start_ticks: self.start_ticks })
+        Some(GroupRecord { pgid: self.pid, start_ticks: self.start_ticks, boot_id: boot_id().to_string() })
     }
 }
 
@@ -235,6 +247,20 @@ fn proc_stat(pid: u32) -> Option<ProcStat> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn leftovers_are_killed_only_from_this_boot_and_only_their_own_group() {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("sleep").arg("100").process_group(0).spawn().unwrap();
+        let pid = child.id();
+        let ticks = super::proc_stat(pid).unwrap().start_ticks;
+        let record =
+            |start_ticks, boot_id: &str| super::GroupRecord { pgid: pid, start_ticks, boot_id: boot_id.into() };
+        assert!(super::Native.kill_leftovers(record(ticks, "an-earlier-boot")).is_empty(), "another boot's record");
+        assert!(super::Native.kill_leftovers(record(ticks + 1, super::boot_id())).is_empty(), "the id was reused");
+        assert_eq!(super::Native.kill_leftovers(record(ticks, super::boot_id())), vec![pid]);
+        child.wait().unwrap();
+    }
+
     #[test]
     fn reads_own_stat() {
         let me = super::proc_stat(std::process::id()).expect("own /proc stat");
