@@ -11,8 +11,6 @@ pub enum Error {
     Start(#[from] StartError),
     #[error("GPU service '{holder}' is pinned; it is never stopped to make room for '{requested}'")]
     Pinned { holder: String, requested: String },
-    #[error("{0}")]
-    BadRequest(String),
     #[error("cannot start '{service}': its dependency '{dependency}' did not start: {source}")]
     Dependency { service: String, dependency: String, source: Box<Error> },
     #[error("{0}")]

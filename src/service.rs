@@ -43,8 +43,6 @@ const FAILURE_LOG_LINES: usize = 20;
 pub enum StartError {
     #[error("GPU service '{holder}' is already running")]
     GpuBusy { holder: String },
-    #[error("{0}")]
-    Unsupported(String),
     #[error("cannot start service '{name}': {message}")]
     Spawn { name: String, message: String, logs: Vec<String> },
     #[error("service '{name}' {}", describe_failed_start(exit, reason.as_deref()))]

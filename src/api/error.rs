@@ -31,7 +31,6 @@ impl From<Error> for ApiError {
         let detail = e.to_string();
         match &e {
             Error::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, detail),
-            Error::BadRequest(_) => ApiError::new(StatusCode::BAD_REQUEST, detail),
             Error::Dependency { source, .. } => {
                 // The dependency's own failure decides the status and extras.
                 let mut err = ApiError::from((**source).clone());
@@ -46,7 +45,6 @@ impl From<Error> for ApiError {
             Error::Start(start) => {
                 let status = match start {
                     StartError::GpuBusy { .. } | StartError::Interrupted { .. } => StatusCode::CONFLICT,
-                    StartError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
                     StartError::HealthTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
                     StartError::Exited { .. } | StartError::Spawn { .. } => StatusCode::INTERNAL_SERVER_ERROR,
                     StartError::Removed { .. } => StatusCode::NOT_FOUND,
