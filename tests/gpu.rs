@@ -112,6 +112,27 @@ fn gpu_fleet(ws: &Workspace, lock: &Path, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// Start every one of `names` at the same moment (forced or not); each name with its answer.
+async fn race_starts(d: &std::sync::Arc<Daemon>, names: &[String], force: bool) -> Vec<(String, (u16, Value))> {
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(names.len()));
+    let tasks: Vec<_> = names
+        .iter()
+        .map(|n| {
+            let (d, n, barrier) = (d.clone(), n.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let r = if force { d.start_forced(&n).await } else { d.start_svc(&n).await };
+                (n, r)
+            })
+        })
+        .collect();
+    let mut results = vec![];
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    results
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_starts_admit_exactly_one_gpu_service() {
     let ws = Workspace::new();
@@ -119,20 +140,7 @@ async fn concurrent_starts_admit_exactly_one_gpu_service() {
     let names = gpu_fleet(&ws, &lock, 5);
     let d = std::sync::Arc::new(Daemon::start(&ws.services()));
 
-    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(names.len()));
-    let mut tasks = vec![];
-    for n in &names {
-        let (d, n, barrier) = (d.clone(), n.clone(), barrier.clone());
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            let r = d.start_svc(&n).await;
-            (n, r)
-        }));
-    }
-    let mut results: Vec<(String, (u16, Value))> = vec![];
-    for t in tasks {
-        results.push(t.await.unwrap());
-    }
+    let results = race_starts(&d, &names, false).await;
     let winners: Vec<&String> = results.iter().filter(|(_, (c, _))| *c == 200).map(|(n, _)| n).collect();
     let losers: Vec<&(String, (u16, Value))> = results.iter().filter(|(_, (c, _))| *c == 409).collect();
     assert_eq!(winners.len(), 1, "exactly one 200: {results:?}");
@@ -166,20 +174,7 @@ async fn concurrent_forced_starts_end_with_one_gpu_service() {
     // Someone already holds the GPU, then five forced starts race.
     d.start_ok("gpu-0").await;
 
-    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(names.len()));
-    let mut tasks = vec![];
-    for n in &names {
-        let (d, n, barrier) = (d.clone(), n.clone(), barrier.clone());
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            let r = d.start_forced(&n).await;
-            (n, r)
-        }));
-    }
-    let mut results = vec![];
-    for t in tasks {
-        results.push(t.await.unwrap());
-    }
+    let results = race_starts(&d, &names, true).await;
     for (n, (code, v)) in &results {
         assert!(
             *code == 200 || *code == 409,
