@@ -1,14 +1,16 @@
 //! The daemon's one error type: what can go wrong with a request. Module
 //! errors roll up into it; `api::error` alone maps it to HTTP.
 
-use crate::service::StartError;
+use crate::service::{Failure, StartError};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("Service '{0}' not found")]
     NotFound(String),
-    #[error(transparent)]
-    Start(#[from] StartError),
+    /// A start or stop of the service did not end as asked; `next` says
+    /// what the service does now (`restarting in 1.0 s …`), if anything.
+    #[error("{error}")]
+    Service { error: StartError, next: Option<String> },
     #[error("GPU service '{holder}' is pinned; it is never stopped to make room for '{requested}'")]
     Pinned { holder: String, requested: String },
     #[error("cannot start '{service}': its dependency '{dependency}' did not start: {source}")]
@@ -17,4 +19,16 @@ pub enum Error {
     Runtime(String),
     #[error("the daemon is shutting down")]
     ShuttingDown,
+}
+
+impl From<StartError> for Error {
+    fn from(error: StartError) -> Self {
+        Error::Service { error, next: None }
+    }
+}
+
+impl From<Failure> for Error {
+    fn from(Failure { error, next }: Failure) -> Self {
+        Error::Service { error, next }
+    }
 }

@@ -69,6 +69,14 @@ pub enum EventKind {
     GpuPreempted {
         by: String,
     },
+    /// Meant to be running but waiting: for the GPU, or for its runtime.
+    Waiting {
+        reason: String,
+    },
+    /// Its processes were still there `grace_s` seconds after SIGKILL.
+    StopTimedOut {
+        grace_s: u64,
+    },
     OrphanKilled {
         pid: u32,
     },
@@ -120,6 +128,8 @@ impl EventKind {
             EventKind::Stopping { signal } => format!("stopping ({signal})"),
             EventKind::Stopped => "stopped".into(),
             EventKind::GpuPreempted { by } => format!("stopped to free the GPU for '{by}'"),
+            EventKind::Waiting { reason } => reason.clone(),
+            EventKind::StopTimedOut { grace_s } => format!("still running {grace_s}s after SIGKILL"),
             EventKind::OrphanKilled { pid } => format!("killed process {pid} left over from a previous daemon"),
         }
     }

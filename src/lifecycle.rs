@@ -1,16 +1,35 @@
-//! The service lifecycle as data: the states of SPEC §4, the table of
-//! transitions allowed between them, and the restart policy (backoff and
-//! the sliding restart window). Pure; the service task consults it before
-//! every change of state.
+//! The service lifecycle as a pure state machine (SPEC §4):
+//! [`Machine::step`] takes the machine, one [`Input`] and the clock value,
+//! changes the machine and returns the [`Action`]s the service task carries
+//! out (launch, signal, release the GPU, emit, answer, persist). It never
+//! sleeps, spawns or reads the clock itself; the task feeds it inputs and
+//! sleeps until [`Machine::deadline`]. Phases carry their own data
+//! (`Starting { deadline, .. }`, `Stopping { kill_at, then, .. }`,
+//! `Backoff { until, .. }`), and the machine keeps converging towards its
+//! [`Goal`], with the restart policy's backoff, until the goal holds or the
+//! policy gives up.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::events::EventKind;
 use crate::manifest::{Manifest, RestartPolicy};
+use crate::runtime::ExitInfo;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+/// A service without a health check counts as started once it has stayed up
+/// this long (capped by its `health_timeout`), like supervisord's `startsecs`.
+pub const SETTLE_TIME: Duration = Duration::from_secs(1);
+/// After SIGKILL, how long a stop waits for the processes to be gone before
+/// it answers that they are not (a process stuck in the kernel).
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How often a service that waits for the GPU or for its runtime (the
+/// Docker engine) tries again. Waiting spends none of the restart budget.
+pub const WAIT_RETRY: Duration = Duration::from_secs(1);
+
+/// The state every client sees (SPEC §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     Stopped,
@@ -59,20 +78,753 @@ impl State {
     }
 }
 
-/// Whether the lifecycle allows going from `from` to `to`.
-pub fn allowed(from: State, to: State) -> bool {
-    use State::*;
-    matches!(
-        (from, to),
-        (Stopped | Failed, Starting)
-            | (Stopped, Failed)
-            | (Starting, Running | Stopping | Backoff | Failed)
-            | (Running, Unhealthy | Stopping | Backoff | Failed | Stopped)
-            | (Unhealthy, Running | Stopped | Stopping | Backoff | Failed)
-            | (Stopping, Stopped | Backoff | Failed)
-            | (Backoff, Starting | Stopped | Failed)
-            | (Failed, Stopped)
-    )
+/// What the service is asked to be; the last request wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Goal {
+    Running,
+    Stopped,
+    /// Stopped, then the task ends (service removed, daemon shutting down).
+    Gone,
+}
+
+/// What a start does when another service holds the GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBusy {
+    /// Answer `GpuBusy` and stay at rest (a start by hand: the caller decides).
+    Refuse,
+    /// Wait in `backoff` until the GPU is free (a restore at daemon start).
+    Wait,
+}
+
+/// Why a start did not end with the service running.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StartError {
+    #[error("GPU service '{holder}' is already running")]
+    GpuBusy { holder: String },
+    #[error("cannot start service '{name}': {message}")]
+    Spawn { name: String, message: String, logs: Vec<String> },
+    #[error("service '{name}' {}", describe_failed_start(exit, reason.as_deref()))]
+    Exited { name: String, exit: ExitInfo, reason: Option<String>, logs: Vec<String> },
+    #[error("service '{name}' did not become healthy within {timeout:.1}s (last check: {last_check})")]
+    HealthTimeout { name: String, timeout: f64, last_check: String, logs: Vec<String> },
+    #[error("service '{name}' was stopped before it became healthy")]
+    Interrupted { name: String },
+    #[error("service '{name}' was removed")]
+    Removed { name: String },
+    #[error("service '{name}' did not stop: {alive} still alive {grace}s after SIGKILL")]
+    Stuck { name: String, alive: String, grace: u64 },
+}
+
+/// `exited with code 1 while starting`, or the runtime's reason when the
+/// instance never ran (`could not start: docker-compose up -d failed …`).
+fn describe_failed_start(exit: &ExitInfo, reason: Option<&str>) -> String {
+    match reason {
+        Some(reason) if exit.code.is_none() && exit.signal.is_none() => format!("could not start: {reason}"),
+        Some(reason) => format!("{exit} while starting: {reason}"),
+        None => format!("{exit} while starting"),
+    }
+}
+
+impl StartError {
+    pub fn logs(&self) -> &[String] {
+        match self {
+            StartError::Spawn { logs, .. }
+            | StartError::Exited { logs, .. }
+            | StartError::HealthTimeout { logs, .. } => logs,
+            _ => &[],
+        }
+    }
+
+    /// The same error carrying the service's last log lines.
+    pub fn with_logs(mut self, lines: Vec<String>) -> StartError {
+        if let StartError::Spawn { logs, .. }
+        | StartError::Exited { logs, .. }
+        | StartError::HealthTimeout { logs, .. } = &mut self
+        {
+            *logs = lines;
+        }
+        self
+    }
+}
+
+/// Why a launch (or an adoption) did not happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Another service holds the GPU.
+    GpuBusy { holder: String },
+    /// The command cannot be run (a missing program, a bad `working_dir`).
+    Spawn(String),
+    /// The runtime cannot be reached now (no Docker engine): worth waiting for.
+    Unavailable(String),
+}
+
+/// What the service task tells the machine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// A caller's wish. `if_current`: only if no other wish arrived since
+    /// the machine's wish number was that (a start that waited on its
+    /// dependencies, or on a preemption, must not undo a later stop).
+    Want {
+        goal: Goal,
+        on_busy: OnBusy,
+        if_current: Option<u64>,
+    },
+    /// Remembered from a previous daemon: the policy gave up on it.
+    GaveUp {
+        reason: String,
+    },
+    /// The manifest changed on disk.
+    Manifest(Spec),
+    /// The instance asked for by [`Action::Launch`] or [`Action::Adopt`] runs.
+    Launched(Launch),
+    /// [`Action::Launch`] could not be carried out.
+    Refused(Refusal),
+    /// [`Action::Adopt`] found another service holding the GPU; the task
+    /// holds the instance, unclaimed, to stop it.
+    AdoptRefused {
+        holder: String,
+    },
+    /// The runtime reports the instance up (Compose: `up -d` done).
+    Ready,
+    Probed {
+        ok: bool,
+        message: String,
+    },
+    /// The instance ended and nothing of it is left. `unavailable`: it never
+    /// ran because its runtime could not be reached.
+    Exited {
+        exit: ExitInfo,
+        reason: Option<String>,
+        unavailable: bool,
+    },
+    /// An instance of the service was found running (started by a previous
+    /// daemon or by hand); the task holds it until [`Action::Adopt`].
+    Found,
+    /// [`Machine::deadline`] has passed.
+    Timer,
+}
+
+/// An instance that runs now, as [`Input::Launched`] reports it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Launch {
+    pub pid: Option<u32>,
+    pub containers: Vec<String>,
+    /// Whether health checks (the manifest's or the runtime's) decide.
+    pub checks: bool,
+    /// Whether the runtime will say when it is up ([`Input::Ready`]).
+    pub awaits_ready: bool,
+    /// Found running rather than launched.
+    pub adopted: bool,
+    /// Launched by the restart policy, not by a request.
+    pub automatic: bool,
+}
+
+/// What the service task carries out, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Apply a pending manifest, claim the GPU if the service needs it (else
+    /// give up any claim), launch; the result comes back as an input.
+    Launch {
+        automatic: bool,
+    },
+    /// Take over the instance that was found, claiming the GPU if needed.
+    Adopt,
+    /// Drop the found instance without touching it.
+    Abandon,
+    /// Ask the instance to stop (stop signal, `compose stop`).
+    Stop,
+    /// SIGKILL the group (`compose kill`).
+    Kill,
+    /// Give up the GPU claim (the processes are gone).
+    Release,
+    Emit(EventKind),
+    Log(String),
+    /// Answer every waiting start.
+    Started(Result<(), Failure>),
+    /// Answer only the start whose wish is the input being stepped.
+    Answer(Result<(), Failure>),
+    /// Answer every waiting stop.
+    Stopped(Result<(), StartError>),
+    /// Remember what the service is meant to be across daemon restarts.
+    Persist(Remember),
+    /// End the task (after [`Goal::Gone`] is reached).
+    Finish,
+}
+
+/// A failed start as its caller hears it: why, and what happens next.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub error: StartError,
+    /// `restarting in 1.0 s (restart 1 of 10 within 300 s)`, or `None` when
+    /// nothing will happen without another request.
+    pub next: Option<String>,
+}
+
+/// What is persisted of the goal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Remember {
+    Running,
+    Stopped,
+    GaveUp(String),
+}
+
+/// What the machine needs of the manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    pub name: String,
+    pub gpu: bool,
+    pub policy: Policy,
+    pub health_timeout: Duration,
+    pub health_failures: u32,
+    pub stop_timeout: Duration,
+    pub stop_signal: String,
+}
+
+impl Spec {
+    pub fn of(m: &Manifest) -> Spec {
+        Spec {
+            name: m.name.clone(),
+            gpu: m.gpu_required,
+            policy: Policy::of(m),
+            health_timeout: m.health_timeout,
+            health_failures: m.health_failures,
+            stop_timeout: m.stop_timeout,
+            stop_signal: m.stop_signal.to_string(),
+        }
+    }
+}
+
+/// Why the service waits in `backoff`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wait {
+    /// The restart policy's delay.
+    Restart,
+    /// Another service holds the GPU.
+    Gpu { holder: String },
+    /// The runtime cannot be reached (the Docker engine).
+    Runtime { reason: String },
+}
+
+/// What happens once a stop has ended the instance.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Then {
+    /// Whatever the goal says now: launch again if it is `running`.
+    Converge,
+    /// The task stopped it because it failed (no health within the timeout,
+    /// judged unhealthy): the restart policy decides.
+    Recover(Fault),
+    /// It was found running while another service held the GPU: `failed`.
+    Fail(String),
+}
+
+/// A failure of the instance, as the restart policy sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fault {
+    /// The start it ended, if it failed while starting.
+    pub error: Option<StartError>,
+    /// A non-zero exit, a signal, a failed start or an unhealthy verdict.
+    pub failed: bool,
+    /// How long it had been running healthy, if at all.
+    pub healthy_for: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Phase {
+    Stopped,
+    Starting {
+        since: Instant,
+        deadline: Instant,
+        /// Whether health checks (the manifest's or the runtime's) decide.
+        checks: bool,
+        /// Whether the runtime is yet to report the instance up.
+        awaits_ready: bool,
+        adopted: bool,
+    },
+    Running {
+        since: Instant,
+    },
+    Unhealthy {
+        since: Instant,
+    },
+    Stopping {
+        kill_at: Instant,
+        /// When SIGKILL was sent; the stop answers `STOP_GRACE` later at most.
+        killed_at: Option<Instant>,
+        /// The grace passed and the processes are still there.
+        stuck: bool,
+        then: Then,
+    },
+    Backoff {
+        until: Instant,
+        wait: Wait,
+    },
+    Failed {
+        reason: String,
+    },
+}
+
+impl Phase {
+    pub fn state(&self) -> State {
+        match self {
+            Phase::Stopped => State::Stopped,
+            Phase::Starting { .. } => State::Starting,
+            Phase::Running { .. } => State::Running,
+            Phase::Unhealthy { .. } => State::Unhealthy,
+            Phase::Stopping { .. } => State::Stopping,
+            Phase::Backoff { .. } => State::Backoff,
+            Phase::Failed { .. } => State::Failed,
+        }
+    }
+}
+
+/// One service's lifecycle: its phase, its goal, and what the restart
+/// policy remembers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Machine {
+    pub spec: Spec,
+    /// A newer manifest found while processes ran, applied at the next launch.
+    pub pending: Option<Spec>,
+    pub phase: Phase,
+    pub goal: Goal,
+    /// How the current wish to run treats a busy GPU.
+    pub on_busy: OnBusy,
+    /// Counts wishes, for [`Input::Want`]'s `if_current`.
+    pub wishes: u64,
+    pub history: RestartHistory,
+    /// Automatic restarts since the service was created.
+    pub restarts: u32,
+    pub health_failures: u32,
+    pub last_check: Option<String>,
+    pub last_error: Option<String>,
+    /// What happens next, in words, while the service converges.
+    pub next: Option<String>,
+}
+
+impl Machine {
+    pub fn new(spec: Spec) -> Machine {
+        Machine {
+            spec,
+            pending: None,
+            phase: Phase::Stopped,
+            goal: Goal::Stopped,
+            on_busy: OnBusy::Refuse,
+            wishes: 0,
+            history: RestartHistory::default(),
+            restarts: 0,
+            health_failures: 0,
+            last_check: None,
+            last_error: None,
+            next: None,
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.phase.state()
+    }
+
+    /// When the task must send [`Input::Timer`].
+    pub fn deadline(&self) -> Option<Instant> {
+        match &self.phase {
+            Phase::Starting { deadline, .. } => Some(*deadline),
+            Phase::Stopping { stuck: true, .. } => None,
+            Phase::Stopping { killed_at: Some(at), .. } => Some(*at + STOP_GRACE),
+            Phase::Stopping { kill_at, .. } => Some(*kill_at),
+            Phase::Backoff { until, .. } => Some(*until),
+            _ => None,
+        }
+    }
+
+    /// The pure transition function: `(state, input, now) -> (state, actions)`.
+    pub fn step(mut self, input: Input, now: Instant) -> (Machine, Vec<Action>) {
+        let mut out = Vec::new();
+        self.apply(input, now, &mut out);
+        (self, out)
+    }
+
+    /// [`Machine::step`] in place.
+    pub fn apply(&mut self, input: Input, now: Instant, out: &mut Vec<Action>) {
+        let remembered = self.remember();
+        match input {
+            Input::Want { goal, on_busy, if_current } => self.want(goal, on_busy, if_current, now, out),
+            Input::GaveUp { reason } => {
+                if self.phase == Phase::Stopped {
+                    self.goal = Goal::Running;
+                    self.last_error = Some(reason.clone());
+                    self.phase = Phase::Failed { reason };
+                }
+            }
+            Input::Manifest(spec) => match self.state().has_process() {
+                true => self.pending = Some(spec),
+                false => {
+                    self.spec = spec;
+                    self.pending = None;
+                }
+            },
+            Input::Launched(launch) => self.launched(launch, now, out),
+            Input::Refused(refusal) => self.refused(refusal, now, out),
+            Input::AdoptRefused { holder } => {
+                // Found running while another holds the GPU: never two holders.
+                let reason = format!("found running while GPU service '{holder}' holds the GPU; stopped");
+                out.push(Action::Emit(EventKind::Waiting { reason: reason.clone() }));
+                self.begin_stop(Then::Fail(reason), now, out);
+            }
+            Input::Ready => {
+                if let Phase::Starting { awaits_ready, checks, .. } = &mut self.phase {
+                    *awaits_ready = false;
+                    if !*checks {
+                        self.became_running(now, out);
+                    }
+                }
+            }
+            Input::Probed { ok, message } => self.probed(ok, message, now, out),
+            Input::Exited { exit, reason, unavailable } => self.exited(exit, reason, unavailable, now, out),
+            Input::Found => match self.phase {
+                // Running now: whoever started it wants it running.
+                Phase::Stopped | Phase::Failed { .. } => {
+                    self.wishes += 1;
+                    self.history.reset();
+                    self.goal = Goal::Running;
+                    out.push(Action::Adopt);
+                }
+                _ => out.push(Action::Abandon),
+            },
+            Input::Timer => self.timer(now, out),
+        }
+        let remember = self.remember();
+        if remember != remembered
+            && let Some(remember) = remember
+        {
+            out.push(Action::Persist(remember));
+        }
+    }
+
+    /// What is persisted of the goal (`None`: nothing, the daemon is going away).
+    fn remember(&self) -> Option<Remember> {
+        match (&self.goal, &self.phase) {
+            (Goal::Gone, _) => None,
+            (Goal::Stopped, _) => Some(Remember::Stopped),
+            (Goal::Running, Phase::Failed { reason }) => Some(Remember::GaveUp(reason.clone())),
+            (Goal::Running, _) => Some(Remember::Running),
+        }
+    }
+
+    fn want(&mut self, goal: Goal, on_busy: OnBusy, if_current: Option<u64>, now: Instant, out: &mut Vec<Action>) {
+        match if_current {
+            Some(wish) if wish != self.wishes => {
+                // Someone asked something else since: that wish stands.
+                let error = StartError::Interrupted { name: self.spec.name.clone() };
+                return out.push(Action::Answer(Err(Failure { error, next: None })));
+            }
+            Some(_) => {}
+            None => self.wishes += 1,
+        }
+        // A wish by hand overrides a pending restart and gives a fresh budget.
+        self.history.reset();
+        if goal != Goal::Running {
+            self.goal = if self.goal == Goal::Gone { Goal::Gone } else { goal };
+            let error = StartError::Interrupted { name: self.spec.name.clone() };
+            out.push(Action::Started(Err(Failure { error, next: None })));
+            return match &mut self.phase {
+                Phase::Starting { .. } | Phase::Running { .. } | Phase::Unhealthy { .. } => {
+                    self.begin_stop(Then::Converge, now, out)
+                }
+                Phase::Stopping { then, .. } => {
+                    if matches!(then, Then::Recover(_)) {
+                        *then = Then::Converge;
+                    }
+                }
+                Phase::Backoff { .. } | Phase::Failed { .. } => self.settle_stopped(out),
+                Phase::Stopped => self.settled(out),
+            };
+        }
+        if self.goal == Goal::Gone {
+            let error = StartError::Removed { name: self.spec.name.clone() };
+            return out.push(Action::Answer(Err(Failure { error, next: None })));
+        }
+        self.goal = Goal::Running;
+        self.on_busy = on_busy;
+        match self.phase {
+            Phase::Running { .. } | Phase::Unhealthy { .. } => out.push(Action::Started(Ok(()))),
+            // The caller waits for this start, or for the one after the stop.
+            Phase::Starting { .. } | Phase::Stopping { .. } => {}
+            Phase::Stopped | Phase::Failed { .. } | Phase::Backoff { .. } => self.launch(false, out),
+        }
+    }
+
+    fn launch(&mut self, automatic: bool, out: &mut Vec<Action>) {
+        if let Some(spec) = self.pending.take() {
+            self.spec = spec;
+        }
+        out.push(Action::Launch { automatic });
+    }
+
+    fn launched(&mut self, launch: Launch, now: Instant, out: &mut Vec<Action>) {
+        let Launch { pid, containers, checks, awaits_ready, adopted, automatic } = launch;
+        let settle = match checks || awaits_ready || adopted {
+            true => self.spec.health_timeout,
+            false => SETTLE_TIME.min(self.spec.health_timeout),
+        };
+        self.phase = Phase::Starting { since: now, deadline: now + settle, checks, awaits_ready, adopted };
+        self.health_failures = 0;
+        self.last_check = None;
+        self.next = None;
+        out.push(Action::Emit(match adopted {
+            true => EventKind::Adopted { pid, containers },
+            false => EventKind::Starting { pid, automatic },
+        }));
+    }
+
+    fn refused(&mut self, refusal: Refusal, now: Instant, out: &mut Vec<Action>) {
+        let name = self.spec.name.clone();
+        match refusal {
+            Refusal::GpuBusy { holder } => {
+                let wait = self.on_busy == OnBusy::Wait || matches!(self.phase, Phase::Backoff { .. });
+                let error = StartError::GpuBusy { holder: holder.clone() };
+                if wait {
+                    let next = format!("waiting for the GPU ('{holder}' holds it)");
+                    self.wait(Wait::Gpu { holder }, next.clone(), now, out);
+                    out.push(Action::Started(Err(Failure { error, next: Some(next) })));
+                } else {
+                    // Refused: nothing changes but the wish, which did not happen.
+                    self.goal = Goal::Stopped;
+                    out.push(Action::Started(Err(Failure { error, next: None })));
+                }
+            }
+            Refusal::Unavailable(reason) => {
+                let next = format!("waiting for its runtime ({reason})");
+                self.wait(Wait::Runtime { reason: reason.clone() }, next.clone(), now, out);
+                let error = StartError::Spawn { name, message: reason, logs: Vec::new() };
+                out.push(Action::Started(Err(Failure { error, next: Some(next) })));
+            }
+            Refusal::Spawn(message) => {
+                out.push(Action::Log(message.clone()));
+                let error = StartError::Spawn { name, message, logs: Vec::new() };
+                self.fault(Fault { error: Some(error), failed: true, healthy_for: None }, now, out);
+            }
+        }
+    }
+
+    fn wait(&mut self, wait: Wait, next: String, now: Instant, out: &mut Vec<Action>) {
+        if !matches!(&self.phase, Phase::Backoff { wait: w, .. } if *w == wait) {
+            out.push(Action::Emit(EventKind::Waiting { reason: next.clone() }));
+        }
+        self.phase = Phase::Backoff { until: now + WAIT_RETRY, wait };
+        self.next = Some(format!("{next}; trying again every {} s", WAIT_RETRY.as_secs()));
+    }
+
+    fn became_running(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let startup_ms = match self.phase {
+            Phase::Starting { since, adopted: false, .. } => Some(now.duration_since(since).as_secs_f64() * 1000.0),
+            _ => None,
+        };
+        self.phase = Phase::Running { since: now };
+        self.last_error = None;
+        self.next = None;
+        out.push(Action::Log("running".into()));
+        out.push(Action::Emit(EventKind::Healthy { startup_ms }));
+        out.push(Action::Started(Ok(())));
+    }
+
+    fn probed(&mut self, ok: bool, message: String, now: Instant, out: &mut Vec<Action>) {
+        match self.phase {
+            Phase::Starting { awaits_ready, .. } => {
+                self.last_check = Some(message);
+                if ok && !awaits_ready {
+                    self.became_running(now, out);
+                }
+            }
+            Phase::Running { since } | Phase::Unhealthy { since } if !ok => {
+                self.health_failures += 1;
+                let failures = self.health_failures;
+                out.push(Action::Log(format!("health check failed ({failures} in a row): {message}")));
+                if failures < self.spec.health_failures || self.state() != State::Running {
+                    return;
+                }
+                self.phase = Phase::Unhealthy { since };
+                out.push(Action::Emit(EventKind::Unhealthy { consecutive_failures: failures, last_check: message }));
+                if self.spec.policy.restart != RestartPolicy::Never {
+                    let fault = Fault { error: None, failed: true, healthy_for: Some(now.duration_since(since)) };
+                    self.begin_stop(Then::Recover(fault), now, out);
+                }
+            }
+            Phase::Running { .. } => self.health_failures = 0,
+            Phase::Unhealthy { .. } => {
+                self.health_failures = 0;
+                self.phase = Phase::Running { since: now };
+                out.push(Action::Log("healthy again".into()));
+                out.push(Action::Emit(EventKind::Healthy { startup_ms: None }));
+            }
+            _ => {}
+        }
+    }
+
+    fn exited(
+        &mut self,
+        exit: ExitInfo,
+        reason: Option<String>,
+        unavailable: bool,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let expected = matches!(self.phase, Phase::Stopping { then: Then::Converge | Then::Fail(_), .. });
+        if self.state().has_process() {
+            let (code, signal) = (exit.code, exit.signal.map(|s| s.to_string()));
+            out.push(Action::Emit(EventKind::Exited { code, signal, expected }));
+        }
+        match std::mem::replace(&mut self.phase, Phase::Stopped) {
+            Phase::Starting { .. } if unavailable => {
+                let reason = reason.unwrap_or_else(|| "its runtime cannot be reached".into());
+                self.refused(Refusal::Unavailable(reason), now, out);
+            }
+            Phase::Starting { .. } => {
+                let error = StartError::Exited { name: self.spec.name.clone(), exit, reason, logs: Vec::new() };
+                self.fault(Fault { error: Some(error), failed: true, healthy_for: None }, now, out);
+            }
+            Phase::Running { since } | Phase::Unhealthy { since } => {
+                let healthy_for = Some(now.duration_since(since));
+                self.fault(Fault { error: None, failed: !exit.success(), healthy_for }, now, out);
+            }
+            Phase::Stopping { then, .. } => match then {
+                Then::Fail(reason) => self.settle_failed(reason, None, out),
+                Then::Recover(fault) if self.goal == Goal::Running => self.fault(fault, now, out),
+                Then::Converge if self.goal == Goal::Running => {
+                    out.push(Action::Emit(EventKind::Stopped));
+                    out.push(Action::Stopped(Ok(())));
+                    self.launch(false, out);
+                }
+                Then::Recover(_) | Then::Converge => self.settle_stopped(out),
+            },
+            // Nothing ran: an exit of an older instance, already accounted for.
+            phase => self.phase = phase,
+        }
+    }
+
+    /// The instance failed (or ended) without being asked to: the restart
+    /// policy decides. A failed start's caller hears why and what is next.
+    fn fault(&mut self, fault: Fault, now: Instant, out: &mut Vec<Action>) {
+        if self.goal != Goal::Running {
+            if let Some(error) = fault.error {
+                out.push(Action::Started(Err(Failure { error, next: None })));
+            }
+            return self.settle_stopped(out);
+        }
+        let policy = self.spec.policy;
+        match after_exit(&policy, &mut self.history, fault.failed, fault.healthy_for, now) {
+            Verdict::Restart { attempt, delay } => {
+                self.restarts += 1;
+                let next = format!(
+                    "restarting in {:.1} s (restart {} of {} within {} s)",
+                    delay.as_secs_f64(),
+                    self.history.recent.len(),
+                    policy.max_restarts,
+                    policy.window.as_secs_f64()
+                );
+                self.phase = Phase::Backoff { until: now + delay, wait: Wait::Restart };
+                self.next = Some(next.clone());
+                if let Some(error) = &fault.error {
+                    self.last_error = Some(error.to_string());
+                }
+                out.push(Action::Log(format!("restart {attempt} in {:.3}s", delay.as_secs_f64())));
+                out.push(Action::Emit(EventKind::Backoff { attempt, delay_ms: delay.as_millis() as u64 }));
+                if let Some(error) = fault.error {
+                    out.push(Action::Started(Err(Failure { error, next: Some(next) })));
+                }
+                if delay.is_zero() {
+                    self.launch(true, out);
+                }
+            }
+            Verdict::Settle { to: State::Failed, reason } => {
+                let reason = match (&fault.error, policy.restart) {
+                    (Some(error), RestartPolicy::Never) => error.to_string(),
+                    _ => reason,
+                };
+                self.settle_failed(reason, fault.error, out);
+            }
+            Verdict::Settle { .. } => {
+                // A clean exit the policy does not restart: it is done.
+                self.goal = Goal::Stopped;
+                self.settle_stopped(out);
+            }
+        }
+    }
+
+    fn settle_stopped(&mut self, out: &mut Vec<Action>) {
+        self.phase = Phase::Stopped;
+        self.next = None;
+        out.push(Action::Release);
+        out.push(Action::Emit(EventKind::Stopped));
+        self.settled(out);
+    }
+
+    fn settle_failed(&mut self, reason: String, error: Option<StartError>, out: &mut Vec<Action>) {
+        self.phase = Phase::Failed { reason: reason.clone() };
+        self.last_error = Some(reason.clone());
+        self.next = None;
+        out.push(Action::Release);
+        out.push(Action::Log(format!("failed: {reason}")));
+        out.push(Action::Emit(EventKind::Failed { reason }));
+        if let Some(error) = error {
+            out.push(Action::Started(Err(Failure { error, next: None })));
+        }
+        self.settled(out);
+    }
+
+    /// At rest: stops are answered, and a service being removed ends.
+    fn settled(&mut self, out: &mut Vec<Action>) {
+        out.push(Action::Stopped(Ok(())));
+        if self.goal == Goal::Gone {
+            let error = StartError::Removed { name: self.spec.name.clone() };
+            out.push(Action::Started(Err(Failure { error, next: None })));
+            out.push(Action::Finish);
+        }
+    }
+
+    fn begin_stop(&mut self, then: Then, now: Instant, out: &mut Vec<Action>) {
+        out.push(Action::Log(format!("stopping ({})", self.spec.stop_signal)));
+        out.push(Action::Stop);
+        out.push(Action::Emit(EventKind::Stopping { signal: self.spec.stop_signal.clone() }));
+        self.phase = Phase::Stopping { kill_at: now + self.spec.stop_timeout, killed_at: None, stuck: false, then };
+    }
+
+    fn timer(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.deadline().is_none_or(|deadline| now < deadline) {
+            return;
+        }
+        match &mut self.phase {
+            Phase::Starting { checks, awaits_ready, .. } => {
+                let (checks, awaits_ready) = (*checks, *awaits_ready);
+                if !checks && !awaits_ready {
+                    return self.became_running(now, out);
+                }
+                let last_check = match checks {
+                    true => self.last_check.clone().unwrap_or_else(|| "none completed".into()),
+                    false => "the runtime did not report it up".into(),
+                };
+                let timeout = self.spec.health_timeout.as_secs_f64();
+                out.push(Action::Log(format!("health check did not pass within {timeout:.1}s: {last_check}")));
+                let name = self.spec.name.clone();
+                let error = StartError::HealthTimeout { name, timeout, last_check, logs: Vec::new() };
+                self.begin_stop(Then::Recover(Fault { error: Some(error), failed: true, healthy_for: None }), now, out);
+            }
+            Phase::Stopping { killed_at: killed_at @ None, .. } => {
+                *killed_at = Some(now);
+                out.push(Action::Log("stop_timeout passed: killing it".into()));
+                out.push(Action::Kill);
+            }
+            Phase::Stopping { stuck, .. } => {
+                *stuck = true;
+                let name = self.spec.name.clone();
+                let error = StartError::Stuck { name, alive: String::new(), grace: STOP_GRACE.as_secs() };
+                self.last_error = Some(error.to_string());
+                out.push(Action::Log(error.to_string()));
+                out.push(Action::Emit(EventKind::StopTimedOut { grace_s: STOP_GRACE.as_secs() }));
+                out.push(Action::Stopped(Err(error.clone())));
+                out.push(Action::Started(Err(Failure { error, next: None })));
+            }
+            Phase::Backoff { .. } => self.launch(true, out),
+            _ => {}
+        }
+    }
 }
 
 /// The restart policy of one service (from its manifest).
@@ -106,7 +858,7 @@ impl Policy {
 
 /// Restart bookkeeping of one service: the automatic restarts inside the
 /// sliding window, and the failures in a row (which drive the delay).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RestartHistory {
     recent: VecDeque<Instant>,
     consecutive: u32,
@@ -171,129 +923,4 @@ pub fn after_exit(
     let factor = 2u32.saturating_pow(history.consecutive - 1);
     let delay = policy.delay.saturating_mul(factor).min(policy.delay_max.max(policy.delay));
     Verdict::Restart { attempt: history.consecutive, delay }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::State::*;
-    use super::*;
-
-    const ALL: [State; 7] = [Stopped, Starting, Running, Unhealthy, Stopping, Backoff, Failed];
-
-    #[test]
-    fn transition_table() {
-        // Every pair, so a change to the table is a deliberate change here.
-        let expected = [
-            (Stopped, vec![Starting, Failed]),
-            (Starting, vec![Running, Stopping, Backoff, Failed]),
-            (Running, vec![Stopped, Unhealthy, Stopping, Backoff, Failed]),
-            (Unhealthy, vec![Running, Stopped, Stopping, Backoff, Failed]),
-            (Stopping, vec![Stopped, Backoff, Failed]),
-            (Backoff, vec![Stopped, Starting, Failed]),
-            (Failed, vec![Stopped, Starting]),
-        ];
-        for (from, targets) in expected {
-            for to in ALL {
-                assert_eq!(allowed(from, to), targets.contains(&to), "{from:?} -> {to:?}");
-            }
-        }
-    }
-
-    #[test]
-    fn gpu_claim_is_held_while_processes_may_exist_or_a_restart_is_pending() {
-        for state in ALL {
-            if state.has_process() || state == Backoff {
-                assert!(state.holds_gpu(), "{state:?}");
-            }
-        }
-        assert!(!Stopped.holds_gpu());
-        assert!(!Failed.holds_gpu());
-    }
-
-    fn policy(restart: RestartPolicy) -> Policy {
-        Policy {
-            restart,
-            delay: Duration::from_millis(100),
-            delay_max: Duration::from_millis(700),
-            max_restarts: 4,
-            window: Duration::from_secs(10),
-        }
-    }
-
-    fn delays(verdicts: &[Verdict]) -> Vec<Option<u64>> {
-        verdicts
-            .iter()
-            .map(|v| match v {
-                Verdict::Restart { delay, .. } => Some(delay.as_millis() as u64),
-                Verdict::Settle { .. } => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_then_the_window_gives_up() {
-        let p = policy(RestartPolicy::OnFailure);
-        let mut h = RestartHistory::default();
-        let t0 = Instant::now();
-        let verdicts: Vec<Verdict> =
-            (0..5).map(|i| after_exit(&p, &mut h, true, None, t0 + Duration::from_secs(i))).collect();
-        assert_eq!(delays(&verdicts), vec![Some(100), Some(200), Some(400), Some(700), None]);
-        let Verdict::Settle { to, reason } = &verdicts[4] else { unreachable!() };
-        assert_eq!(*to, Failed);
-        assert!(reason.contains("restarted 4 times within 10s"), "{reason}");
-    }
-
-    #[test]
-    fn the_window_slides() {
-        let p = policy(RestartPolicy::Always);
-        let mut h = RestartHistory::default();
-        let t0 = Instant::now();
-        for i in 0..4 {
-            assert!(matches!(after_exit(&p, &mut h, true, None, t0 + Duration::from_secs(i)), Verdict::Restart { .. }));
-        }
-        // The first restart (t0) has left the 10 s window by t0 + 10 s.
-        assert!(matches!(after_exit(&p, &mut h, true, None, t0 + Duration::from_secs(10)), Verdict::Restart { .. }));
-        assert!(matches!(
-            after_exit(&p, &mut h, true, None, t0 + Duration::from_secs(10)),
-            Verdict::Settle { to: Failed, .. }
-        ));
-    }
-
-    #[test]
-    fn a_quiet_period_resets_the_delay() {
-        let p = policy(RestartPolicy::OnFailure);
-        let mut h = RestartHistory::default();
-        let t0 = Instant::now();
-        after_exit(&p, &mut h, true, None, t0);
-        after_exit(&p, &mut h, true, Some(Duration::from_millis(500)), t0);
-        let v = after_exit(&p, &mut h, true, Some(p.quiet_period()), t0);
-        assert_eq!(v, Verdict::Restart { attempt: 1, delay: Duration::from_millis(100) });
-    }
-
-    #[test]
-    fn policies() {
-        let t0 = Instant::now();
-        let cases = [
-            (RestartPolicy::Always, false, true),
-            (RestartPolicy::Always, true, true),
-            (RestartPolicy::OnFailure, true, true),
-            (RestartPolicy::OnFailure, false, false),
-            (RestartPolicy::Never, true, false),
-            (RestartPolicy::Never, false, false),
-        ];
-        for (restart, failed, restarts) in cases {
-            let v = after_exit(&policy(restart), &mut RestartHistory::default(), failed, None, t0);
-            assert_eq!(matches!(v, Verdict::Restart { .. }), restarts, "{restart:?} failed={failed}");
-            if let Verdict::Settle { to, .. } = v {
-                assert_eq!(to, if failed { Failed } else { Stopped });
-            }
-        }
-    }
-
-    #[test]
-    fn zero_delay_stays_zero() {
-        let p = Policy { delay: Duration::ZERO, ..policy(RestartPolicy::Always) };
-        let v = after_exit(&p, &mut RestartHistory::default(), true, None, Instant::now());
-        assert_eq!(v, Verdict::Restart { attempt: 1, delay: Duration::ZERO });
-    }
 }

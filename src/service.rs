@@ -1,80 +1,42 @@
 //! One task per service: the only code that changes a service's state.
 //!
-//! The task owns the service's lifecycle (state, process, timers, probes) and
-//! reacts to inputs, commands from the daemon, process exits and probe
-//! results, one at a time. Everyone else reads [`Snapshot`]s from a `watch`
-//! channel. Exits arrive from the runtime as they happen; probes run on
-//! their own tasks so a hung endpoint never blocks a stop.
+//! The task is a thin executor of the pure [`lifecycle::Machine`]: it turns
+//! what happens (a caller's wish, a process exit, a probe result, a timer)
+//! into an [`Input`], steps the machine, and carries out the [`Action`]s it
+//! returns through the runtime seam, the GPU arbiter, the store and the log.
+//! Everyone else reads [`Snapshot`]s from a `watch` channel. Exits arrive
+//! from the runtime as they happen; probes run on their own tasks so a hung
+//! endpoint never blocks a stop.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 
-use crate::events::EventKind;
 use crate::gpu::Arbiter;
-use futures_util::future::BoxFuture;
-
 use crate::health::{self, Probe, ProbeResult};
-use crate::lifecycle::{self, Policy, RestartHistory, State, Verdict};
+use crate::lifecycle::{Action, Goal, Input, Launch, Machine, Refusal, Remember, Spec, State};
 use crate::logs::{LogStore, Stream};
 use crate::manifest::Manifest;
-use crate::runtime::{Ended, ExitInfo, Instance, Launched, Parts, Runtime};
-use crate::store::{RecordedProcess, Store};
+use crate::runtime::{Ended, ExitInfo, Instance, LaunchError, Launched, Parts, Runtime};
+use crate::store::{Desired, RecordedProcess, Store};
+
+pub use crate::lifecycle::{Failure, OnBusy, StartError};
 
 /// How often a starting service is probed until its first healthy answer.
 pub const STARTUP_PROBE_INTERVAL: Duration = Duration::from_millis(20);
-/// A service without a health check counts as started once it has stayed up
-/// this long (capped by its `health_timeout`), like supervisord's `startsecs`.
-pub const SETTLE_TIME: Duration = Duration::from_secs(1);
 /// How long a task looks for an instance to adopt before it gives up.
-const ADOPT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const ADOPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a start outside the daemon: how many looks for all of it running,
 /// and how far apart.
 const ADOPT_TRIES: usize = 10;
 const ADOPT_RETRY: Duration = Duration::from_millis(300);
 /// How many log lines a failed start carries back to the caller.
 const FAILURE_LOG_LINES: usize = 20;
-
-/// Why a start did not end with the service running.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StartError {
-    #[error("GPU service '{holder}' is already running")]
-    GpuBusy { holder: String },
-    #[error("cannot start service '{name}': {message}")]
-    Spawn { name: String, message: String, logs: Vec<String> },
-    #[error("service '{name}' {}", describe_failed_start(exit, reason.as_deref()))]
-    Exited { name: String, exit: ExitInfo, reason: Option<String>, logs: Vec<String> },
-    #[error("service '{name}' did not become healthy within {timeout:.1}s (last check: {last_check})")]
-    HealthTimeout { name: String, timeout: f64, last_check: String, logs: Vec<String> },
-    #[error("service '{name}' was stopped before it became healthy")]
-    Interrupted { name: String },
-    #[error("service '{name}' was removed")]
-    Removed { name: String },
-}
-
-/// `exited with code 1 while starting`, or the runtime's reason when the
-/// instance never ran (`could not start: docker-compose up -d failed …`).
-fn describe_failed_start(exit: &ExitInfo, reason: Option<&str>) -> String {
-    match reason {
-        Some(reason) if exit.code.is_none() && exit.signal.is_none() => format!("could not start: {reason}"),
-        Some(reason) => format!("{exit} while starting: {reason}"),
-        None => format!("{exit} while starting"),
-    }
-}
-
-impl StartError {
-    pub fn logs(&self) -> &[String] {
-        match self {
-            StartError::Spawn { logs, .. }
-            | StartError::Exited { logs, .. }
-            | StartError::HealthTimeout { logs, .. } => logs,
-            _ => &[],
-        }
-    }
-}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ExitRecord {
@@ -101,6 +63,12 @@ pub struct Snapshot {
     pub last_health: Option<ProbeResult>,
     pub consecutive_failures: u32,
     pub last_error: Option<String>,
+    /// What happens next while the service converges (`restarting in 1.0 s …`).
+    pub next: Option<String>,
+    /// The number of the last wish, for [`ServiceHandle::start`]'s `if_current`.
+    pub wishes: u64,
+    /// Whether the task is still looking for an instance to adopt (at its start).
+    pub adopting: bool,
 }
 
 impl Snapshot {
@@ -110,25 +78,25 @@ impl Snapshot {
     }
 }
 
-enum Input {
-    Start(oneshot::Sender<Result<(), StartError>>),
-    Stop(oneshot::Sender<()>),
-    /// Stop, then end the task (service removed, or daemon shutting down).
-    Shutdown(oneshot::Sender<()>),
+type StartReply = oneshot::Sender<Result<(), Failure>>;
+type StopReply = oneshot::Sender<Result<(), StartError>>;
+
+enum Message {
+    Start {
+        on_busy: OnBusy,
+        if_current: Option<u64>,
+        reply: StartReply,
+    },
+    Stop {
+        goal: Goal,
+        reply: StopReply,
+    },
+    GaveUp(String),
     Update(Arc<Manifest>),
     Exited {
         generation: u64,
         ended: Ended,
     },
-    /// The service was started outside the daemon (watch number `watch`).
-    StartedOutside {
-        watch: u64,
-    },
-    /// An instance found running outside the daemon, to take over.
-    Adopt(Launched),
-    /// Looking for it found nothing to take over: watch again.
-    NothingToAdopt,
-    /// The runtime reports the instance up (Compose: `up -d` finished).
     Ready {
         generation: u64,
         parts: Parts,
@@ -137,12 +105,20 @@ enum Input {
         generation: u64,
         result: ProbeResult,
     },
+    /// The service was started outside the daemon (watch number `watch`).
+    StartedOutside {
+        watch: u64,
+    },
+    /// An instance found running outside the daemon, to take over.
+    Found(Launched),
+    /// Looking for it found nothing to take over: watch again.
+    NothingToAdopt,
 }
 
 /// The daemon's handle on a service task. Cheap to clone.
 #[derive(Clone)]
 pub struct ServiceHandle {
-    tx: mpsc::UnboundedSender<Input>,
+    tx: mpsc::UnboundedSender<Message>,
     status: watch::Receiver<Snapshot>,
     pub logs: Arc<LogStore>,
 }
@@ -150,6 +126,7 @@ pub struct ServiceHandle {
 impl ServiceHandle {
     pub fn spawn(manifest: Arc<Manifest>, shared: Shared, logs: Arc<LogStore>) -> ServiceHandle {
         let (tx, rx) = mpsc::unbounded_channel();
+        let machine = Machine::new(Spec::of(&manifest));
         let snapshot = Snapshot {
             manifest,
             pending: None,
@@ -162,9 +139,13 @@ impl ServiceHandle {
             last_health: None,
             consecutive_failures: 0,
             last_error: None,
+            next: None,
+            wishes: 0,
+            adopting: true,
         };
         let (status_tx, status) = watch::channel(snapshot.clone());
         let task = Task {
+            machine,
             snap: snapshot,
             shared,
             logs: logs.clone(),
@@ -172,21 +153,17 @@ impl ServiceHandle {
             tx: tx.clone(),
             status: status_tx,
             generation: 0,
+            instance: None,
+            found: None,
             start_waiters: Vec::new(),
             stop_waiters: Vec::new(),
-            deadline: None,
+            answers: Vec::new(),
+            stuck: None,
+            probed: false,
             next_probe: None,
             probe_in_flight: false,
-            after_stop: AfterStop::Rest,
-            failure: None,
-            history: RestartHistory::default(),
-            automatic: false,
-            instance: None,
-            adopted: false,
             outside: None,
             watch: 0,
-            awaits_ready: false,
-            running_since: None,
             finished: false,
         };
         tokio::spawn(task.run());
@@ -202,35 +179,48 @@ impl ServiceHandle {
         self.status.clone()
     }
 
-    /// Start the service; resolves once it is running or the start failed.
-    pub async fn start(&self) -> Result<(), StartError> {
-        let (reply, rx) = oneshot::channel();
-        let name = self.status.borrow().manifest.name.clone();
-        if self.tx.send(Input::Start(reply)).is_err() {
-            return Err(StartError::Removed { name });
-        }
-        rx.await.unwrap_or(Err(StartError::Removed { name }))
+    fn name(&self) -> String {
+        self.status.borrow().manifest.name.clone()
     }
 
-    /// Stop the service; resolves once none of its processes is left.
-    pub async fn stop(&self) {
-        self.ask(Input::Stop).await
+    /// Want the service running; resolves once it runs or this start failed
+    /// (then with what happens next). `if_current`: only if no other wish
+    /// came since the snapshot's `wishes` was that number.
+    pub async fn start(&self, on_busy: OnBusy, if_current: Option<u64>) -> Result<(), Failure> {
+        let (reply, rx) = oneshot::channel();
+        let removed = || Failure { error: StartError::Removed { name: self.name() }, next: None };
+        if self.tx.send(Message::Start { on_busy, if_current, reply }).is_err() {
+            return Err(removed());
+        }
+        rx.await.unwrap_or_else(|_| Err(removed()))
+    }
+
+    /// Want the service stopped; resolves once none of its processes is
+    /// left, or with `Stuck` when they outlive SIGKILL by the grace period.
+    pub async fn stop(&self) -> Result<(), StartError> {
+        self.ask_stop(Goal::Stopped).await
     }
 
     /// Stop the service and end its task.
-    pub async fn shutdown(&self) {
-        self.ask(Input::Shutdown).await
+    pub async fn shutdown(&self) -> Result<(), StartError> {
+        self.ask_stop(Goal::Gone).await
+    }
+
+    /// At daemon start: the restart policy had given up on it.
+    pub fn gave_up(&self, reason: String) {
+        let _ = self.tx.send(Message::GaveUp(reason));
     }
 
     pub fn update(&self, manifest: Arc<Manifest>) {
-        let _ = self.tx.send(Input::Update(manifest));
+        let _ = self.tx.send(Message::Update(manifest));
     }
 
-    async fn ask(&self, input: impl FnOnce(oneshot::Sender<()>) -> Input) {
+    async fn ask_stop(&self, goal: Goal) -> Result<(), StartError> {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(input(reply)).is_ok() {
-            let _ = rx.await;
+        if self.tx.send(Message::Stop { goal, reply }).is_ok() {
+            return rx.await.unwrap_or(Ok(()));
         }
+        Ok(())
     }
 }
 
@@ -243,50 +233,38 @@ pub struct Shared {
     pub store: Store,
 }
 
-/// What happens once a stop completes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AfterStop {
-    Rest,
-    Start,
-    EndTask,
-    /// The task stopped an unhealthy process: the restart policy decides.
-    Recover,
+/// An answer to send once the turn's snapshot is published.
+enum Answer {
+    Start(StartReply, Result<(), Failure>),
+    Stop(StopReply, Result<(), StartError>),
 }
 
 struct Task {
+    machine: Machine,
     snap: Snapshot,
     shared: Shared,
     logs: Arc<LogStore>,
-    rx: mpsc::UnboundedReceiver<Input>,
-    tx: mpsc::UnboundedSender<Input>,
+    rx: mpsc::UnboundedReceiver<Message>,
+    tx: mpsc::UnboundedSender<Message>,
     status: watch::Sender<Snapshot>,
-    /// Incremented per spawned process; stale exits and probes are ignored.
+    /// Incremented per instance; stale exits and probes are ignored.
     generation: u64,
-    start_waiters: Vec<oneshot::Sender<Result<(), StartError>>>,
-    stop_waiters: Vec<oneshot::Sender<()>>,
-    /// Starting: health timeout (or settle time). Stopping: when to SIGKILL.
-    /// Backoff: when to start again.
-    deadline: Option<Instant>,
-    next_probe: Option<Instant>,
-    probe_in_flight: bool,
-    after_stop: AfterStop,
-    /// Set when the task stops a process because its start failed.
-    failure: Option<StartError>,
-    history: RestartHistory,
-    /// Whether the current process was started by the restart policy.
-    automatic: bool,
     /// The running instance (process group or Compose project).
     instance: Option<Box<dyn Instance>>,
-    /// Whether the instance was adopted rather than started by this task.
-    adopted: bool,
+    /// An instance found running, until the machine adopts or abandons it.
+    found: Option<Launched>,
+    start_waiters: Vec<StartReply>,
+    stop_waiters: Vec<StopReply>,
+    answers: Vec<Answer>,
+    /// A stop that did not end: what is still alive, for the snapshot.
+    stuck: Option<String>,
+    /// Whether the current instance has been probed yet.
+    probed: bool,
+    next_probe: Option<Instant>,
+    probe_in_flight: bool,
     /// While at rest: the watch for a start outside the daemon, and its number.
     outside: Option<tokio::task::AbortHandle>,
     watch: u64,
-    /// Whether the runtime is yet to say the instance is up (`Input::Ready`);
-    /// until it has, a passing check does not make the service running.
-    awaits_ready: bool,
-    /// When the current process was first seen healthy.
-    running_since: Option<Instant>,
     finished: bool,
 }
 
@@ -296,20 +274,19 @@ impl Task {
         let adopted =
             tokio::time::timeout(ADOPT_TIMEOUT, self.shared.runtime.adopt(&self.snap.manifest, self.logs.clone()));
         if let Ok(Some(launched)) = adopted.await {
-            self.adopt(launched);
-            self.status.send_replace(self.snap.clone());
-        } else {
-            self.watch_outside();
+            self.found = Some(launched);
+            self.turn(Input::Found);
         }
+        self.snap.adopting = false;
+        self.after_turn();
         while !self.finished {
-            let deadline = self.deadline;
+            let deadline = self.machine.deadline().map(Instant::from_std);
             let next_probe = self.next_probe.filter(|_| !self.probe_in_flight);
             tokio::select! {
-                Some(input) = self.rx.recv() => self.handle(input),
-                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => self.on_deadline(),
+                Some(message) = self.rx.recv() => self.on_message(message),
+                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => self.turn(Input::Timer),
                 _ = sleep_until(next_probe.unwrap_or_else(Instant::now)), if next_probe.is_some() => self.launch_probe(),
             }
-            self.status.send_replace(self.snap.clone());
         }
         if let Some(watch) = self.outside.take() {
             watch.abort();
@@ -320,69 +297,286 @@ impl Task {
         &self.snap.manifest.name
     }
 
-    fn emit(&self, kind: EventKind) {
-        self.shared.store.emit(Some(&self.snap.manifest.name), kind);
-    }
-
-    fn handle(&mut self, input: Input) {
-        match input {
-            Input::Start(reply) => self.on_start(reply),
-            Input::Stop(reply) => self.on_stop(reply, AfterStop::Rest),
-            Input::Shutdown(reply) => self.on_stop(reply, AfterStop::EndTask),
-            Input::Update(manifest) => {
-                if self.snap.state.has_process() {
+    fn on_message(&mut self, message: Message) {
+        match message {
+            Message::Start { on_busy, if_current, reply } => {
+                self.start_waiters.push(reply);
+                self.turn(Input::Want { goal: Goal::Running, on_busy, if_current });
+            }
+            Message::Stop { goal, reply } => {
+                self.stop_waiters.push(reply);
+                self.turn(Input::Want { goal, on_busy: OnBusy::Refuse, if_current: None });
+            }
+            Message::GaveUp(reason) => self.turn(Input::GaveUp { reason }),
+            Message::Update(manifest) => {
+                let spec = Spec::of(&manifest);
+                if self.machine.state().has_process() {
                     self.snap.pending = Some(manifest);
                 } else {
                     self.snap.manifest = manifest;
                     self.snap.pending = None;
                 }
+                self.turn(Input::Manifest(spec));
             }
-            Input::Exited { generation, ended } if generation == self.generation => self.on_exit(ended),
-            Input::Probed { generation, result } if generation == self.generation => self.on_probe(result),
-            Input::Ready { generation, parts } if generation == self.generation => self.on_ready(parts),
-            Input::StartedOutside { watch } if watch == self.watch && self.at_rest() => self.look_for_outside_start(),
-            Input::Adopt(launched) if self.at_rest() => self.adopt(launched),
-            Input::NothingToAdopt if self.at_rest() => self.watch_outside(),
+            Message::Exited { generation, ended } if generation == self.generation => self.on_exit(ended),
+            Message::Ready { generation, parts } if generation == self.generation => {
+                self.snap.containers = parts.containers;
+                self.turn(Input::Ready);
+            }
+            Message::Probed { generation, result } if generation == self.generation => self.on_probe(result),
+            Message::StartedOutside { watch } if watch == self.watch && self.at_rest() => self.look_for_outside_start(),
+            Message::Found(launched) if self.at_rest() => {
+                self.found = Some(launched);
+                self.turn(Input::Found);
+            }
+            Message::NothingToAdopt if self.at_rest() => self.watch_outside(),
             // Not at rest any more: a dropped `Launched` is abandoned, not stopped.
-            Input::StartedOutside { .. } | Input::Adopt(_) | Input::NothingToAdopt => {}
-            Input::Exited { .. } | Input::Probed { .. } | Input::Ready { .. } => {}
+            Message::StartedOutside { .. } | Message::Found(_) | Message::NothingToAdopt => {}
+            Message::Exited { .. } | Message::Probed { .. } | Message::Ready { .. } => {}
         }
     }
 
-    fn set_state(&mut self, to: State) {
-        let from = self.snap.state;
-        if from == to {
+    /// Step the machine with `input` and whatever its actions report back,
+    /// then publish the snapshot, then answer the callers: an answer is never
+    /// contradicted by an older snapshot.
+    fn turn(&mut self, input: Input) {
+        let mut inputs = VecDeque::from([input]);
+        while let Some(input) = inputs.pop_front() {
+            let mut actions = Vec::new();
+            self.machine.apply(input, Instant::now().into_std(), &mut actions);
+            for action in actions {
+                if let Some(reported) = self.execute(action) {
+                    inputs.push_back(reported);
+                }
+            }
+        }
+        self.after_turn();
+    }
+
+    /// Carry out one action; some report back with an input.
+    fn execute(&mut self, action: Action) -> Option<Input> {
+        match action {
+            Action::Launch { automatic } => return Some(self.launch(automatic)),
+            Action::Adopt => return self.adopt(),
+            Action::Abandon => self.found = None,
+            Action::Stop => {
+                let m = &self.snap.manifest;
+                if let Some(instance) = &self.instance {
+                    instance.stop(m.stop_signal, m.stop_timeout);
+                }
+            }
+            Action::Kill => {
+                if let Some(instance) = &self.instance {
+                    instance.kill();
+                }
+            }
+            Action::Release => self.shared.arbiter.release(&self.snap.manifest.name),
+            Action::Emit(kind) => self.shared.store.emit(Some(&self.snap.manifest.name), kind),
+            Action::Log(line) => self.logs.push(Stream::Nanny, &line),
+            Action::Started(result) => {
+                let result = result.map_err(|f| Failure { error: self.with_details(f.error), next: f.next });
+                for reply in self.start_waiters.drain(..) {
+                    self.answers.push(Answer::Start(reply, result.clone()));
+                }
+            }
+            Action::Answer(result) => {
+                if let Some(reply) = self.start_waiters.pop() {
+                    self.answers.push(Answer::Start(reply, result));
+                }
+            }
+            Action::Stopped(result) => {
+                let result = result.map_err(|e| self.with_details(e));
+                if let Err(error) = &result {
+                    self.stuck = Some(error.to_string());
+                }
+                for reply in self.stop_waiters.drain(..) {
+                    self.answers.push(Answer::Stop(reply, result.clone()));
+                }
+            }
+            Action::Persist(remember) => {
+                let desired = match remember {
+                    Remember::Running => Desired::Running,
+                    Remember::Stopped => Desired::Stopped,
+                    Remember::GaveUp(reason) => Desired::GaveUp(reason),
+                };
+                self.shared.store.set_desired(self.name(), desired);
+            }
+            Action::Finish => self.finished = true,
+        }
+        None
+    }
+
+    /// Claim the GPU if needed (or give up a claim the manifest no longer
+    /// needs) and launch.
+    fn launch(&mut self, automatic: bool) -> Input {
+        if let Some(pending) = self.snap.pending.take() {
+            self.snap.manifest = pending;
+        }
+        let manifest = self.snap.manifest.clone();
+        if !manifest.gpu_required {
+            self.shared.arbiter.release(&manifest.name);
+        } else if let Err(held) = self.shared.arbiter.claim(&manifest.name) {
+            return Input::Refused(Refusal::GpuBusy { holder: held.holder });
+        }
+        let placement = manifest.gpu_required.then(|| self.shared.arbiter.placement());
+        match self.shared.runtime.launch(&manifest, placement.as_ref(), self.logs.clone()) {
+            Ok(launched) => Input::Launched(Launch { automatic, ..self.begin_instance(launched) }),
+            Err(LaunchError::Spawn(message)) => Input::Refused(Refusal::Spawn(message)),
+            Err(LaunchError::Unavailable(reason)) => Input::Refused(Refusal::Unavailable(reason)),
+        }
+    }
+
+    /// Take over the instance that was found: with the GPU claim if it
+    /// needs one, else held unclaimed so the machine can stop it.
+    fn adopt(&mut self) -> Option<Input> {
+        let launched = self.found.take()?;
+        let manifest = self.snap.manifest.clone();
+        let claimed = match manifest.gpu_required {
+            true => self.shared.arbiter.claim(&manifest.name),
+            false => Ok(()),
+        };
+        let launch = self.begin_instance(launched);
+        Some(match claimed {
+            Ok(()) => Input::Launched(Launch { adopted: true, ..launch }),
+            Err(held) => Input::AdoptRefused { holder: held.holder },
+        })
+    }
+
+    /// Wire a new instance's exit and readiness to this task.
+    fn begin_instance(&mut self, launched: Launched) -> Launch {
+        self.generation += 1;
+        let generation = self.generation;
+        let tx = self.tx.clone();
+        let exited = launched.exited;
+        tokio::spawn(async move {
+            if let Ok(ended) = exited.await {
+                let _ = tx.send(Message::Exited { generation, ended });
+            }
+        });
+        let awaits_ready = launched.ready.is_some();
+        // A probe of the previous instance may still be out; its answer is
+        // ignored (older generation) and must not hold back this one's probes.
+        self.probe_in_flight = false;
+        self.probed = false;
+        self.next_probe = None;
+        if let Some(ready) = launched.ready {
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                if let Ok(parts) = ready.await {
+                    let _ = tx.send(Message::Ready { generation, parts });
+                }
+            });
+        }
+        let instance = launched.instance;
+        if let Some(group) = instance.group() {
+            self.shared.store.record_process(RecordedProcess { service: self.snap.manifest.name.clone(), group });
+        }
+        let parts = instance.parts();
+        self.instance = Some(instance);
+        let now = Instant::now();
+        let started = launched.started_at.unwrap_or_else(jiff::Timestamp::now);
+        let age = jiff::Timestamp::now().duration_since(started).unsigned_abs();
+        self.snap.pid = parts.pid;
+        self.snap.containers = parts.containers.clone();
+        self.snap.started_at = Some((now.checked_sub(age).unwrap_or(now), started));
+        Launch {
+            pid: parts.pid,
+            containers: parts.containers,
+            checks: self.checks_health(),
+            awaits_ready,
+            adopted: false,
+            automatic: false,
+        }
+    }
+
+    fn on_exit(&mut self, ended: Ended) {
+        let Ended { exit, reason, unavailable } = ended;
+        self.instance = None;
+        self.shared.store.forget_process(self.name());
+        let what = match self.snap.manifest.runtime {
+            crate::manifest::Runtime::Native { .. } => "process",
+            crate::manifest::Runtime::Compose { .. } => "project",
+        };
+        self.logs.push(Stream::Nanny, &format!("{what} {exit}"));
+        self.snap.last_exit = Some(ExitRecord { exit, at: jiff::Timestamp::now() });
+        self.snap.started_at = None;
+        self.snap.pid = None;
+        self.snap.containers.clear();
+        self.turn(Input::Exited { exit, reason, unavailable });
+    }
+
+    fn on_probe(&mut self, result: ProbeResult) {
+        self.probe_in_flight = false;
+        if !matches!(self.machine.state(), State::Starting | State::Running | State::Unhealthy) {
             return;
         }
-        if !lifecycle::allowed(from, to) {
-            tracing::error!(service = self.name(), ?from, ?to, "transition outside the lifecycle table");
+        let (ok, message) = (result.ok, result.message.clone());
+        self.snap.last_health = Some(result);
+        self.probed = true;
+        self.turn(Input::Probed { ok, message });
+    }
+
+    /// The error with what only the task knows: the last log lines, and
+    /// what is still alive of a stop that did not end.
+    fn with_details(&self, error: StartError) -> StartError {
+        match error {
+            StartError::Stuck { name, grace, .. } => {
+                let parts = self.instance.as_ref().map(|i| i.parts()).unwrap_or_default();
+                let alive = match (parts.pid, parts.containers.is_empty()) {
+                    (Some(pid), _) => format!("process group {pid}"),
+                    (None, false) => format!("containers {}", parts.containers.join(", ")),
+                    (None, true) => "its instance".to_string(),
+                };
+                StartError::Stuck { name, alive, grace }
+            }
+            error => error.with_logs(self.recent_logs()),
         }
-        tracing::debug!(service = self.name(), "{} -> {}", from.as_str(), to.as_str());
-        self.snap.state = to;
-        if !to.has_process() {
-            self.next_probe = None;
-            self.running_since = None;
-        }
-        if matches!(to, State::Stopped | State::Failed) {
-            self.deadline = None;
+    }
+
+    /// Keep the probes, the watch for outside starts and the published
+    /// snapshot in line with the machine; then answer the callers.
+    fn after_turn(&mut self) {
+        let state = self.machine.state();
+        match state {
+            State::Starting | State::Running | State::Unhealthy if self.checks_health() => {
+                if self.next_probe.is_none() && !self.probe_in_flight {
+                    let wait = match state {
+                        State::Starting if !self.probed => Duration::ZERO,
+                        State::Starting => STARTUP_PROBE_INTERVAL,
+                        _ => self.snap.manifest.health_interval,
+                    };
+                    self.next_probe = Some(Instant::now() + wait);
+                }
+            }
+            _ => self.next_probe = None,
         }
         if self.at_rest() {
             self.watch_outside();
         } else if let Some(watch) = self.outside.take() {
             watch.abort();
         }
-        // Whatever the manifest says now (it may have changed since the claim).
-        if !to.holds_gpu() {
-            self.shared.arbiter.release(&self.snap.manifest.name);
+        let m = &self.machine;
+        self.snap.state = state;
+        self.snap.restarts = m.restarts;
+        self.snap.consecutive_failures = m.health_failures;
+        if state != State::Stopping {
+            self.stuck = None;
         }
-        // Published before any waiter is answered, so an answer is never
-        // contradicted by an older snapshot.
+        self.snap.last_error = self.stuck.clone().or_else(|| m.last_error.clone());
+        self.snap.next = m.next.clone();
+        self.snap.wishes = m.wishes;
         self.status.send_replace(self.snap.clone());
+        for answer in self.answers.drain(..) {
+            match answer {
+                Answer::Start(reply, result) => drop(reply.send(result)),
+                Answer::Stop(reply, result) => drop(reply.send(result)),
+            }
+        }
     }
 
     /// Stopped or failed: nothing runs and nothing is about to.
     fn at_rest(&self) -> bool {
-        matches!(self.snap.state, State::Stopped | State::Failed)
+        matches!(self.machine.state(), State::Stopped | State::Failed)
     }
 
     /// At rest, watch for the service being started outside the daemon (a
@@ -396,7 +590,7 @@ impl Task {
         let (watch, tx) = (self.watch, self.tx.clone());
         let task = tokio::spawn(async move {
             started.await;
-            let _ = tx.send(Input::StartedOutside { watch });
+            let _ = tx.send(Message::StartedOutside { watch });
         });
         self.outside = Some(task.abort_handle());
     }
@@ -412,258 +606,13 @@ impl Task {
                 if let Ok(Some(launched)) =
                     tokio::time::timeout(ADOPT_TIMEOUT, runtime.adopt(&manifest, logs.clone())).await
                 {
-                    let _ = tx.send(Input::Adopt(launched));
+                    let _ = tx.send(Message::Found(launched));
                     return;
                 }
                 tokio::time::sleep(ADOPT_RETRY).await;
             }
-            let _ = tx.send(Input::NothingToAdopt);
+            let _ = tx.send(Message::NothingToAdopt);
         });
-    }
-
-    fn set_failed(&mut self, reason: String) {
-        self.logs.push(Stream::Nanny, &format!("failed: {reason}"));
-        self.snap.last_error = Some(reason.clone());
-        self.set_state(State::Failed);
-        self.emit(EventKind::Failed { reason });
-    }
-
-    fn set_stopped(&mut self) {
-        self.set_state(State::Stopped);
-        self.emit(EventKind::Stopped);
-    }
-
-    fn on_start(&mut self, reply: oneshot::Sender<Result<(), StartError>>) {
-        match self.snap.state {
-            State::Running | State::Unhealthy => {
-                let _ = reply.send(Ok(()));
-            }
-            State::Starting => self.start_waiters.push(reply),
-            State::Stopping => {
-                self.start_waiters.push(reply);
-                if matches!(self.after_stop, AfterStop::Rest | AfterStop::Recover) {
-                    self.after_stop = AfterStop::Start;
-                }
-            }
-            State::Stopped | State::Failed | State::Backoff => {
-                // A start by hand overrides a pending automatic restart and
-                // gives the service a fresh restart budget.
-                self.history.reset();
-                self.start_waiters.push(reply);
-                self.spawn_process(false);
-            }
-        }
-    }
-
-    /// Claim the GPU if needed and spawn the process (state → starting), or
-    /// fail every start waiter with the reason.
-    fn spawn_process(&mut self, automatic: bool) {
-        if let Some(pending) = self.snap.pending.take() {
-            self.snap.manifest = pending;
-        }
-        let manifest = self.snap.manifest.clone();
-        if !manifest.gpu_required {
-            // It may have held the GPU under a previous manifest (a restart from backoff).
-            self.shared.arbiter.release(&manifest.name);
-        } else if let Err(held) = self.shared.arbiter.claim(&manifest.name) {
-            return self.fail_start(StartError::GpuBusy { holder: held.holder }, false);
-        }
-        let placement = manifest.gpu_required.then(|| self.shared.arbiter.placement());
-        let launched = match self.shared.runtime.launch(&manifest, placement.as_ref(), self.logs.clone()) {
-            Ok(launched) => launched,
-            Err(message) => {
-                self.logs.push(Stream::Nanny, &message);
-                let logs = self.recent_logs();
-                return self.fail_start(StartError::Spawn { name: manifest.name.clone(), message, logs }, true);
-            }
-        };
-        self.automatic = automatic;
-        self.adopted = false;
-        let pid = self.begin_instance(launched);
-        // The event goes out before the state is published: whoever waits on
-        // the state (a dependent) then emits its own events after this one.
-        self.emit(EventKind::Starting { pid, automatic });
-        self.set_state(State::Starting);
-        let now = Instant::now();
-        self.deadline = Some(if self.checks_health() || self.awaits_ready {
-            now + manifest.health_timeout
-        } else {
-            now + SETTLE_TIME.min(manifest.health_timeout)
-        });
-        self.next_probe = self.checks_health().then_some(now);
-    }
-
-    /// Take over an instance that was already running when the task began.
-    fn adopt(&mut self, launched: Launched) {
-        let manifest = self.snap.manifest.clone();
-        if manifest.gpu_required
-            && let Err(held) = self.shared.arbiter.claim(&manifest.name)
-        {
-            tracing::warn!(service = manifest.name, "adopted while '{}' holds the GPU", held.holder);
-        }
-        self.automatic = false;
-        self.adopted = true;
-        self.begin_instance(launched);
-        self.set_state(State::Starting);
-        let parts = self.instance.as_ref().map(|i| i.parts()).unwrap_or_default();
-        self.emit(EventKind::Adopted { pid: parts.pid, containers: parts.containers });
-        self.deadline = Some(Instant::now() + manifest.health_timeout);
-        self.next_probe = self.checks_health().then(Instant::now);
-    }
-
-    /// Wire a new instance's exit and readiness to this task; returns its pid.
-    fn begin_instance(&mut self, launched: Launched) -> Option<u32> {
-        self.generation += 1;
-        let generation = self.generation;
-        let tx = self.tx.clone();
-        let exited = launched.exited;
-        tokio::spawn(async move {
-            if let Ok(ended) = exited.await {
-                let _ = tx.send(Input::Exited { generation, ended });
-            }
-        });
-        self.awaits_ready = launched.ready.is_some();
-        // A probe of the previous instance may still be out; its answer is
-        // ignored (older generation) and must not hold back this one's probes.
-        self.probe_in_flight = false;
-        if let Some(ready) = launched.ready {
-            let tx = self.tx.clone();
-            tokio::spawn(async move {
-                if let Ok(parts) = ready.await {
-                    let _ = tx.send(Input::Ready { generation, parts });
-                }
-            });
-        }
-        let instance = launched.instance;
-        if let Some(group) = instance.group() {
-            self.shared.store.record_process(RecordedProcess { service: self.snap.manifest.name.clone(), group });
-        }
-        let parts = instance.parts();
-        self.instance = Some(instance);
-        let now = Instant::now();
-        let started = launched.started_at.unwrap_or_else(jiff::Timestamp::now);
-        let age = jiff::Timestamp::now().duration_since(started).unsigned_abs();
-        self.snap.pid = parts.pid;
-        self.snap.containers = parts.containers;
-        self.snap.started_at = Some((now.checked_sub(age).unwrap_or(now), started));
-        self.snap.last_error = None;
-        self.snap.consecutive_failures = 0;
-        parts.pid
-    }
-
-    fn on_ready(&mut self, parts: Parts) {
-        self.snap.containers = parts.containers;
-        self.awaits_ready = false;
-        if self.snap.state == State::Starting && !self.checks_health() {
-            self.became_running();
-        }
-    }
-
-    /// A start failed; every waiter gets `error`. `to_failed` records it as
-    /// the service's state (a GPU refusal leaves the state as it was).
-    fn fail_start(&mut self, error: StartError, to_failed: bool) {
-        if to_failed {
-            self.set_failed(error.to_string());
-        }
-        for waiter in self.start_waiters.drain(..) {
-            let _ = waiter.send(Err(error.clone()));
-        }
-    }
-
-    fn on_stop(&mut self, reply: oneshot::Sender<()>, then: AfterStop) {
-        self.stop_waiters.push(reply);
-        // A stop by hand overrides whatever the task meant to do next.
-        if then == AfterStop::EndTask || self.after_stop != AfterStop::EndTask {
-            self.after_stop = then;
-        }
-        self.history.reset();
-        match self.snap.state {
-            State::Starting | State::Running | State::Unhealthy => self.begin_stop(),
-            State::Stopping => {}
-            State::Stopped | State::Failed | State::Backoff => {
-                if self.snap.state != State::Stopped {
-                    self.set_stopped();
-                }
-                self.stop_finished();
-            }
-        }
-    }
-
-    /// Send the stop signal to the whole group; SIGKILL follows at the deadline.
-    fn begin_stop(&mut self) {
-        let manifest = self.snap.manifest.clone();
-        if let Some(instance) = &self.instance {
-            self.logs.push(Stream::Nanny, &format!("stopping ({})", manifest.stop_signal));
-            instance.stop(manifest.stop_signal, manifest.stop_timeout);
-        }
-        self.set_state(State::Stopping);
-        self.emit(EventKind::Stopping { signal: manifest.stop_signal.to_string() });
-        self.deadline = Some(Instant::now() + manifest.stop_timeout);
-        self.next_probe = None;
-    }
-
-    fn on_deadline(&mut self) {
-        self.deadline = None;
-        match self.snap.state {
-            State::Starting if self.checks_health() => {
-                let m = &self.snap.manifest;
-                let last_check = self
-                    .snap
-                    .last_health
-                    .as_ref()
-                    .map(|h| h.message.clone())
-                    .unwrap_or_else(|| "none completed".into());
-                self.logs.push(
-                    Stream::Nanny,
-                    &format!("health check did not pass within {:.1}s: {last_check}", m.health_timeout.as_secs_f64()),
-                );
-                self.failure = Some(StartError::HealthTimeout {
-                    name: m.name.clone(),
-                    timeout: m.health_timeout.as_secs_f64(),
-                    last_check,
-                    logs: self.recent_logs(),
-                });
-                self.after_stop = AfterStop::Recover;
-                self.begin_stop();
-            }
-            State::Starting if self.awaits_ready => {
-                let m = &self.snap.manifest;
-                self.failure = Some(StartError::HealthTimeout {
-                    name: m.name.clone(),
-                    timeout: m.health_timeout.as_secs_f64(),
-                    last_check: "the runtime did not report it up".into(),
-                    logs: self.recent_logs(),
-                });
-                self.after_stop = AfterStop::Recover;
-                self.begin_stop();
-            }
-            State::Starting => self.became_running(),
-            State::Stopping => {
-                if let Some(instance) = &self.instance {
-                    self.logs.push(Stream::Nanny, "stop_timeout passed: killing it");
-                    instance.kill();
-                }
-            }
-            State::Backoff => self.spawn_process(true),
-            _ => {}
-        }
-    }
-
-    fn became_running(&mut self) {
-        self.deadline = None;
-        let now = Instant::now();
-        self.running_since = Some(now);
-        self.set_state(State::Running);
-        let startup_ms = match self.adopted {
-            true => None,
-            false => self.snap.started_at.map(|(at, _)| now.duration_since(at).as_secs_f64() * 1000.0),
-        };
-        self.logs.push(Stream::Nanny, "running");
-        self.emit(EventKind::Healthy { startup_ms });
-        self.next_probe = self.checks_health().then(|| now + self.snap.manifest.health_interval);
-        for waiter in self.start_waiters.drain(..) {
-            let _ = waiter.send(Ok(()));
-        }
     }
 
     /// Whether the service has a health check: its manifest's, or one its
@@ -673,9 +622,9 @@ impl Task {
     }
 
     fn launch_probe(&mut self) {
-        let timeout = match self.snap.state {
-            State::Starting => {
-                self.deadline.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(Duration::from_secs(5))
+        let timeout = match self.machine.deadline() {
+            Some(deadline) if self.machine.state() == State::Starting => {
+                Instant::from_std(deadline).saturating_duration_since(Instant::now())
             }
             _ => self.snap.manifest.health_interval,
         }
@@ -694,168 +643,12 @@ impl Task {
             },
         };
         self.probe_in_flight = true;
+        self.next_probe = None;
         let (generation, tx) = (self.generation, self.tx.clone());
         tokio::spawn(async move {
             let result = health::timed(timeout, check).await;
-            let _ = tx.send(Input::Probed { generation, result });
+            let _ = tx.send(Message::Probed { generation, result });
         });
-    }
-
-    fn on_probe(&mut self, result: ProbeResult) {
-        self.probe_in_flight = false;
-        let ok = result.ok;
-        let message = result.message.clone();
-        match self.snap.state {
-            State::Starting => {
-                self.snap.last_health = Some(result);
-                if ok && !self.awaits_ready {
-                    self.became_running();
-                } else {
-                    self.next_probe = Some(Instant::now() + STARTUP_PROBE_INTERVAL);
-                }
-                return;
-            }
-            State::Running | State::Unhealthy => self.snap.last_health = Some(result),
-            _ => return,
-        }
-        self.next_probe = Some(Instant::now() + self.snap.manifest.health_interval);
-        if ok {
-            self.snap.consecutive_failures = 0;
-            if self.snap.state == State::Unhealthy {
-                self.logs.push(Stream::Nanny, "healthy again");
-                self.running_since = Some(Instant::now());
-                self.set_state(State::Running);
-                self.emit(EventKind::Healthy { startup_ms: None });
-            }
-            return;
-        }
-        self.snap.consecutive_failures += 1;
-        let failures = self.snap.consecutive_failures;
-        self.logs.push(Stream::Nanny, &format!("health check failed ({failures} in a row): {message}"));
-        if failures < self.snap.manifest.health_failures || self.snap.state != State::Running {
-            return;
-        }
-        self.set_state(State::Unhealthy);
-        self.emit(EventKind::Unhealthy { consecutive_failures: failures, last_check: message });
-        if self.snap.manifest.restart != crate::manifest::RestartPolicy::Never {
-            self.after_stop = AfterStop::Recover;
-            self.begin_stop();
-        }
-    }
-
-    fn on_exit(&mut self, ended: Ended) {
-        let Ended { exit, reason } = ended;
-        self.instance = None;
-        self.shared.store.forget_process(self.name());
-        let state = self.snap.state;
-        let expected = state == State::Stopping && self.after_stop != AfterStop::Recover && self.failure.is_none();
-        let what = match self.snap.manifest.runtime {
-            crate::manifest::Runtime::Native { .. } => "process",
-            crate::manifest::Runtime::Compose { .. } => "project",
-        };
-        self.logs.push(Stream::Nanny, &format!("{what} {exit}"));
-        self.emit(EventKind::Exited { code: exit.code, signal: exit.signal.map(|s| s.to_string()), expected });
-        self.snap.last_exit = Some(ExitRecord { exit, at: jiff::Timestamp::now() });
-        self.snap.started_at = None;
-        self.snap.pid = None;
-        self.snap.containers.clear();
-        self.deadline = None;
-        let healthy_for = self.running_since.map(|since| since.elapsed());
-        // Waiters queued for a start after this stop are not waiting on this process.
-        let manual_start = !self.start_waiters.is_empty() && self.after_stop != AfterStop::Start;
-        match state {
-            State::Stopping => {
-                match (self.failure.take(), self.after_stop) {
-                    // The start that failed was asked for by hand: its caller hears why.
-                    (Some(error), AfterStop::Recover) if manual_start => {
-                        self.after_stop = AfterStop::Rest;
-                        self.fail_start(error, true);
-                    }
-                    // An automatic start failed: the restart policy decides.
-                    (Some(_), AfterStop::Recover) => {
-                        self.after_stop = AfterStop::Rest;
-                        self.recover(true, None);
-                    }
-                    // Another start arrived while the failed one was being stopped: it
-                    // overlapped a failing start and gets the same answer.
-                    (Some(error), AfterStop::Start) => {
-                        self.after_stop = AfterStop::Rest;
-                        self.fail_start(error, true);
-                    }
-                    // A stop (or shutdown) by hand arrived meanwhile: it wins.
-                    (Some(error), _) => {
-                        for waiter in self.start_waiters.drain(..) {
-                            let _ = waiter.send(Err(error.clone()));
-                        }
-                        self.set_stopped();
-                    }
-                    (None, AfterStop::Recover) => {
-                        self.after_stop = AfterStop::Rest;
-                        self.recover(true, healthy_for);
-                    }
-                    (None, after_stop) => {
-                        self.set_stopped();
-                        if after_stop != AfterStop::Start {
-                            let name = self.name().to_string();
-                            for waiter in self.start_waiters.drain(..) {
-                                let _ = waiter.send(Err(StartError::Interrupted { name: name.clone() }));
-                            }
-                        }
-                    }
-                }
-                self.stop_finished();
-            }
-            State::Starting if manual_start => {
-                let name = self.name().to_string();
-                let logs = self.recent_logs();
-                self.fail_start(StartError::Exited { name, exit, reason, logs }, true);
-            }
-            State::Starting => self.recover(true, None),
-            State::Running | State::Unhealthy => self.recover(!exit.success(), healthy_for),
-            _ => {}
-        }
-    }
-
-    /// The process ended without being asked to: apply the restart policy.
-    fn recover(&mut self, failed: bool, healthy_for: Option<Duration>) {
-        let policy = Policy::of(&self.snap.manifest);
-        match lifecycle::after_exit(&policy, &mut self.history, failed, healthy_for, std::time::Instant::now()) {
-            Verdict::Restart { attempt, delay } => {
-                self.snap.restarts += 1;
-                self.set_state(State::Backoff);
-                self.logs.push(Stream::Nanny, &format!("restart {attempt} in {:.3}s", delay.as_secs_f64()));
-                self.emit(EventKind::Backoff { attempt, delay_ms: delay.as_millis() as u64 });
-                if delay.is_zero() {
-                    self.spawn_process(true);
-                } else {
-                    self.deadline = Some(Instant::now() + delay);
-                }
-            }
-            Verdict::Settle { to: State::Failed, reason } => self.set_failed(reason),
-            Verdict::Settle { .. } => self.set_stopped(),
-        }
-    }
-
-    /// The process is gone: answer stop waiters and do what was queued.
-    fn stop_finished(&mut self) {
-        for waiter in self.stop_waiters.drain(..) {
-            let _ = waiter.send(());
-        }
-        match std::mem::replace(&mut self.after_stop, AfterStop::Rest) {
-            AfterStop::Rest | AfterStop::Recover => {}
-            AfterStop::Start if !self.snap.state.has_process() => {
-                self.history.reset();
-                self.spawn_process(false);
-            }
-            AfterStop::Start => {}
-            AfterStop::EndTask => {
-                let name = self.name().to_string();
-                for waiter in self.start_waiters.drain(..) {
-                    let _ = waiter.send(Err(StartError::Removed { name: name.clone() }));
-                }
-                self.finished = true;
-            }
-        }
     }
 
     fn recent_logs(&self) -> Vec<String> {
@@ -863,9 +656,6 @@ impl Task {
     }
 }
 
-/// The task driven by a recording fake runtime on a paused clock: every
-/// launch is recorded with the (virtual) time it happened, and the test
-/// decides when each instance ends. No process, no sleep.
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -887,7 +677,7 @@ mod tests {
     impl Launch {
         fn end(&self, code: i32) {
             let end = self.end.lock().unwrap().take().expect("instance still running");
-            let _ = end.send(Ended { exit: ExitInfo { code: Some(code), signal: None }, reason: None });
+            let _ = end.send(Ended::exited(ExitInfo { code: Some(code), signal: None }));
         }
     }
 
@@ -910,7 +700,7 @@ mod tests {
         }
         fn stop(&self, _signal: Signal, _timeout: Duration) {
             if let Some(end) = self.end.lock().unwrap().take() {
-                let _ = end.send(Ended { exit: ExitInfo { code: Some(0), signal: None }, reason: None });
+                let _ = end.send(Ended::exited(ExitInfo { code: Some(0), signal: None }));
             }
         }
         fn kill(&self) {
@@ -997,7 +787,7 @@ mod tests {
         let mut h = harness(
             "name: x\ncommand: [x]\nrestart: always\nrestart_delay: 1\nrestart_delay_max: 4\nmax_restarts: 4\nrestart_window: 1h\n",
         );
-        h.service.start().await.expect("starts (stays up for the settle time)");
+        h.service.start(OnBusy::Refuse, None).await.expect("starts (stays up for the settle time)");
         let mut launch = h.launches.recv().await.unwrap();
         let mut delays = Vec::new();
         for _ in 0..4 {
@@ -1018,27 +808,27 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stop_during_backoff_cancels_the_restart_and_a_start_overrides_it() {
         let mut h = harness("name: x\ncommand: [x]\nrestart: on-failure\nrestart_delay: 30\n");
-        h.service.start().await.unwrap();
+        h.service.start(OnBusy::Refuse, None).await.unwrap();
         h.launches.recv().await.unwrap().end(3);
         state_becomes(&h.service, State::Backoff).await;
-        h.service.stop().await;
+        h.service.stop().await.unwrap();
         assert_eq!(h.service.snapshot().state, State::Stopped);
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert!(h.launches.try_recv().is_err(), "no restart after a stop by hand");
 
         // Crash again, and start by hand during the backoff: at once, not 30 s later.
-        h.service.start().await.unwrap();
+        h.service.start(OnBusy::Refuse, None).await.unwrap();
         h.launches.recv().await.unwrap().end(3);
         state_becomes(&h.service, State::Backoff).await;
         let asked = Instant::now();
-        h.service.start().await.unwrap();
+        h.service.start(OnBusy::Refuse, None).await.unwrap();
         assert_eq!(h.launches.recv().await.unwrap().at, asked, "a start by hand does not wait for the backoff");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_clean_exit_under_on_failure_stops_and_a_gpu_claim_is_released() {
         let mut h = harness("name: x\ncommand: [x]\ngpu_required: true\n");
-        h.service.start().await.unwrap();
+        h.service.start(OnBusy::Refuse, None).await.unwrap();
         assert_eq!(h.arbiter.holder().as_deref(), Some("x"));
         h.launches.recv().await.unwrap().end(0);
         state_becomes(&h.service, State::Stopped).await;
@@ -1051,7 +841,7 @@ mod tests {
         let mut h = harness(
             "name: x\ncommand: [x]\nrestart: always\nrestart_delay: 0\nhealth_interval: 1\nhealth_timeout: 3\n",
         );
-        h.service.start().await.unwrap();
+        h.service.start(OnBusy::Refuse, None).await.unwrap();
         let launch = h.launches.recv().await.unwrap();
         // A check hangs, and the process dies while it is out.
         *h.checks_hang.lock().unwrap() = true;

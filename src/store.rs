@@ -8,6 +8,7 @@
 //! The database uses WAL with `synchronous=NORMAL`: a write survives the
 //! daemon being killed, which is the failure it is there for.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use rusqlite::{Connection, params};
@@ -15,6 +16,16 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::events::{Event, EventKind, Filter};
 use crate::runtime::GroupRecord;
+
+/// What a service is meant to be, as remembered across daemon restarts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Desired {
+    Running,
+    Stopped,
+    /// Meant to be running, but its restart policy gave up (the reason):
+    /// it stays `failed` until someone starts it.
+    GaveUp(String),
+}
 
 /// A process group the daemon started, as recorded for crash recovery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,8 +44,8 @@ pub struct StoreError {
 enum Request {
     Append { service: Option<String>, kind: EventKind },
     Query { filter: Filter, reply: oneshot::Sender<Vec<Event>> },
-    SetDesired { service: String, running: bool, reply: oneshot::Sender<()> },
-    Desired { reply: oneshot::Sender<Vec<String>> },
+    SetDesired { service: String, desired: Desired },
+    Desired { reply: oneshot::Sender<BTreeMap<String, Desired>> },
     RecordProcess(RecordedProcess),
     ForgetProcess { service: String },
     Processes { reply: oneshot::Sender<Vec<RecordedProcess>> },
@@ -62,7 +73,8 @@ const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS desired (
         service TEXT PRIMARY KEY,
         running INTEGER NOT NULL,
-        updated TEXT NOT NULL
+        updated TEXT NOT NULL,
+        gave_up TEXT
     );
     CREATE TABLE IF NOT EXISTS processes (
         service     TEXT PRIMARY KEY,
@@ -85,6 +97,13 @@ impl Store {
             .map_err(error)?;
         if !has_boot_id {
             conn.execute_batch("ALTER TABLE processes ADD COLUMN boot_id TEXT NOT NULL DEFAULT ''").map_err(error)?;
+        }
+        // Databases written before giving up was remembered gain the column.
+        let has_gave_up: bool = conn
+            .query_row("SELECT COUNT(*) FROM pragma_table_info('desired') WHERE name = 'gave_up'", [], |r| r.get(0))
+            .map_err(error)?;
+        if !has_gave_up {
+            conn.execute_batch("ALTER TABLE desired ADD COLUMN gave_up TEXT").map_err(error)?;
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let live = broadcast::channel(1024).0;
@@ -109,15 +128,14 @@ impl Store {
         self.ask(|reply| Request::Query { filter, reply }).await.unwrap_or_default()
     }
 
-    /// Record whether `service` is meant to be running; resolves once written,
-    /// so an answer given after it is never lost to a crash.
-    pub async fn set_desired(&self, service: &str, running: bool) {
-        let service = service.to_string();
-        let _ = self.ask(|reply| Request::SetDesired { service, running, reply }).await;
+    /// Record what `service` is meant to be. Requests are written in the
+    /// order they are sent; [`Store::flush`] waits until they are.
+    pub fn set_desired(&self, service: &str, desired: Desired) {
+        let _ = self.tx.send(Request::SetDesired { service: service.to_string(), desired });
     }
 
-    /// Services last meant to be running.
-    pub async fn desired(&self) -> Vec<String> {
+    /// What every service with a record was last meant to be.
+    pub async fn desired(&self) -> BTreeMap<String, Desired> {
         self.ask(|reply| Request::Desired { reply }).await.unwrap_or_default()
     }
 
@@ -165,18 +183,29 @@ impl Owner {
             Request::Query { filter, reply } => {
                 let _ = reply.send(self.query(&filter)?);
             }
-            Request::SetDesired { service, running, reply } => {
+            Request::SetDesired { service, desired } => {
+                let (running, gave_up) = match desired {
+                    Desired::Running => (true, None),
+                    Desired::Stopped => (false, None),
+                    Desired::GaveUp(reason) => (true, Some(reason)),
+                };
                 self.conn.execute(
-                    "INSERT INTO desired (service, running, updated) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (service) DO UPDATE SET running = ?2, updated = ?3",
-                    params![service, running, jiff::Timestamp::now().to_string()],
+                    "INSERT INTO desired (service, running, updated, gave_up) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (service) DO UPDATE SET running = ?2, updated = ?3, gave_up = ?4",
+                    params![service, running, jiff::Timestamp::now().to_string(), gave_up],
                 )?;
-                let _ = reply.send(());
             }
             Request::Desired { reply } => {
-                let mut stmt = self.conn.prepare("SELECT service FROM desired WHERE running = 1 ORDER BY service")?;
-                let names = stmt.query_map([], |row| row.get(0))?.collect::<Result<_, _>>()?;
-                let _ = reply.send(names);
+                let mut stmt = self.conn.prepare("SELECT service, running, gave_up FROM desired")?;
+                let rows = stmt.query_map([], |row| {
+                    let desired = match (row.get::<_, bool>(1)?, row.get::<_, Option<String>>(2)?) {
+                        (true, Some(reason)) => Desired::GaveUp(reason),
+                        (true, None) => Desired::Running,
+                        (false, _) => Desired::Stopped,
+                    };
+                    Ok((row.get(0)?, desired))
+                })?;
+                let _ = reply.send(rows.collect::<Result<_, _>>()?);
             }
             Request::RecordProcess(p) => {
                 self.conn.execute(
@@ -283,10 +312,14 @@ mod tests {
     async fn desired_state_and_processes_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.set_desired("a", true).await;
-        store.set_desired("b", true).await;
-        store.set_desired("b", false).await;
-        assert_eq!(store.desired().await, vec!["a"]);
+        store.set_desired("a", Desired::Running);
+        store.set_desired("b", Desired::Running);
+        store.set_desired("b", Desired::Stopped);
+        store.set_desired("c", Desired::GaveUp("crash loop".into()));
+        let desired = store.desired().await;
+        assert_eq!(desired["a"], Desired::Running);
+        assert_eq!(desired["b"], Desired::Stopped);
+        assert_eq!(desired["c"], Desired::GaveUp("crash loop".into()));
         let p = RecordedProcess {
             service: "a".into(),
             group: GroupRecord { pgid: 42, start_ticks: 7, boot_id: "b".into() },

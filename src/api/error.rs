@@ -42,22 +42,25 @@ impl From<Error> for ApiError {
             Error::Pinned { holder, .. } => {
                 ApiError::new(StatusCode::CONFLICT, detail).with("gpu_service_running", holder.as_str())
             }
-            Error::Start(start) => {
-                let status = match start {
+            Error::Service { error, next } => {
+                let status = match error {
                     StartError::GpuBusy { .. } | StartError::Interrupted { .. } => StatusCode::CONFLICT,
-                    StartError::HealthTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+                    StartError::HealthTimeout { .. } | StartError::Stuck { .. } => StatusCode::GATEWAY_TIMEOUT,
                     StartError::Exited { .. } | StartError::Spawn { .. } => StatusCode::INTERNAL_SERVER_ERROR,
                     StartError::Removed { .. } => StatusCode::NOT_FOUND,
                 };
                 let mut err = ApiError::new(status, detail);
-                if let StartError::GpuBusy { holder } = start {
+                if let StartError::GpuBusy { holder } = error {
                     err = err.with("gpu_service_running", holder.as_str());
                 }
-                if let StartError::Exited { exit, .. } = start {
+                if let StartError::Exited { exit, .. } = error {
                     err = err.with("exit", serde_json::to_value(exit).unwrap_or_default());
                 }
-                if !start.logs().is_empty() {
-                    err = err.with("logs", start.logs().to_vec());
+                if !error.logs().is_empty() {
+                    err = err.with("logs", error.logs().to_vec());
+                }
+                if let Some(next) = next {
+                    err = err.with("next", next.as_str());
                 }
                 err
             }

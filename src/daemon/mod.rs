@@ -19,7 +19,7 @@ use crate::gpu::Arbiter;
 use crate::logs::LogLine;
 use crate::runtime::Runtime;
 use crate::service::{ServiceHandle, Shared};
-use crate::store::{Store, StoreError};
+use crate::store::{Desired, Store, StoreError};
 
 pub use registry::Registry;
 use views::{
@@ -137,7 +137,7 @@ impl Daemon {
         self.store.emit(None, EventKind::DaemonStopping { reason: reason.to_string() });
         if forget {
             for name in self.registry.snapshot().services.keys() {
-                self.store.set_desired(name, false).await;
+                self.store.set_desired(name, Desired::Stopped);
             }
         }
         self.registry.shutdown().await;

@@ -14,6 +14,7 @@ use crate::discovery::{self, Catalog, Invalid};
 use crate::events::EventKind;
 use crate::logs::LogStore;
 use crate::service::{ServiceHandle, Shared};
+use crate::store::Desired;
 
 /// What readers see: the services and the manifests that could not be used.
 #[derive(Clone, Default)]
@@ -140,7 +141,7 @@ impl Owner {
         }
         for name in &diff.removed {
             store.emit(Some(name), EventKind::Removed);
-            store.set_desired(name, false).await;
+            store.set_desired(name, Desired::Stopped);
         }
         let removed: Vec<ServiceHandle> = diff.removed.iter().filter_map(|n| self.handles.remove(n)).collect();
         self.catalog = catalog;

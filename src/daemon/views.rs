@@ -75,6 +75,9 @@ pub struct StatusView {
     pub last_health: Option<ProbeResult>,
     pub consecutive_health_failures: u32,
     pub last_error: Option<String>,
+    /// What the service does next while it converges (`restarting in 1.0 s
+    /// (restart 1 of 10 within 300 s)`, `waiting for the GPU …`).
+    pub next: Option<String>,
     /// The manifest changed on disk; the running process still uses the old one.
     pub restart_pending: bool,
 }
@@ -97,6 +100,7 @@ impl StatusView {
             last_health: snap.last_health.clone(),
             consecutive_health_failures: snap.consecutive_failures,
             last_error: snap.last_error.clone(),
+            next: snap.next.clone(),
             restart_pending: snap.pending.is_some(),
         }
     }

@@ -90,7 +90,7 @@ struct Death {
 /// The instance was dropped without a stop: supervision ends and the
 /// containers are left as they are (an adoption that lost a race, say).
 fn abandoned() -> Ended {
-    Ended { exit: ExitInfo { code: None, signal: None }, reason: Some("no longer supervised".into()) }
+    Ended { reason: Some("no longer supervised".into()), ..Ended::exited(ExitInfo { code: None, signal: None }) }
 }
 
 /// Resolves when a container of `project` starts (not a `compose run` one),
@@ -326,7 +326,7 @@ impl Compose {
     /// `compose down`: remove the project's containers and networks
     /// (volumes and images are kept).
     pub async fn down(&self, manifest: &Manifest) -> Result<String, String> {
-        let project = self.project(manifest, None)?;
+        let project = self.project(manifest, None).map_err(|e| e.to_string())?;
         let tool = self.inner.tool().await?;
         let output = self.inner.run(&tool, &project, &["down"], None).await?;
         Ok(output)
@@ -335,7 +335,7 @@ impl Compose {
     /// The project's name and files; writes the GPU override if needed.
     fn project(&self, manifest: &Manifest, gpu: Option<&Placement>) -> Result<Project, LaunchError> {
         let Kind::Compose { compose_file, project } = &manifest.runtime else {
-            return Err(format!("service '{}' is not a Compose service", manifest.name));
+            return Err(format!("service '{}' is not a Compose service", manifest.name).into());
         };
         let dir = compose_file.parent().unwrap_or(Path::new(".")).to_path_buf();
         let file = ComposeFile::read(compose_file)?;
@@ -426,18 +426,19 @@ impl Inner {
         mut control: mpsc::UnboundedReceiver<Control>,
         ready: oneshot::Sender<Parts>,
     ) -> Ended {
-        let fail = |reason: String| {
+        let fail = |reason: String, unavailable: bool| {
             // Compose's own output is in the log already; one line says why.
             logs.push(Stream::Nanny, reason.lines().next().unwrap_or_default());
-            Ended { exit: ExitInfo { code: None, signal: None }, reason: Some(reason) }
+            Ended { exit: ExitInfo { code: None, signal: None }, reason: Some(reason), unavailable }
         };
+        // Without an engine or a Compose tool nothing ran: worth waiting for.
         let docker = match self.engine().await {
             Ok(d) => d,
-            Err(e) => return fail(e),
+            Err(e) => return fail(e, true),
         };
         let tool = match self.tool().await {
             Ok(t) => t,
-            Err(e) => return fail(e),
+            Err(e) => return fail(e, true),
         };
         let mut deaths = watch_deaths(docker.clone(), project.name.clone(), watch_from);
         let since = watch_from.as_second();
@@ -451,20 +452,23 @@ impl Inner {
                 tokio::select! {
                     result = self.run(&tool, &project, &["up", "-d"], Some(&logs)) => {
                         if let Err(e) = result {
-                            return fail(e);
+                            return fail(e, false);
                         }
                     }
                     request = control.recv() => {
                         let Some(request) = request else { return abandoned() };
-                        return self.halt(&docker, &tool, &project, request, &logs).await;
+                        if let Some(ended) = self.halt(&docker, &tool, &project, request, &logs).await {
+                            return ended;
+                        }
                     }
                 }
                 match list_project(&docker, &project.name).await {
                     Ok(list) if list.iter().any(|c| c.running) => list.into_iter().filter(|c| c.running).collect(),
                     Ok(_) => {
-                        return fail(format!("no container of project '{}' is running after `up -d`", project.name));
+                        let reason = format!("no container of project '{}' is running after `up -d`", project.name);
+                        return fail(reason, false);
                     }
-                    Err(e) => return fail(e),
+                    Err(e) => return fail(e, false),
                 }
             }
         };
@@ -474,13 +478,25 @@ impl Inner {
         }
         let _ = ready.send(Parts { pid: None, containers: containers.iter().map(|c| c.name.clone()).collect() });
 
+        let mut halting = false;
         loop {
             tokio::select! {
                 request = control.recv() => {
                     let Some(request) = request else { return abandoned() };
-                    return self.halt(&docker, &tool, &project, request, &logs).await;
+                    if let Some(ended) = self.halt(&docker, &tool, &project, request, &logs).await {
+                        return ended;
+                    }
+                    // Something still runs: the service task will kill, and
+                    // a death may yet end it.
+                    halting = true;
                 }
                 Some(death) = deaths.recv() => {
+                    if halting {
+                        match self.ended_if_gone(&docker, &project, &logs).await {
+                            Some(ended) => return ended,
+                            None => continue,
+                        }
+                    }
                     // Containers replaced by `up -d` die too; only ours count.
                     if !containers.iter().any(|c| c.id == death.container_id) {
                         continue;
@@ -494,9 +510,15 @@ impl Inner {
                     let others = list_project(&docker, &project.name).await.unwrap_or_default();
                     if others.iter().any(|c| c.running) {
                         let stop = Control::Stop { timeout: project.stop_timeout };
-                        self.halt(&docker, &tool, &project, stop, &logs).await;
+                        if self.halt(&docker, &tool, &project, stop, &logs).await.is_none() {
+                            // Still running: reported once it is gone, so a
+                            // GPU claim never outlives a container.
+                            halting = true;
+                            continue;
+                        }
                     }
-                    return Ended { exit: ExitInfo { code: death.exit_code, signal: None }, reason: Some(reason) };
+                    let exit = ExitInfo { code: death.exit_code, signal: None };
+                    return Ended { reason: Some(reason), ..Ended::exited(exit) };
                 }
             }
         }
@@ -504,8 +526,16 @@ impl Inner {
 
     /// Stop or kill the project with the Compose tool; if that fails (the
     /// compose file is gone or broken, the tool hangs), container by
-    /// container through the engine. Returns how the project ended.
-    async fn halt(&self, docker: &Docker, tool: &Tool, project: &Project, how: Control, logs: &LogStore) -> Ended {
+    /// container through the engine. Returns how the project ended, or
+    /// `None` while a container still runs.
+    async fn halt(
+        &self,
+        docker: &Docker,
+        tool: &Tool,
+        project: &Project,
+        how: Control,
+        logs: &LogStore,
+    ) -> Option<Ended> {
         let (args, limit) = match how {
             Control::Stop { timeout } => {
                 (vec!["stop".to_string(), "-t".into(), timeout.as_secs().max(1).to_string()], timeout + HALT_SLACK)
@@ -532,12 +562,23 @@ impl Inner {
                 }
             }
         }
-        let first = list_project(docker, &project.name).await.ok().and_then(|l| l.into_iter().next());
-        let code = match first {
+        self.ended_if_gone(docker, project, logs).await
+    }
+
+    /// How the project ended, if none of its containers runs any more (or
+    /// the engine cannot say: then nothing is known to hold anything).
+    async fn ended_if_gone(&self, docker: &Docker, project: &Project, logs: &LogStore) -> Option<Ended> {
+        let containers = list_project(docker, &project.name).await.unwrap_or_default();
+        let running: Vec<&str> = containers.iter().filter(|c| c.running).map(|c| c.name.as_str()).collect();
+        if !running.is_empty() {
+            logs.push(Stream::Nanny, &format!("still running: {}", running.join(", ")));
+            return None;
+        }
+        let code = match containers.first() {
             Some(c) => exit_code(docker, &c.id).await,
             None => None,
         };
-        Ended { exit: ExitInfo { code, signal: None }, reason: None }
+        Some(Ended::exited(ExitInfo { code, signal: None }))
     }
 
     /// Run the Compose tool on `project`; its output goes to `logs`. On

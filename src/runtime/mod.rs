@@ -55,6 +55,14 @@ fn ser_signal<S: serde::Serializer>(signal: &Option<Signal>, s: S) -> Result<S::
 pub struct Ended {
     pub exit: ExitInfo,
     pub reason: Option<String>,
+    /// It never ran because its runtime could not be reached (the engine).
+    pub unavailable: bool,
+}
+
+impl Ended {
+    pub fn exited(exit: ExitInfo) -> Ended {
+        Ended { exit, reason: None, unavailable: false }
+    }
 }
 
 /// What a running instance is made of, for status answers.
@@ -107,8 +115,30 @@ pub struct Launched {
     pub started_at: Option<jiff::Timestamp>,
 }
 
-/// Why an instance could not be launched: a sentence naming the cause.
-pub type LaunchError = String;
+/// Why an instance could not be launched.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LaunchError {
+    /// It cannot run as configured (a missing program, an unreadable
+    /// `env_file`, a broken compose file): a sentence naming the cause.
+    #[error("{0}")]
+    Spawn(String),
+    /// Its runtime cannot be reached now (no Docker engine, no Compose
+    /// tool): worth waiting for.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<String> for LaunchError {
+    fn from(message: String) -> Self {
+        LaunchError::Spawn(message)
+    }
+}
+
+impl From<&str> for LaunchError {
+    fn from(message: &str) -> Self {
+        LaunchError::Spawn(message.to_string())
+    }
+}
 
 /// GPU placement chosen by the arbiter, handed to the instance.
 #[derive(Debug, Clone, PartialEq, Eq)]

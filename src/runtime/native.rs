@@ -29,7 +29,7 @@ impl Native {
         logs: Arc<LogStore>,
     ) -> Result<Launched, LaunchError> {
         let Kind::Native { command, working_dir, env, env_file } = &manifest.runtime else {
-            return Err(format!("service '{}' is not a native service", manifest.name));
+            return Err(format!("service '{}' is not a native service", manifest.name).into());
         };
         let (program, args) = command.split_first().ok_or("empty command")?;
         let mut vars = BTreeMap::new();
@@ -103,7 +103,7 @@ impl Native {
             if signal_group(pid, Signal::SIGKILL) {
                 wait_group_gone(pid, Instant::now() + GROUP_EXIT_WAIT).await;
             }
-            let _ = tx.send(Ended { exit: info, reason: None });
+            let _ = tx.send(Ended::exited(info));
         });
         Ok(Launched {
             instance: Box::new(ProcessGroup { pid, start_ticks, grace }),

@@ -8,7 +8,6 @@ use crate::error::Error;
 
 pub async fn run(d: &Daemon, name: &str) -> Result<RemoveOutcome, Error> {
     let also_stopped = super::stop::stop_with_dependents(d, name).await?;
-    d.store.set_desired(name, false).await;
     let manifest = d.service(name)?.snapshot().latest_manifest().clone();
     let output =
         d.runtime.remove(&manifest).await.map_err(|e| Error::Runtime(format!("cannot remove '{name}': {e}")))?;

@@ -6,6 +6,6 @@ use crate::daemon::views::StartOutcome;
 use crate::error::Error;
 
 pub async fn run(d: &Daemon, name: &str, force: bool) -> Result<StartOutcome, Error> {
-    d.service(name)?.stop().await;
+    d.service(name)?.stop().await?;
     super::start::run(d, name, force).await
 }

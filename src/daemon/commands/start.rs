@@ -3,6 +3,11 @@
 //! then the service, and returns once it is running (healthy) or its start
 //! failed. With `force`, the GPU holder is stopped gracefully first (never a
 //! `pinned` one). Also the daemon's own start-up restore.
+//!
+//! A start only says what it wants: each service's task converges on its
+//! own. The wish is tied to the service's wish number read when the request
+//! began, so a stop asked while the start waited (on a dependency, on a
+//! preempted GPU holder) wins.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,17 +19,23 @@ use crate::error::Error;
 use crate::events::EventKind;
 use crate::lifecycle::State;
 use crate::manifest::DependencyCondition;
-use crate::service::{ServiceHandle, StartError};
+use crate::service::{ADOPT_TIMEOUT, Failure, OnBusy, ServiceHandle, StartError};
+use crate::store::Desired;
 
 /// How many holders a forced start will stop before giving up (each stop
 /// can race with another forced start).
 const MAX_PREEMPTIONS: usize = 5;
 
 pub async fn run(d: &Daemon, name: &str, force: bool) -> Result<StartOutcome, Error> {
+    start(d, name, force, OnBusy::Refuse).await
+}
+
+async fn start(d: &Daemon, name: &str, force: bool, on_busy: OnBusy) -> Result<StartOutcome, Error> {
     let service = d.service(name)?;
     let was_running = matches!(service.snapshot().state, State::Running | State::Unhealthy);
-    let preempted = start_with_dependencies(d.clone(), name.to_string(), force).await?;
-    d.store.set_desired(name, true).await;
+    let preempted = start_with_dependencies(d.clone(), name.to_string(), force, on_busy).await?;
+    // The wish is written before the answer, so no answer is lost to a crash.
+    d.store.flush().await;
     let snap = service.snapshot();
     Ok(StartOutcome {
         message: format!("Service '{name}' started successfully"),
@@ -38,15 +49,16 @@ pub async fn run(d: &Daemon, name: &str, force: bool) -> Result<StartOutcome, Er
 type Started = Pin<Box<dyn Future<Output = Result<Vec<String>, Error>> + Send>>;
 
 /// Start `name` after its dependencies; returns the GPU services preempted.
-fn start_with_dependencies(d: Daemon, name: String, force: bool) -> Started {
+fn start_with_dependencies(d: Daemon, name: String, force: bool, on_busy: OnBusy) -> Started {
     Box::pin(async move {
         let service = d.service(&name)?;
+        let wish = service.snapshot().wishes;
         let manifest = service.snapshot().latest_manifest().clone();
         let mut preempted = Vec::new();
         for dep in &manifest.depends_on {
             let dep_service = d.service(&dep.name)?;
             let condition = deps::condition(dep_service.snapshot().latest_manifest(), dep.condition);
-            let starting = start_with_dependencies(d.clone(), dep.name.clone(), force);
+            let starting = start_with_dependencies(d.clone(), dep.name.clone(), force, on_busy);
             let result = match condition {
                 DependencyCondition::Healthy => starting.await,
                 DependencyCondition::Started => until_started(&dep_service, starting).await,
@@ -57,7 +69,7 @@ fn start_with_dependencies(d: Daemon, name: String, force: bool) -> Started {
                 source: Box::new(e),
             })?);
         }
-        preempted.extend(start_one(&d, &service, &name, force).await?);
+        preempted.extend(start_one(&d, &service, &name, force, on_busy, wish).await?);
         Ok(preempted)
     })
 }
@@ -73,12 +85,21 @@ async fn until_started(dep: &ServiceHandle, starting: Started) -> Result<Vec<Str
     }
 }
 
-async fn start_one(d: &Daemon, service: &ServiceHandle, name: &str, force: bool) -> Result<Vec<String>, Error> {
+async fn start_one(
+    d: &Daemon,
+    service: &ServiceHandle,
+    name: &str,
+    force: bool,
+    on_busy: OnBusy,
+    wish: u64,
+) -> Result<Vec<String>, Error> {
     let mut preempted = Vec::new();
     loop {
-        match service.start().await {
+        match service.start(on_busy, Some(wish)).await {
             Ok(()) => return Ok(preempted),
-            Err(StartError::GpuBusy { holder }) if force && preempted.len() < MAX_PREEMPTIONS => {
+            Err(Failure { error: StartError::GpuBusy { holder }, next: None })
+                if force && preempted.len() < MAX_PREEMPTIONS =>
+            {
                 let Ok(holder_service) = d.service(&holder) else {
                     return Err(StartError::GpuBusy { holder }.into());
                 };
@@ -86,43 +107,69 @@ async fn start_one(d: &Daemon, service: &ServiceHandle, name: &str, force: bool)
                     return Err(Error::Pinned { holder, requested: name.to_string() });
                 }
                 tracing::info!(service = name, "force: stopping GPU holder '{holder}'");
+                // Its task remembers it stopped: it is not meant to come back.
                 super::stop::stop_with_dependents(d, &holder).await?;
-                // Preempted: it is not meant to come back after a crash.
-                d.store.set_desired(&holder, false).await;
                 d.store.emit(Some(&holder), EventKind::GpuPreempted { by: name.to_string() });
                 preempted.push(holder);
             }
-            Err(e) => return Err(e.into()),
+            Err(failure) => return Err(failure.into()),
         }
     }
 }
 
 /// At daemon start: `autostart` services and those last meant to be running,
 /// GPU services one at a time by `priority` (so the GPU rule decides who
-/// wins, not a race), the others at once.
+/// wins, not a race), the others at once. Services found running (adopted)
+/// are settled first, so they keep the GPU they hold; a service the restart
+/// policy gave up on stays `failed`. A restored service waits for the GPU
+/// and for its runtime rather than failing, and one whose dependency is not
+/// up yet starts once it is.
 pub async fn restore(d: &Daemon) {
-    let desired = d.store.desired().await;
     let registry = d.registry.snapshot();
-    let mut targets: Vec<_> = registry
-        .services
-        .iter()
-        .map(|(name, h)| (name.clone(), h.snapshot().latest_manifest().clone()))
-        .filter(|(name, m)| m.autostart || desired.contains(name))
-        .collect();
+    for service in registry.services.values() {
+        let mut watch = service.watch();
+        let _ = tokio::time::timeout(ADOPT_TIMEOUT * 2, watch.wait_for(|s| !s.adopting)).await;
+    }
+    let desired = d.store.desired().await;
+    let mut targets = Vec::new();
+    for (name, service) in &registry.services {
+        let manifest = service.snapshot().latest_manifest().clone();
+        match desired.get(name) {
+            Some(Desired::GaveUp(reason)) => service.gave_up(reason.clone()),
+            Some(Desired::Running) => targets.push((name.clone(), manifest)),
+            _ if manifest.autostart => targets.push((name.clone(), manifest)),
+            _ => {}
+        }
+    }
     targets.sort_by_key(|(name, m)| (std::cmp::Reverse(m.priority), name.clone()));
     let (gpu, cpu): (Vec<_>, Vec<_>) = targets.into_iter().partition(|(_, m)| m.gpu_required);
     for (name, _) in cpu {
         let d = d.clone();
-        tokio::spawn(async move { report_restore(&name, run(&d, &name, false).await) });
+        tokio::spawn(async move { restore_one(&d, &name).await });
     }
     for (name, _) in gpu {
-        report_restore(&name, run(d, &name, false).await);
+        restore_one(d, &name).await;
     }
 }
 
-fn report_restore(name: &str, result: Result<StartOutcome, Error>) {
-    match result {
-        Ok(_) => tracing::info!(service = name, "started at daemon start"),
-        Err(e) => tracing::warn!(service = name, "not started at daemon start: {e}"),
+/// Restore one service; when a dependency is not up, try again once it is
+/// (unless someone asked something else of the service meanwhile).
+async fn restore_one(d: &Daemon, name: &str) {
+    loop {
+        let Ok(service) = d.service(name) else { return };
+        let wish = service.snapshot().wishes;
+        match start(d, name, false, OnBusy::Wait).await {
+            Ok(_) => return tracing::info!(service = name, "started at daemon start"),
+            Err(Error::Dependency { dependency, source, .. }) => {
+                tracing::warn!(service = name, "waiting for its dependency '{dependency}': {source}");
+                let Ok(dep) = d.service(&dependency) else { return };
+                let (mut dep_watch, mut own_watch) = (dep.watch(), service.watch());
+                tokio::select! {
+                    _ = dep_watch.wait_for(|s| matches!(s.state, State::Running | State::Unhealthy)) => {}
+                    _ = own_watch.wait_for(|s| s.wishes != wish) => return,
+                }
+            }
+            Err(e) => return tracing::warn!(service = name, "not running yet at daemon start: {e}"),
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! `POST /services/{name}/stop`, `nanny stop`: idempotent; returns once no
-//! process of the service is left. Services that depend on it are stopped
-//! first (as systemd does for `Requires=`), and listed in the answer.
+//! process of the service is left (or answers that one outlived SIGKILL).
+//! Services that depend on it are stopped first (as systemd does for
+//! `Requires=`), and listed in the answer. Each service's task remembers
+//! that it is meant to be stopped.
 
 use crate::daemon::Daemon;
 use crate::daemon::views::StopOutcome;
@@ -9,7 +11,7 @@ use crate::error::Error;
 
 pub async fn run(d: &Daemon, name: &str) -> Result<StopOutcome, Error> {
     let also_stopped = stop_with_dependents(d, name).await?;
-    d.store.set_desired(name, false).await;
+    d.store.flush().await;
     Ok(StopOutcome {
         message: format!("Service '{name}' stopped successfully"),
         status: d.service(name)?.snapshot().state,
@@ -28,11 +30,10 @@ pub async fn stop_with_dependents(d: &Daemon, name: &str) -> Result<Vec<String>,
     for dependent in deps::dependents(&manifests, name) {
         let Some(handle) = registry.services.get(&dependent) else { continue };
         if handle.snapshot().state.holds_gpu() || handle.snapshot().state.has_process() {
-            handle.stop().await;
-            d.store.set_desired(&dependent, false).await;
+            handle.stop().await?;
             stopped.push(dependent);
         }
     }
-    service.stop().await;
+    service.stop().await?;
     Ok(stopped)
 }
