@@ -444,6 +444,13 @@ impl Machine {
     /// [`Machine::step`] in place.
     pub fn apply(&mut self, input: Input, now: Instant, out: &mut Vec<Action>) {
         let remembered = self.remember();
+        // What only answers an action of the machine's own (a launch, an
+        // adoption) is ignored anywhere else: the machine never acts on a
+        // report it did not ask for.
+        let at_rest = matches!(self.phase, Phase::Stopped | Phase::Failed { .. } | Phase::Backoff { .. });
+        if !at_rest && matches!(input, Input::Launched(_) | Input::Refused(_) | Input::AdoptRefused { .. }) {
+            return;
+        }
         match input {
             Input::Want { goal, on_busy, if_current } => self.want(goal, on_busy, if_current, now, out),
             Input::GaveUp { reason } => {
@@ -923,4 +930,238 @@ pub fn after_exit(
     let factor = 2u32.saturating_pow(history.consecutive - 1);
     let delay = policy.delay.saturating_mul(factor).min(policy.delay_max.max(policy.delay));
     Verdict::Restart { attempt: history.consecutive, delay }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::State::{Backoff, Failed, Running, Starting, Stopped, Stopping, Unhealthy};
+    use super::*;
+
+    const T0: Duration = Duration::from_secs(1000);
+
+    fn spec(restart: RestartPolicy) -> Spec {
+        Spec {
+            name: "x".into(),
+            gpu: false,
+            policy: Policy {
+                restart,
+                delay: Duration::from_millis(100),
+                delay_max: Duration::from_millis(700),
+                max_restarts: 4,
+                window: Duration::from_secs(10),
+            },
+            health_timeout: Duration::from_secs(30),
+            health_failures: 1,
+            stop_timeout: Duration::from_secs(10),
+            stop_signal: "SIGTERM".into(),
+        }
+    }
+
+    /// A machine in each phase, wanting to run (as it would be there).
+    fn machines(now: Instant) -> Vec<(&'static str, Machine)> {
+        let base = Machine { goal: Goal::Running, ..Machine::new(spec(RestartPolicy::OnFailure)) };
+        let at = |phase: Phase| Machine { phase, ..base.clone() };
+        let starting =
+            |checks| Phase::Starting { since: now, deadline: now, checks, awaits_ready: false, adopted: false };
+        let stopping = |then| Phase::Stopping { kill_at: now, killed_at: None, stuck: false, then };
+        vec![
+            ("stopped", Machine { goal: Goal::Stopped, ..base.clone() }),
+            ("starting", at(starting(true))),
+            ("starting/nocheck", at(starting(false))),
+            ("running", at(Phase::Running { since: now })),
+            ("unhealthy", at(Phase::Unhealthy { since: now })),
+            ("stopping", Machine { goal: Goal::Stopped, ..at(stopping(Then::Converge)) }),
+            ("stopping/recover", at(stopping(Then::Recover(Fault { error: None, failed: true, healthy_for: None })))),
+            (
+                "stopping/killed",
+                at(Phase::Stopping {
+                    kill_at: now,
+                    killed_at: Some(now - STOP_GRACE),
+                    stuck: false,
+                    then: Then::Converge,
+                }),
+            ),
+            ("backoff", at(Phase::Backoff { until: now, wait: Wait::Restart })),
+            ("failed", at(Phase::Failed { reason: "gave up".into() })),
+        ]
+    }
+
+    fn inputs() -> Vec<(&'static str, Input)> {
+        let want = |goal| Input::Want { goal, on_busy: OnBusy::Refuse, if_current: None };
+        let exit = |code| Input::Exited {
+            exit: ExitInfo { code: Some(code), signal: None },
+            reason: None,
+            unavailable: false,
+        };
+        vec![
+            ("want-run", want(Goal::Running)),
+            ("want-stop", want(Goal::Stopped)),
+            ("want-gone", want(Goal::Gone)),
+            ("stale-wish", Input::Want { goal: Goal::Running, on_busy: OnBusy::Refuse, if_current: Some(99) }),
+            ("launched", Input::Launched(Launch::default())),
+            ("gpu-busy", Input::Refused(Refusal::GpuBusy { holder: "h".into() })),
+            ("spawn-err", Input::Refused(Refusal::Spawn("no such file".into()))),
+            ("no-engine", Input::Refused(Refusal::Unavailable("no engine".into()))),
+            ("adopt-refused", Input::AdoptRefused { holder: "h".into() }),
+            ("ready", Input::Ready),
+            ("probe-ok", Input::Probed { ok: true, message: "ok".into() }),
+            ("probe-fail", Input::Probed { ok: false, message: "503".into() }),
+            ("exit-1", exit(1)),
+            ("exit-0", exit(0)),
+            ("found", Input::Found),
+            ("timer", Input::Timer),
+        ]
+    }
+
+    /// Actions in a few words each, so a table row reads at a glance.
+    fn render(actions: &[Action]) -> String {
+        let words: Vec<String> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Launch { automatic } => Some(if *automatic { "launch(auto)" } else { "launch" }.into()),
+                Action::Adopt => Some("adopt".into()),
+                Action::Abandon => Some("abandon".into()),
+                Action::Stop => Some("stop".into()),
+                Action::Kill => Some("kill".into()),
+                Action::Release => Some("release".into()),
+                Action::Emit(kind) => Some(format!("+{}", kind.name())),
+                Action::Log(_) => None,
+                Action::Started(Ok(())) | Action::Answer(Ok(())) => Some("ok".into()),
+                Action::Started(Err(f)) | Action::Answer(Err(f)) => Some(format!(
+                    "err:{}{}",
+                    match &f.error {
+                        StartError::GpuBusy { .. } => "gpu",
+                        StartError::Spawn { .. } => "spawn",
+                        StartError::Exited { .. } => "exited",
+                        StartError::HealthTimeout { .. } => "timeout",
+                        StartError::Interrupted { .. } => "interrupted",
+                        StartError::Removed { .. } => "removed",
+                        StartError::Stuck { .. } => "stuck",
+                    },
+                    if f.next.is_some() { "+next" } else { "" }
+                )),
+                Action::Stopped(Ok(())) => Some("stopped-ok".into()),
+                Action::Stopped(Err(_)) => Some("stopped-err".into()),
+                Action::Persist(r) => Some(format!("persist:{r:?}")),
+                Action::Finish => Some("finish".into()),
+            })
+            .collect();
+        words.join(" ")
+    }
+
+    /// Every phase × every input: the state it ends in and what it does.
+    /// A change to the lifecycle is a deliberate change to this table.
+    #[test]
+    fn transition_table() {
+        let now = Instant::now() + T0;
+        let mut rows = Vec::new();
+        for (phase, machine) in machines(now) {
+            for (input, event) in inputs() {
+                let (after, actions) = machine.clone().step(event, now);
+                let row = format!("{phase:17} {input:14} -> {:9} {}", after.state().as_str(), render(&actions));
+                rows.push(row.trim_end().to_string());
+            }
+        }
+        let table = rows.join("\n");
+        let expected = include_str!("lifecycle_table.txt");
+        assert_eq!(table.trim(), expected.trim(), "the lifecycle table changed:\n{table}");
+    }
+
+    #[test]
+    fn gpu_claim_is_held_while_processes_may_exist_or_a_restart_is_pending() {
+        for state in [Stopped, Starting, Running, Unhealthy, Stopping, Backoff, Failed] {
+            if state.has_process() || state == Backoff {
+                assert!(state.holds_gpu(), "{state:?}");
+            }
+        }
+        assert!(!Stopped.holds_gpu());
+        assert!(!Failed.holds_gpu());
+    }
+
+    fn policy(restart: RestartPolicy) -> Policy {
+        Policy {
+            restart,
+            delay: Duration::from_millis(100),
+            delay_max: Duration::from_millis(700),
+            max_restarts: 4,
+            window: Duration::from_secs(10),
+        }
+    }
+
+    fn delays(verdicts: &[Verdict]) -> Vec<Option<u64>> {
+        verdicts
+            .iter()
+            .map(|v| match v {
+                Verdict::Restart { delay, .. } => Some(delay.as_millis() as u64),
+                Verdict::Settle { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_then_the_window_gives_up() {
+        let p = policy(RestartPolicy::OnFailure);
+        let mut h = RestartHistory::default();
+        let t0 = Instant::now();
+        let verdicts: Vec<Verdict> =
+            (0..5).map(|i| after_exit(&p, &mut h, true, None, t0 + Duration::from_secs(i))).collect();
+        assert_eq!(delays(&verdicts), vec![Some(100), Some(200), Some(400), Some(700), None]);
+        let Verdict::Settle { to, reason } = &verdicts[4] else { unreachable!() };
+        assert_eq!(*to, Failed);
+        assert!(reason.contains("restarted 4 times within 10s"), "{reason}");
+    }
+
+    #[test]
+    fn the_window_slides() {
+        let p = policy(RestartPolicy::Always);
+        let mut h = RestartHistory::default();
+        let t0 = Instant::now();
+        for i in 0..4 {
+            assert!(matches!(after_exit(&p, &mut h, true, None, t0 + Duration::from_secs(i)), Verdict::Restart { .. }));
+        }
+        // The first restart (t0) has left the 10 s window by t0 + 10 s.
+        assert!(matches!(after_exit(&p, &mut h, true, None, t0 + Duration::from_secs(10)), Verdict::Restart { .. }));
+        assert!(matches!(
+            after_exit(&p, &mut h, true, None, t0 + Duration::from_secs(10)),
+            Verdict::Settle { to: Failed, .. }
+        ));
+    }
+
+    #[test]
+    fn a_quiet_period_resets_the_delay() {
+        let p = policy(RestartPolicy::OnFailure);
+        let mut h = RestartHistory::default();
+        let t0 = Instant::now();
+        after_exit(&p, &mut h, true, None, t0);
+        after_exit(&p, &mut h, true, Some(Duration::from_millis(500)), t0);
+        let v = after_exit(&p, &mut h, true, Some(p.quiet_period()), t0);
+        assert_eq!(v, Verdict::Restart { attempt: 1, delay: Duration::from_millis(100) });
+    }
+
+    #[test]
+    fn policies() {
+        let t0 = Instant::now();
+        let cases = [
+            (RestartPolicy::Always, false, true),
+            (RestartPolicy::Always, true, true),
+            (RestartPolicy::OnFailure, true, true),
+            (RestartPolicy::OnFailure, false, false),
+            (RestartPolicy::Never, true, false),
+            (RestartPolicy::Never, false, false),
+        ];
+        for (restart, failed, restarts) in cases {
+            let v = after_exit(&policy(restart), &mut RestartHistory::default(), failed, None, t0);
+            assert_eq!(matches!(v, Verdict::Restart { .. }), restarts, "{restart:?} failed={failed}");
+            if let Verdict::Settle { to, .. } = v {
+                assert_eq!(to, if failed { Failed } else { Stopped });
+            }
+        }
+    }
+
+    #[test]
+    fn zero_delay_stays_zero() {
+        let p = Policy { delay: Duration::ZERO, ..policy(RestartPolicy::Always) };
+        let v = after_exit(&p, &mut RestartHistory::default(), true, None, Instant::now());
+        assert_eq!(v, Verdict::Restart { attempt: 1, delay: Duration::ZERO });
+    }
 }

@@ -683,15 +683,23 @@ mod tests {
 
     struct Fake {
         launches: mpsc::UnboundedSender<Launch>,
+        knobs: Knobs,
+    }
+
+    /// How the fake's instances behave; tests turn these during a run.
+    #[derive(Clone, Default)]
+    struct Knobs {
         /// Whether the instances' own health check hangs (else it passes).
         checks_hang: Arc<Mutex<bool>>,
+        /// Whether stop and kill are ignored (a process stuck in the kernel).
+        unkillable: Arc<Mutex<bool>>,
     }
 
     /// Stopping a fake instance ends it at once, with code 0. It offers a
     /// health check of its own, as a Compose project does.
     struct FakeInstance {
         end: Arc<Mutex<Option<oneshot::Sender<Ended>>>>,
-        checks_hang: Arc<Mutex<bool>>,
+        knobs: Knobs,
     }
 
     impl Instance for FakeInstance {
@@ -699,6 +707,9 @@ mod tests {
             Parts { pid: Some(1), containers: Vec::new() }
         }
         fn stop(&self, _signal: Signal, _timeout: Duration) {
+            if *self.knobs.unkillable.lock().unwrap() {
+                return;
+            }
             if let Some(end) = self.end.lock().unwrap().take() {
                 let _ = end.send(Ended::exited(ExitInfo { code: Some(0), signal: None }));
             }
@@ -710,7 +721,7 @@ mod tests {
             None
         }
         fn check(&self) -> Option<BoxFuture<'static, health::Outcome>> {
-            let hang = *self.checks_hang.lock().unwrap();
+            let hang = *self.knobs.checks_hang.lock().unwrap();
             Some(Box::pin(async move {
                 if hang {
                     std::future::pending::<()>().await;
@@ -725,7 +736,7 @@ mod tests {
             let (tx, exited) = oneshot::channel();
             let end = Arc::new(Mutex::new(Some(tx)));
             let _ = self.launches.send(Launch { at: Instant::now(), end: end.clone() });
-            let instance = FakeInstance { end, checks_hang: self.checks_hang.clone() };
+            let instance = FakeInstance { end, knobs: self.knobs.clone() };
             Ok(Launched { instance: Box::new(instance), exited, ready: None, started_at: None })
         }
         fn adopt(&self, _: &Manifest, _: Arc<LogStore>) -> BoxFuture<'static, Option<Launched>> {
@@ -753,7 +764,7 @@ mod tests {
     struct Harness {
         service: ServiceHandle,
         arbiter: Arc<Arbiter>,
-        checks_hang: Arc<Mutex<bool>>,
+        knobs: Knobs,
         launches: mpsc::UnboundedReceiver<Launch>,
         _state: tempfile::TempDir,
     }
@@ -763,16 +774,16 @@ mod tests {
         let manifest = crate::manifest::parse(Path::new("/s/x/service.yaml"), manifest_yaml, &|_| true).unwrap();
         let (tx, launches) = mpsc::unbounded_channel();
         let arbiter = Arc::new(Arbiter::default());
-        let checks_hang = Arc::new(Mutex::new(false));
+        let knobs = Knobs::default();
         let shared = Shared {
-            runtime: Arc::new(Fake { launches: tx, checks_hang: checks_hang.clone() }),
+            runtime: Arc::new(Fake { launches: tx, knobs: knobs.clone() }),
             arbiter: arbiter.clone(),
             http: crate::health::client(),
             store: Store::open(state.path()).unwrap(),
         };
         let logs = Arc::new(LogStore::new(state.path().join("x.log")));
         let service = ServiceHandle::spawn(Arc::new(manifest), shared, logs);
-        Harness { service, arbiter, checks_hang, launches, _state: state }
+        Harness { service, arbiter, knobs, launches, _state: state }
     }
 
     /// Wait (in virtual time, so at no cost) for `state`; a minute is plenty.
@@ -844,15 +855,70 @@ mod tests {
         h.service.start(OnBusy::Refuse, None).await.unwrap();
         let launch = h.launches.recv().await.unwrap();
         // A check hangs, and the process dies while it is out.
-        *h.checks_hang.lock().unwrap() = true;
+        *h.knobs.checks_hang.lock().unwrap() = true;
         tokio::time::sleep(Duration::from_millis(1500)).await;
         // Checks made from now on answer (the one already out keeps hanging).
-        *h.checks_hang.lock().unwrap() = false;
+        *h.knobs.checks_hang.lock().unwrap() = false;
         launch.end(1);
         let _replacement = h.launches.recv().await.unwrap();
         // The replacement is checked (and found healthy) within its health_timeout.
         state_becomes(&h.service, State::Running).await;
         assert!(Instant::now() - launch.at < Duration::from_secs(3), "became running only after a timeout");
         assert_eq!(h.service.snapshot().restarts, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_start_that_dies_follows_the_restart_policy_and_the_caller_hears_what_is_next() {
+        let mut h = harness("name: x\ncommand: [x]\nrestart: on-failure\nrestart_delay: 2\nmax_restarts: 3\n");
+        *h.knobs.checks_hang.lock().unwrap() = true;
+        let start = tokio::spawn({
+            let service = h.service.clone();
+            async move { service.start(OnBusy::Refuse, None).await }
+        });
+        h.launches.recv().await.unwrap().end(1);
+        let failure = start.await.unwrap().expect_err("the start failed");
+        assert!(matches!(failure.error, StartError::Exited { .. }), "{failure:?}");
+        let next = failure.next.expect("what happens next");
+        assert!(next.contains("restarting in 2.0 s (restart 1 of 3 within 300 s)"), "{next}");
+        assert_eq!(h.service.snapshot().state, State::Backoff);
+        // 1 + 3 runs, then the policy gives up.
+        for _ in 0..3 {
+            h.launches.recv().await.unwrap().end(1);
+        }
+        state_becomes(&h.service, State::Failed).await;
+        assert!(h.launches.try_recv().is_err());
+        assert_eq!(h.service.snapshot().restarts, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_that_outlives_sigkill_answers_after_the_grace_and_keeps_the_gpu_claim() {
+        let mut h = harness("name: x\ncommand: [x]\ngpu_required: true\nstop_timeout: 2\n");
+        h.service.start(OnBusy::Refuse, None).await.unwrap();
+        let launch = h.launches.recv().await.unwrap();
+        *h.knobs.unkillable.lock().unwrap() = true;
+        let asked = Instant::now();
+        let error = h.service.stop().await.expect_err("the processes are still there");
+        assert_eq!(Instant::now() - asked, Duration::from_secs(2) + crate::lifecycle::STOP_GRACE);
+        assert!(matches!(&error, StartError::Stuck { alive, .. } if alive == "process group 1"), "{error:?}");
+        let snap = h.service.snapshot();
+        assert_eq!(snap.state, State::Stopping);
+        assert!(snap.last_error.unwrap().contains("still alive"));
+        assert_eq!(h.arbiter.holder().as_deref(), Some("x"), "the claim stays while a process may hold VRAM");
+        // When it finally goes, the service is stopped and the claim released.
+        launch.end(137);
+        state_becomes(&h.service, State::Stopped).await;
+        assert_eq!(h.arbiter.holder(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_wins_over_a_start_that_was_waiting() {
+        let mut h = harness("name: x\ncommand: [x]\n");
+        let wish = h.service.snapshot().wishes;
+        h.service.stop().await.unwrap();
+        // The start read its wish before the stop (it waited on a dependency).
+        let failure = h.service.start(OnBusy::Refuse, Some(wish)).await.expect_err("the later stop wins");
+        assert!(matches!(failure.error, StartError::Interrupted { .. }), "{failure:?}");
+        assert!(h.launches.try_recv().is_err(), "nothing was launched");
+        assert_eq!(h.service.snapshot().state, State::Stopped);
     }
 }
