@@ -4,16 +4,26 @@
 //!   replacement being spawned (`restart: always`, `restart_delay: 0`),
 //!   read off the replacement's `starting` event;
 //! - ready: from a service starting to listen to the daemon reporting it
-//!   `running` (its `healthy` event).
+//!   `running` (its `healthy` event);
+//! - crash loop: a service whose process exits with code 3 after 50 ms, over
+//!   and over (`restart: always`, `restart_delay: 0`, no health check), from
+//!   each `exited` event to the next `starting` event. Its start by hand
+//!   answers an error (the process died), which is not fatal here. If the
+//!   daemon stops restarting it (no spawn within 5 s of a crash), the bench
+//!   says so instead of printing figures.
 //!
-//! `cargo bench --bench supervision [-- TRIALS]` (default 100 trials each).
-//! Prints median, p90 and max in milliseconds.
+//! `cargo bench --bench supervision [-- TRIALS]` (default 100 trials each;
+//! the crash loop collects twice as many crashes).
+//! Prints median, p90, p99 and max in milliseconds.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
+
+/// How long the crash loop may go without a new spawn before it counts as not restarted.
+const CRASH_LOOP_STALL: Duration = Duration::from_secs(5);
 
 const READY_SERVER: &str = r#"
 import http.server, sys, time
@@ -62,27 +72,51 @@ impl Daemon {
         self.http.get(format!("{}{path}", self.url)).send().unwrap().json().unwrap()
     }
 
-    fn post(&self, path: &str) -> Value {
+    /// POST `path` whatever the answer: its status and JSON body.
+    fn try_post(&self, path: &str) -> (reqwest::StatusCode, Value) {
         let response = self.http.post(format!("{}{path}", self.url)).send().unwrap();
-        assert!(response.status().is_success(), "{path}: {}", response.text().unwrap());
-        response.json().unwrap()
+        let status = response.status();
+        let text = response.text().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// POST `path`, which must succeed.
+    fn post(&self, path: &str) -> Value {
+        let (status, body) = self.try_post(path);
+        assert!(status.is_success(), "{path}: {status} {body}");
+        body
+    }
+
+    /// The events of `service` after `since`, oldest first.
+    fn events_after(&self, service: &str, since: u64) -> Vec<Value> {
+        let mut events = self.get(&format!("/events?service={service}&since={since}&limit=10000"));
+        std::mem::take(events["events"].as_array_mut().unwrap())
     }
 
     /// Wait for the first event of `kind` for `service` after `since`.
     fn event_after(&self, service: &str, kind: &str, since: u64) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let events = self.get(&format!("/events?service={service}&since={since}&limit=10000"));
-            if let Some(e) = events["events"].as_array().unwrap().iter().find(|e| e["kind"] == kind) {
-                return e.clone();
-            }
-            assert!(Instant::now() < deadline, "no {kind} event for {service}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        poll_until(Duration::from_secs(30), || {
+            self.events_after(service, since).into_iter().find(|e| e["kind"] == kind)
+        })
+        .unwrap_or_else(|| panic!("no {kind} event for {service}"))
     }
 
     fn last_event_id(&self) -> u64 {
         self.get("/events?limit=1")["last_id"].as_u64().unwrap_or(0)
+    }
+}
+
+/// Call `f` every 5 ms until it gives a value, for at most `timeout`.
+fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = f() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -95,10 +129,70 @@ fn now_secs() -> f64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs_f64()
 }
 
-fn report(what: &str, mut samples_ms: Vec<f64>) {
+fn report(what: &str, samples_ms: Vec<f64>) {
+    println!("{what}: {}", summary(samples_ms));
+}
+
+fn summary(mut samples_ms: Vec<f64>) -> String {
     samples_ms.sort_by(f64::total_cmp);
     let at = |q: f64| samples_ms[((samples_ms.len() - 1) as f64 * q).round() as usize];
-    println!("{what}: n={} median={:.2} ms p90={:.2} ms max={:.2} ms", samples_ms.len(), at(0.5), at(0.9), at(1.0));
+    format!(
+        "n={} median={:.2} ms p90={:.2} ms p99={:.2} ms max={:.2} ms",
+        samples_ms.len(),
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        at(1.0)
+    )
+}
+
+/// Start `service` (a process that keeps crashing) and time, for each of
+/// `crashes` crashes, its `exited` event to the next `starting` event.
+/// Prints why instead if the daemon stops restarting it.
+fn crash_loop(daemon: &Daemon, service: &str, crashes: usize) {
+    const WHAT: &str = "process crashed -> next spawned";
+    let mut cursor = daemon.last_event_id();
+    // The process dies before it counts as started, so this answers an error.
+    let (start_status, start_body) = daemon.try_post(&format!("/services/{service}/start"));
+    let mut exited_at = None;
+    let mut exits = 0;
+    let mut latencies = Vec::new();
+    while latencies.len() < crashes {
+        let spawned = poll_until(CRASH_LOOP_STALL, || {
+            let before = latencies.len();
+            for event in daemon.events_after(service, cursor) {
+                cursor = event["id"].as_u64().unwrap();
+                match event["kind"].as_str() {
+                    Some("exited") => {
+                        exits += 1;
+                        exited_at = Some(timestamp_secs(&event));
+                    }
+                    Some("starting") => {
+                        if let Some(exited) = exited_at.take() {
+                            latencies.push((timestamp_secs(&event) - exited) * 1000.0);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            (latencies.len() > before).then_some(())
+        });
+        if spawned.is_none() {
+            let status = daemon.get(&format!("/services/{service}/status"));
+            println!(
+                "{WHAT}: crash loop not restarted: no spawn within {}s after {exits} crash(es), {} restart(s); \
+                 status {}; start answered {start_status}: {start_body}",
+                CRASH_LOOP_STALL.as_secs(),
+                latencies.len(),
+                status["status"],
+            );
+            break;
+        }
+    }
+    daemon.post(&format!("/services/{service}/stop"));
+    if latencies.len() >= crashes {
+        println!("{WHAT}: {} crashes={exits}", summary(latencies));
+    }
 }
 
 fn free_port() -> u16 {
@@ -113,9 +207,15 @@ fn main() {
     let port = free_port();
     std::fs::create_dir_all(services.join("crashy")).unwrap();
     std::fs::create_dir_all(services.join("ready")).unwrap();
+    std::fs::create_dir_all(services.join("looper")).unwrap();
     std::fs::write(
         services.join("crashy/service.yaml"),
         "name: crashy\ncommand: [sleep, '1000']\nrestart: always\nrestart_delay: 0\nmax_restarts: 1000000\nhealth_timeout: 0.05\n",
+    )
+    .unwrap();
+    std::fs::write(
+        services.join("looper/service.yaml"),
+        "name: looper\ncommand: [sh, -c, 'sleep 0.05; exit 3']\nrestart: always\nrestart_delay: 0\nmax_restarts: 100000\n",
     )
     .unwrap();
     std::fs::write(services.join("ready/server.py"), READY_SERVER).unwrap();
@@ -160,4 +260,7 @@ fn main() {
         daemon.post("/services/ready/stop");
     }
     report("service listening -> reported running", ready);
+
+    // Death -> next spawn latency of a service that keeps crashing.
+    crash_loop(&daemon, "looper", 2 * trials);
 }

@@ -10,7 +10,6 @@
 
 mod common;
 mod docker;
-mod support;
 
 use std::fs;
 use std::time::{Duration, Instant};
@@ -18,7 +17,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use docker::{IMAGE, NO_SUCH_IMAGE, Web};
 use serde_json::{Value, json};
-use support::{Api, Nanny, id, of_kind, render};
 
 /// Generous: Compose v1 takes 1-3 s per `up` on a 2-core machine, more under parallel tests.
 const LONG: Duration = Duration::from_secs(90);
@@ -41,11 +39,6 @@ fn containers_of(st: &Value) -> Vec<String> {
         .collect()
 }
 
-fn ts_of(v: &Value, what: &str) -> jiff::Timestamp {
-    let s = v.as_str().unwrap_or_else(|| panic!("{what} is not a string: {v}"));
-    s.parse().unwrap_or_else(|e| panic!("{what} {s:?} is not a timestamp: {e}"))
-}
-
 /// Milliseconds between two instants, absolute.
 fn ms_apart(a: jiff::Timestamp, b: jiff::Timestamp) -> f64 {
     if a > b { a.duration_since(b).as_secs_f64() * 1000.0 } else { b.duration_since(a).as_secs_f64() * 1000.0 }
@@ -54,44 +47,6 @@ fn ms_apart(a: jiff::Timestamp, b: jiff::Timestamp) -> f64 {
 /// GET `url` without a proxy; the status code (None if it could not connect).
 async fn http_code(url: &str) -> Option<u16> {
     http_client().get(url).send().await.ok().map(|r| r.status().as_u16())
-}
-
-/// The log lines (`{ts, stream, line}`) of a service, up to 10000.
-async fn log_lines(api: &impl Api, name: &str) -> Vec<Value> {
-    let v = api.api_get_ok(&format!("/services/{name}/logs?tail=10000")).await;
-    v["lines"].as_array().unwrap_or_else(|| panic!("logs without `lines`: {v}")).clone()
-}
-
-/// Waits until a log line satisfying `pred` shows up; returns it.
-async fn wait_log_line(api: &impl Api, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + LONG;
-    loop {
-        let lines = log_lines(api, name).await;
-        if let Some(l) = lines.iter().find(|l| pred(l)) {
-            return l.clone();
-        }
-        if Instant::now() >= deadline {
-            let text: Vec<String> =
-                lines.iter().map(|l| format!("{} {}", l["stream"], l["line"].as_str().unwrap_or(""))).collect();
-            panic!("timed out waiting for a log line of {name}: {what}\nlines:\n{}", text.join("\n"));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The events of `service` with ids above `after`, in order.
-async fn events_after(api: &impl Api, service: &str, after: u64) -> Vec<Value> {
-    api.events_of(service).await.into_iter().filter(|e| id(e) > after).collect()
-}
-
-fn kinds(evs: &[Value]) -> Vec<String> {
-    evs.iter().map(|e| e["kind"].as_str().unwrap_or("?").to_string()).collect()
-}
-
-/// Id of the newest `daemon_started` event (the current daemon's).
-async fn this_daemon_started(api: &impl Api) -> u64 {
-    let evs = api.all_events().await;
-    of_kind(&evs, None, "daemon_started").last().map(|e| id(e)).expect("a daemon_started event")
 }
 
 /// Polls docker until the container `id` satisfies `cond`; returns it.
@@ -196,16 +151,17 @@ async fn start_status_logs_and_stop_through_the_api() {
     let marker = format!("/marker-{}", std::process::id());
     assert_eq!(http_code(&web.url(&marker)).await, Some(404));
     let prefix = format!("[{}] ", c.name);
-    let hit = wait_log_line(&d, "web", "httpd logged the marker request", |l| {
-        let line = l["line"].as_str().unwrap_or("");
-        line.starts_with(&prefix) && line.contains(&marker)
-    })
-    .await;
+    let hit = d
+        .wait_log_line("web", LONG, "httpd logged the marker request", |l| {
+            let line = l["line"].as_str().unwrap_or("");
+            line.starts_with(&prefix) && line.contains(&marker)
+        })
+        .await;
     // busybox httpd -vv logs requests on stderr.
     assert_eq!(hit["stream"], "stderr", "{hit}");
     assert!(is_rfc3339(hit["ts"].as_str().unwrap_or("")), "{hit}");
 
-    let lines = log_lines(&d, "web").await;
+    let lines = d.log_lines("web").await;
     let nanny: Vec<&str> =
         lines.iter().filter(|l| l["stream"] == "nanny").map(|l| l["line"].as_str().unwrap_or("")).collect();
     assert!(
@@ -238,7 +194,7 @@ async fn start_status_logs_and_stop_through_the_api() {
     assert_eq!(st["is_running"], false, "{st}");
     assert_eq!(st["uptime"], Value::Null, "{st}");
     assert_eq!(st["pid"], Value::Null, "{st}");
-    let evs = events_after(&d, "web", after).await;
+    let evs = d.events_after(Some("web"), after).await;
     assert_eq!(kinds(&evs).last().map(String::as_str), Some("stopped"), "{}", render(&evs));
     assert!(of_kind(&evs, None, "stopping").len() == 1, "{}", render(&evs));
     for e in of_kind(&evs, None, "exited") {
@@ -282,14 +238,14 @@ async fn a_killed_container_is_noticed_at_once_and_restarted_per_policy() {
     let exited = d.wait_event("web", "exited", after, LONG, |_| true).await;
     assert_eq!(exited["code"], 137, "{exited}");
     assert_eq!(exited["expected"], false, "{exited}");
-    let noticed = ts_of(&exited["ts"], "exited.ts");
+    let noticed = timestamp(&exited["ts"], "exited.ts");
     assert!(
         ms_apart(noticed, killed_at) < 5000.0,
         "the death must be noticed from the engine's events, not a poll: killed at {killed_at}, exited event at {noticed}"
     );
 
     let healthy = d.wait_event("web", "healthy", id(&exited), LONG, |_| true).await;
-    let evs = events_after(&d, "web", after).await;
+    let evs = d.events_after(Some("web"), after).await;
     let ks = kinds(&evs);
     let upto = evs.iter().position(|e| id(e) == id(&healthy)).unwrap();
     assert!(upto >= 3, "exited, backoff, starting before healthy: {}", render(&evs));
@@ -307,7 +263,7 @@ async fn a_killed_container_is_noticed_at_once_and_restarted_per_policy() {
     assert_eq!(http_code(&web.health_url()).await, Some(200));
 
     // The daemon's log says why.
-    wait_log_line(&d, "web", "a nanny line about the container dying", |l| {
+    d.wait_log_line("web", LONG, "a nanny line about the container dying", |l| {
         l["stream"] == "nanny" && l["line"].as_str().unwrap_or("").contains(&c0.name)
     })
     .await;
@@ -356,7 +312,7 @@ async fn a_project_started_by_hand_is_adopted_with_its_real_uptime() {
         c0.started_at
     );
     assert!(is_uptime(st["uptime"].as_str().unwrap_or("")), "{st}");
-    let started = ts_of(&st["started_at"], "status.started_at");
+    let started = timestamp(&st["started_at"], "status.started_at");
     assert!(ms_apart(started, c0.started_at) < 5.0, "started_at {started} vs StartedAt {}", c0.started_at);
     assert_eq!(containers_of(&st), vec![c0.name.clone()], "{st}");
     assert_eq!(st["pid"], Value::Null, "{st}");
@@ -387,7 +343,7 @@ async fn a_project_started_by_hand_is_adopted_with_its_real_uptime() {
     let marker = format!("/adopted-{}", std::process::id());
     assert_eq!(http_code(&web.url(&marker)).await, Some(404));
     let prefix = format!("[{}] ", c0.name);
-    wait_log_line(&d, "handmade", "the adopted container's request log", |l| {
+    d.wait_log_line("handmade", LONG, "the adopted container's request log", |l| {
         let line = l["line"].as_str().unwrap_or("");
         line.starts_with(&prefix) && line.contains(&marker)
     })
@@ -412,21 +368,21 @@ async fn a_daemon_killed_and_restarted_adopts_the_running_project() {
     let p = web.write(&ws.services(), &pname);
     let state = ws.path("state");
 
-    let mut a = Nanny::start(&ws.services(), &state);
-    a.start_running("web").await;
+    let mut a = Daemon::start_with_state(&ws.services(), &state);
+    a.start_ok("web").await;
     let c0 = p.only();
 
     a.kill9();
     let still = docker::inspect(&c0.id).unwrap();
     assert!(still.running, "a SIGKILLed daemon leaves the containers running: {still:?}");
 
-    let b = Nanny::start(&ws.services(), &state);
+    let b = Daemon::start_with_state(&ws.services(), &state);
     b.wait_state("web", "running", LONG).await;
     let age_before = c0.age();
-    let st = b.svc_status("web").await;
+    let st = b.status("web").await;
     let age_after = c0.age();
-    let since = this_daemon_started(&b).await;
-    let evs = events_after(&b, "web", since).await;
+    let since = last_daemon_start(&b.all_events().await);
+    let evs = b.events_after(Some("web"), since).await;
     assert!(!of_kind(&evs, None, "adopted").is_empty(), "the new daemon adopts it: {}", render(&evs));
     assert!(of_kind(&evs, None, "starting").is_empty(), "the new daemon must not restart it: {}", render(&evs));
     let c1 = p.only();
@@ -442,7 +398,7 @@ async fn a_daemon_killed_and_restarted_adopts_the_running_project() {
         "uptime {uptime} s must count from StartedAt ({}, age {age_before}..{age_after} s); {st}",
         c0.started_at
     );
-    let started = ts_of(&st["started_at"], "status.started_at");
+    let started = timestamp(&st["started_at"], "status.started_at");
     assert!(ms_apart(started, c0.started_at) < 5.0, "started_at {started} vs StartedAt {}", c0.started_at);
 
     // A clean SIGTERM of the daemon stops its services, Compose ones included.
@@ -474,7 +430,7 @@ async fn a_container_killed_right_after_adoption_is_noticed_and_restarted() {
     docker::docker_ok(&["kill", &c0.name]);
     let deadline = Instant::now() + Duration::from_secs(20);
     let exited = loop {
-        let evs = events_after(&d, "web", after).await;
+        let evs = d.events_after(Some("web"), after).await;
         if let Some(e) = of_kind(&evs, None, "exited").first() {
             break (*e).clone();
         }
@@ -492,7 +448,7 @@ async fn a_container_killed_right_after_adoption_is_noticed_and_restarted() {
     };
     assert_eq!(exited["code"], 137, "{exited}");
     assert_eq!(exited["expected"], false, "{exited}");
-    let noticed = ts_of(&exited["ts"], "exited.ts");
+    let noticed = timestamp(&exited["ts"], "exited.ts");
     assert!(ms_apart(noticed, killed_at) < 5000.0, "killed at {killed_at}, exited event at {noticed}");
     let starting = d.wait_event("web", "starting", id(&exited), LONG, |_| true).await;
     assert_eq!(starting["automatic"], true, "{starting}");
@@ -507,16 +463,15 @@ async fn a_container_killed_right_after_adoption_is_noticed_and_restarted() {
 // ---------------------------------------------------------------------------------------------
 
 /// A native service running alongside; returns its pid.
-async fn start_native(d: &Daemon, svc: &Svc) -> i64 {
+async fn start_native(d: &Daemon, svc: &Svc) -> i32 {
     d.start_ok(&svc.name).await;
-    let st = d.status(&svc.name).await;
-    st["pid"].as_i64().unwrap_or_else(|| panic!("native status without pid: {st}"))
+    pid_of(&d.status(&svc.name).await)
 }
 
-async fn assert_native_untouched(d: &Daemon, svc: &Svc, pid: i64) {
+async fn assert_native_untouched(d: &Daemon, svc: &Svc, pid: i32) {
     let st = d.status(&svc.name).await;
     assert_eq!(st["status"], "running", "the native service must keep running: {st}");
-    assert_eq!(st["pid"].as_i64(), Some(pid), "the native service must not be restarted: {st}");
+    assert_eq!(st["pid"].as_i64(), Some(i64::from(pid)), "the native service must not be restarted: {st}");
     assert_eq!(http_code(&svc.health_url().unwrap()).await, Some(200));
     assert!(of_kind(&d.events_of(&svc.name).await, None, "exited").is_empty());
 }
@@ -528,7 +483,9 @@ async fn a_broken_compose_file_gives_a_clear_error_and_leaves_others_alone() {
     let native = ws.add(Svc::new("native"));
     let pname = docker::unique("yaml");
     let broken = "services:\n  web:\n    image: [unclosed\n    ports: {\n";
-    let web = Web::new("broken", &pname).compose_text(broken);
+    // `restart: never`: the failed start is left `failed` (under a restart policy it would
+    // be retried, as any failed start is).
+    let web = Web::new("broken", &pname).compose_text(broken).extra("restart: never\n");
     let p = web.write(&ws.services(), &pname);
     let d = Daemon::start(&ws.services());
     let pid = start_native(&d, &native).await;
@@ -560,7 +517,7 @@ async fn an_unpullable_image_gives_composes_own_error_and_leaves_others_alone() 
     let ws = Workspace::new();
     let native = ws.add(Svc::new("native"));
     let pname = docker::unique("pull");
-    let web = Web::new("nopull", &pname).image(NO_SUCH_IMAGE);
+    let web = Web::new("nopull", &pname).image(NO_SUCH_IMAGE).extra("restart: never\n");
     let p = web.write(&ws.services(), &pname);
     let d = Daemon::start(&ws.services());
     let pid = start_native(&d, &native).await;
@@ -577,7 +534,7 @@ async fn an_unpullable_image_gives_composes_own_error_and_leaves_others_alone() 
     assert!(p.containers().iter().all(|c| !c.running), "{:?}", p.containers());
 
     // Compose's output is in the service's log too.
-    let lines = log_lines(&d, "nopull").await;
+    let lines = d.log_lines("nopull").await;
     assert!(
         lines.iter().any(|l| l["stream"] == "nanny" && l["line"].as_str().unwrap_or("").contains(image_name)),
         "compose's own output in the log: {lines:?}"
@@ -604,61 +561,45 @@ async fn gpu_compose_and_native_services_exclude_each_other_and_get_the_override
     let original = fs::read(p.file()).unwrap();
     let state = ws.path("state");
 
-    let a = Nanny::start_with(&ws.services(), &state, &[], &[("NANNY_GPU_DEVICES", "0,1")]);
-    a.start_running("gpu-compose").await;
+    let a = Daemon::start_with(&ws.services(), &state, &[], &[("NANNY_GPU_DEVICES", "0,1")]);
+    a.start_ok("gpu-compose").await;
     let c = p.only();
     assert_eq!(c.env_var("NVIDIA_VISIBLE_DEVICES").as_deref(), Some("0,1"), "container env {:?}", c.env);
     assert_eq!(fs::read(p.file()).unwrap(), original, "the user's compose file must not change");
     let override_file = state.join("compose/gpu-compose.gpu.yml");
     assert!(override_file.is_file(), "the override lives in the state dir: {}", override_file.display());
-    let list = a.api_get_ok("/services").await;
+    let list = a.services().await;
     assert_eq!(list["gpu_service_running"], "gpu-compose", "{list}");
 
     // Native GPU service refused while the Compose one holds the GPU.
-    let (code, v) = a.api_post("/services/gpu-native/start").await;
+    let (code, v) = a.start_svc("gpu-native").await;
     assert_eq!(code, 409, "{v}");
     assert_eq!(v["detail"], "GPU service 'gpu-compose' is already running", "{v}");
     assert_eq!(v["gpu_service_running"], "gpu-compose", "{v}");
     assert!(p.only().running, "a refused start leaves the holder alone");
 
     // force: the Compose holder is stopped (containers stopped), the native one starts.
-    let r = a
-        .client
-        .post(format!("{}/services/gpu-native/start", a.url))
-        .json(&json!({"force": true}))
-        .send()
-        .await
-        .unwrap();
-    let code = r.status().as_u16();
-    let v: Value = r.json().await.unwrap();
+    let (code, v) = a.start_forced("gpu-native").await;
     assert_eq!(code, 200, "forced start of the native GPU service: {v}");
     assert_eq!(v["status"], "running", "{v}");
     assert_eq!(http_code(&native.health_url().unwrap()).await, Some(200));
-    assert_eq!(a.svc_state("gpu-compose").await, "stopped");
+    assert_eq!(a.state_of("gpu-compose").await, "stopped");
     let stopped = docker::inspect(&c.id).expect("preemption stops, it does not remove");
     assert!(!stopped.running, "the preempted Compose service's container: {stopped:?}");
-    let list = a.api_get_ok("/services").await;
+    let list = a.services().await;
     assert_eq!(list["gpu_service_running"], "gpu-native", "{list}");
-    let native_pid = a.svc_status("gpu-native").await["pid"].as_i64().expect("native pid") as i32;
+    let native_pid = pid_of(&a.status("gpu-native").await);
 
     // And the other way round.
-    let (code, v) = a.api_post("/services/gpu-compose/start").await;
+    let (code, v) = a.start_svc("gpu-compose").await;
     assert_eq!(code, 409, "{v}");
     assert_eq!(v["detail"], "GPU service 'gpu-native' is already running", "{v}");
     assert_eq!(v["gpu_service_running"], "gpu-native", "{v}");
     assert!(!docker::inspect(&c.id).unwrap().running, "a refused start starts no container");
 
-    let r = a
-        .client
-        .post(format!("{}/services/gpu-compose/start", a.url))
-        .json(&json!({"force": true}))
-        .send()
-        .await
-        .unwrap();
-    let code = r.status().as_u16();
-    let v: Value = r.json().await.unwrap();
+    let (code, v) = a.start_forced("gpu-compose").await;
     assert_eq!(code, 200, "forced start of the Compose GPU service: {v}");
-    assert_eq!(a.svc_state("gpu-native").await, "stopped");
+    assert_eq!(a.state_of("gpu-native").await, "stopped");
     wait_pid_gone(native_pid, Duration::from_secs(10), "preempted native GPU service").await;
     let c2 = p.only();
     assert!(c2.running, "{c2:?}");
@@ -670,13 +611,13 @@ async fn gpu_compose_and_native_services_exclude_each_other_and_get_the_override
     // Without NANNY_GPU_DEVICES the containers get `all`.
     let mut a = a;
     a.terminate();
-    let b = Nanny::start(&ws.services(), &ws.path("state-b"));
-    b.start_running("gpu-compose").await;
+    let b = Daemon::start_with_state(&ws.services(), &ws.path("state-b"));
+    b.start_ok("gpu-compose").await;
     let c3 = p.only();
     let expected = std::env::var("NANNY_GPU_DEVICES").unwrap_or_else(|_| "all".into());
     assert_eq!(c3.env_var("NVIDIA_VISIBLE_DEVICES"), Some(expected), "{:?}", c3.env);
     assert_eq!(fs::read(p.file()).unwrap(), original, "the user's compose file must not change");
-    b.stop_stopped("gpu-compose").await;
+    b.stop_ok("gpu-compose").await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -755,10 +696,7 @@ async fn a_container_healthcheck_decides_when_the_service_is_running() {
 
     // The container turns unhealthy: the service follows.
     docker::docker_ok(&["exec", &c.id, "/bin/busybox", "rm", "/www/ok"]);
-    wait_until(Duration::from_secs(30), "the service becomes unhealthy", || async {
-        d.state_of("web").await == "unhealthy"
-    })
-    .await;
+    d.wait_state("web", "unhealthy", Duration::from_secs(30)).await;
     d.stop_ok("web").await;
 }
 

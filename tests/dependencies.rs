@@ -4,34 +4,17 @@
 //! daemon starts.
 
 mod common;
-mod support;
 
 use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-use support::*;
 
 const LONG: Duration = Duration::from_secs(60);
 
-/// The event of `service` with `kind` (the first one), panicking with the history if missing.
-fn ev<'a>(evs: &'a [Value], service: &str, kind: &str) -> &'a Value {
-    first(evs, service, kind, 0).unwrap_or_else(|| panic!("no `{kind}` event for {service}: {}", render(evs)))
-}
-
 fn before(evs: &[Value], a: (&str, &str), b: (&str, &str)) {
-    let (ea, eb) = (ev(evs, a.0, a.1), ev(evs, b.0, b.1));
+    let (ea, eb) = (expect_event(evs, a.0, a.1), expect_event(evs, b.0, b.1));
     assert!(id(ea) < id(eb), "{} {} must come before {} {}: {}", a.0, a.1, b.0, b.1, render(evs));
-}
-
-fn invalid_for<'a>(list: &'a Value, dir: &str) -> &'a Value {
-    let suffix = format!("/{dir}/service.yaml");
-    list["invalid"]
-        .as_array()
-        .unwrap_or_else(|| panic!("`invalid` is an array: {list}"))
-        .iter()
-        .find(|i| i["path"].as_str().is_some_and(|p| p.ends_with(&suffix)))
-        .unwrap_or_else(|| panic!("{dir}/service.yaml is not listed as invalid: {list}"))
 }
 
 fn first_error(inv: &Value) -> String {
@@ -65,7 +48,7 @@ async fn starting_a_service_starts_its_dependencies_in_order() {
     before(&evs, ("api", "starting"), ("db", "healthy"));
     for s in ["db", "api", "web"] {
         assert_eq!(of_kind(&evs, Some(s), "starting").len(), 1, "{s} started once: {}", render(&evs));
-        assert_eq!(ev(&evs, s, "starting")["automatic"], false, "{}", render(&evs));
+        assert_eq!(expect_event(&evs, s, "starting")["automatic"], false, "{}", render(&evs));
     }
 
     // Starting a service whose dependencies already run starts only it.
@@ -73,7 +56,7 @@ async fn starting_a_service_starts_its_dependencies_in_order() {
     assert_eq!(d.state_of("api").await, "running", "stopping a dependent leaves its dependencies alone");
     let mark = d.last_event_id().await;
     d.start_ok("web").await;
-    let evs: Vec<Value> = d.all_events().await.into_iter().filter(|e| id(e) > mark).collect();
+    let evs = d.events_after(None, mark).await;
     let started: Vec<&str> = of_kind(&evs, None, "starting").iter().map(|e| e["service"].as_str().unwrap()).collect();
     assert_eq!(started, ["web"], "{}", render(&evs));
 }
@@ -117,7 +100,7 @@ async fn stopping_a_dependency_stops_its_dependents_first() {
     }
     assert_eq!(d.state_of("other").await, "running", "unrelated services are left alone");
 
-    let evs: Vec<Value> = d.all_events().await.into_iter().filter(|e| id(e) > mark).collect();
+    let evs = d.events_after(None, mark).await;
     before(&evs, ("web", "stopped"), ("api", "stopping"));
     before(&evs, ("api", "stopped"), ("db", "stopping"));
     assert!(first(&evs, "report", "stopping", 0).is_none(), "{}", render(&evs));
@@ -139,25 +122,25 @@ async fn a_dependency_cycle_makes_every_member_invalid() {
 
     let list = dmn.services().await;
     assert_eq!(names(&list["services"]), ["e"], "{list}");
-    let a = invalid_for(&list, "a");
+    let a = invalid_entry(&list, "/a/service.yaml");
     let err = first_error(a);
     assert!(err.contains("/a/service.yaml"), "the error names the file: {err}");
     assert!(err.contains("depends_on"), "the error names the field: {err}");
     assert!(err.contains("dependency cycle: a -> b -> c -> a"), "the cycle is named: {err}");
     for member in ["b", "c"] {
-        let err = first_error(invalid_for(&list, member));
+        let err = first_error(invalid_entry(&list, &format!("/{member}/service.yaml")));
         assert!(err.contains(&format!("/{member}/service.yaml")), "{err}");
         assert!(err.contains("depends_on") && err.contains("dependency cycle:"), "{err}");
         for n in ["a -> ", "b -> ", "c -> "] {
             assert!(err.contains(n), "the whole cycle is named in {member}'s error: {err}");
         }
     }
-    let err = first_error(invalid_for(&list, "d"));
+    let err = first_error(invalid_entry(&list, "/d/service.yaml"));
     assert!(err.contains("depends_on") && err.contains("'a'"), "a dependent of a cycle member is unusable: {err}");
 
     let (code, v) = dmn.start_svc("a").await;
     assert_eq!(code, 404, "{v}");
-    let inv_events = dmn.events("limit=10000").await;
+    let inv_events = dmn.all_events().await;
     let inv_events = of_kind(&inv_events, None, "invalid");
     assert!(
         inv_events.iter().any(|e| e["path"].as_str().is_some_and(|p| p.ends_with("/a/service.yaml"))
@@ -188,10 +171,10 @@ async fn an_unknown_dependency_makes_the_manifest_invalid() {
 
     let list = d.services().await;
     assert_eq!(names(&list["services"]), ["z"], "{list}");
-    let err = first_error(invalid_for(&list, "x"));
+    let err = first_error(invalid_entry(&list, "/x/service.yaml"));
     assert!(err.contains("/x/service.yaml") && err.contains("depends_on"), "{err}");
     assert!(err.contains("depends on unknown service 'ghost'"), "{err}");
-    let err = first_error(invalid_for(&list, "y"));
+    let err = first_error(invalid_entry(&list, "/y/service.yaml"));
     assert!(err.contains("/y/service.yaml") && err.contains("'x'"), "y depends on an invalid service: {err}");
     let (code, v) = d.start_svc("y").await;
     assert_eq!(code, 404, "{v}");

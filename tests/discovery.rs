@@ -8,24 +8,10 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-/// Finds the `invalid` entry whose path ends with `suffix`.
-fn invalid_entry<'a>(list: &'a Value, suffix: &str) -> &'a Value {
-    list["invalid"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no `invalid` array in {list}"))
-        .iter()
-        .find(|e| e["path"].as_str().is_some_and(|p| p.ends_with(suffix)))
-        .unwrap_or_else(|| panic!("no invalid entry for {suffix} in {}", list["invalid"]))
-}
-
 fn errors_text(entry: &Value) -> String {
     let errs = entry["errors"].as_array().unwrap_or_else(|| panic!("no errors array in {entry}"));
     assert!(!errs.is_empty(), "invalid entry without errors: {entry}");
     errs.iter().map(|e| e.as_str().expect("errors are strings").to_string()).collect::<Vec<_>>().join("\n")
-}
-
-fn service_names(list: &Value) -> Vec<String> {
-    names(&Value::Array(list["services"].as_array().unwrap().iter().map(|s| s["name"].clone()).collect()))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -65,7 +51,7 @@ async fn valid_and_invalid_manifests_are_reported_with_location() {
 
     let list = d.services().await;
     assert_eq!(list["total"], 1, "{list}");
-    assert_eq!(service_names(&list), vec!["alpha"], "{list}");
+    assert_eq!(names(&list["services"]), vec!["alpha"], "{list}");
     assert!(list["gpu_service_running"].is_null(), "{list}");
     let s = &list["services"][0];
     assert_eq!(s["description"], "Alpha test service");
@@ -133,7 +119,7 @@ async fn duplicate_names_are_both_invalid_and_others_survive() {
 
     let d = Daemon::start(&ws.services());
     let list = d.services().await;
-    assert_eq!(service_names(&list), vec!["solo"], "{list}");
+    assert_eq!(names(&list["services"]), vec!["solo"], "{list}");
     assert_eq!(list["total"], 1, "{list}");
     for (dir, other) in [("twin-one", "twin-two"), ("twin-two", "twin-one")] {
         let t = errors_text(invalid_entry(&list, &format!("{dir}/service.yaml")));
@@ -174,7 +160,7 @@ async fn seed_aliases_and_string_command_are_accepted() {
     );
     let d = Daemon::start(&ws.services());
     let list = d.services().await;
-    assert_eq!(service_names(&list), vec!["aliased"], "{list}");
+    assert_eq!(names(&list["services"]), vec!["aliased"], "{list}");
     let full = d.get_ok("/services/aliased").await;
     assert_eq!(full["health_endpoint"], format!("http://localhost:{port}/health"), "{full}");
     assert_eq!(full["restart_delay"].as_f64(), Some(0.5), "{full}");
@@ -227,7 +213,7 @@ async fn rediscover_reports_added_removed_changed_and_invalid() {
     assert!(pid_alive(b_pid));
 
     let list = d.services().await;
-    assert_eq!(service_names(&list), vec!["b", "c"], "{list}");
+    assert_eq!(names(&list["services"]), vec!["b", "c"], "{list}");
     let (code, _) = d.get("/services/a").await;
     assert_eq!(code, 404);
     invalid_entry(&list, "d/service.yaml");
@@ -269,7 +255,7 @@ async fn rediscover_stops_a_removed_running_service() {
     wait_pid_gone(pid, Duration::from_secs(15), "removed service").await;
     let (code, _) = d.get("/services/gone").await;
     assert_eq!(code, 404);
-    assert_eq!(service_names(&d.services().await), vec!["stays"]);
+    assert_eq!(names(&d.services().await["services"]), vec!["stays"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

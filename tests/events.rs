@@ -3,7 +3,6 @@
 //! in `STATE_DIR/nanny.db` across daemon restarts, and `nanny events`.
 
 mod common;
-mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -11,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-use support::*;
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -104,8 +102,7 @@ async fn history_is_filtered_by_since_service_and_limit() {
         assert!(first(&all, s, "discovered", 0).is_some(), "{}", render(&all));
     }
     let a: Vec<Value> = all.iter().filter(|e| e["service"] == "a").cloned().collect();
-    let kinds: Vec<&str> = a.iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["discovered", "starting", "healthy", "stopping", "exited", "stopped"], "{}", render(&a));
+    assert_eq!(kinds(&a), ["discovered", "starting", "healthy", "stopping", "exited", "stopped"], "{}", render(&a));
     assert!(a[1]["pid"].is_u64() && a[1]["automatic"] == false, "{}", a[1]);
     assert!(a[2]["startup_ms"].is_number(), "{}", a[2]);
     assert_eq!(a[3]["signal"], "SIGTERM", "{}", a[3]);
@@ -152,7 +149,7 @@ async fn history_default_limit_and_bad_parameters() {
         let (code, v) = d.post("/rediscover", None).await;
         assert_eq!(code, 200, "{v}");
     }
-    let all = d.events("limit=10000").await;
+    let all = d.all_events().await;
     assert!(all.len() > 110, "{}", all.len());
     assert_eq!(of_kind(&all, Some("a"), "manifest_changed").len(), 110);
     assert!(of_kind(&all, Some("a"), "manifest_changed").iter().all(|e| e["running"] == false));
@@ -280,8 +277,8 @@ async fn events_persist_across_daemon_restarts() {
     let ws = Workspace::new();
     Svc::new("a").write(&ws.services());
     let state = ws.path("state");
-    let mut d = Nanny::start(&ws.services(), &state);
-    d.start_running("a").await;
+    let mut d = Daemon::start_with_state(&ws.services(), &state);
+    d.start_ok("a").await;
     let before = d.all_events().await;
     d.terminate();
 
@@ -307,7 +304,7 @@ async fn events_persist_across_daemon_restarts() {
     assert!(stopped_a, "{rows:?}");
     let old_max = rows.last().unwrap().0;
 
-    let d = Nanny::start(&ws.services(), &state);
+    let d = Daemon::start_with_state(&ws.services(), &state);
     let after = d.all_events().await;
     assert_increasing(&after);
     assert_eq!(&after[..before.len()], &before[..], "the old history is intact");
@@ -339,10 +336,10 @@ async fn rescans_report_changes_removals_and_invalid_manifests() {
     let (code, v) = d.post("/rediscover", None).await;
     assert_eq!(code, 200, "{v}");
 
-    let evs: Vec<Value> = d.all_events().await.into_iter().filter(|e| id(e) > mark).collect();
-    let changed_a = first(&evs, "a", "manifest_changed", 0).unwrap_or_else(|| panic!("{}", render(&evs)));
+    let evs = d.events_after(None, mark).await;
+    let changed_a = expect_event(&evs, "a", "manifest_changed");
     assert_eq!(changed_a["running"], true, "{changed_a}");
-    let changed_b = first(&evs, "b", "manifest_changed", 0).unwrap_or_else(|| panic!("{}", render(&evs)));
+    let changed_b = expect_event(&evs, "b", "manifest_changed");
     assert_eq!(changed_b["running"], false, "{changed_b}");
     assert!(
         first(&evs, "b", "removed", 0).is_some(),

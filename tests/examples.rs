@@ -141,7 +141,7 @@ async fn bundled_examples_run_under_the_daemon() {
     assert!(img_logs.iter().any(|l| l.contains("SIGTERM")), "image-gen exits cleanly on SIGTERM: {img_logs:?}");
     assert_eq!(d.status("image-gen").await["last_exit"]["code"], 0);
 
-    let pid = d.status("llm-chat").await["pid"].as_i64().unwrap() as i32;
+    let pid = pid_of(&d.status("llm-chat").await);
     d.stop_ok("llm-chat").await;
     d.stop_ok("embeddings").await;
     assert!(!pid_alive(pid));

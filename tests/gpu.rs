@@ -89,10 +89,7 @@ async fn a_starting_gpu_service_already_holds_the_gpu() {
 
     let d2 = d.clone();
     let first = tokio::spawn(async move { d2.start_svc("warming").await });
-    wait_until(Duration::from_secs(15), "`warming` is starting", || async {
-        d.state_of("warming").await == "starting"
-    })
-    .await;
+    d.wait_state("warming", "starting", Duration::from_secs(15)).await;
     let (code, v) = d.start_svc("other").await;
     assert_eq!(code, 409, "a starting GPU service holds the GPU: {v}");
     assert_eq!(v["gpu_service_running"], "warming", "{v}");
@@ -236,10 +233,7 @@ async fn a_service_that_no_longer_needs_the_gpu_gives_it_up_at_its_restart() {
     ws.add(Svc::new("other").gpu());
     let d = Daemon::start(&ws.services());
     d.start_ok("crashy").await;
-    wait_until(Duration::from_secs(20), "crashy waits to restart", || async {
-        d.state_of("crashy").await == "backoff"
-    })
-    .await;
+    d.wait_state("crashy", "backoff", Duration::from_secs(20)).await;
     assert_eq!(d.services().await["gpu_service_running"], "crashy", "backoff keeps the GPU");
 
     // The manifest no longer asks for the GPU (and no longer crashes).
@@ -248,7 +242,7 @@ async fn a_service_that_no_longer_needs_the_gpu_gives_it_up_at_its_restart() {
     ws.write_manifest("crashy", &calm.yaml());
     let (code, r) = d.post("/rediscover", None).await;
     assert_eq!(code, 200, "{r}");
-    wait_until(Duration::from_secs(20), "crashy restarted", || async { d.state_of("crashy").await == "running" }).await;
+    d.wait_state("crashy", "running", Duration::from_secs(20)).await;
 
     let (code, v) = d.start_svc("other").await;
     assert_eq!(code, 200, "the GPU must be free once crashy runs without needing it: {v}");

@@ -5,23 +5,16 @@
 //! last check.
 
 mod common;
-mod support;
 
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-use support::*;
 
 const LONG: Duration = Duration::from_secs(60);
 
-fn pid_of(st: &Value) -> i64 {
-    st["pid"].as_i64().unwrap_or_else(|| panic!("status without pid: {st}"))
-}
-
 fn health_at(st: &Value) -> jiff::Timestamp {
-    let s = st["last_health"]["at"].as_str().unwrap_or_else(|| panic!("no last_health.at: {st}"));
-    s.parse().unwrap_or_else(|e| panic!("last_health.at {s:?}: {e}"))
+    timestamp(&st["last_health"]["at"], "last_health.at")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -48,19 +41,14 @@ async fn an_unhealthy_service_is_restarted() {
     assert!(took >= Duration::from_millis(550), "unhealthy after {took:?}, before 3 checks at a 0.3 s interval");
     remove(&sick);
 
-    let st = d
-        .wait_status("web", LONG, "running again with a new process", |st| {
-            st["status"] == "running" && st["pid"].as_i64().is_some_and(|p| p != old)
-        })
-        .await;
+    let st = d.wait_new_process("web", old, LONG).await;
     assert_eq!(st["restarts"], 1, "{st}");
     assert_eq!(st["consecutive_health_failures"], 0, "{st}");
-    assert!(!pid_alive(old as i32), "the unhealthy process was stopped");
+    assert!(!pid_alive(old), "the unhealthy process was stopped");
     d.wait_event("web", "healthy", id(&unhealthy), LONG, |_| true).await;
-    let evs: Vec<Value> = d.events_of("web").await.into_iter().filter(|e| id(e) > before).collect();
-    let kinds: Vec<&str> = evs.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    let evs = d.events_after(Some("web"), before).await;
     assert_eq!(
-        kinds,
+        kinds(&evs),
         ["unhealthy", "stopping", "exited", "backoff", "starting", "healthy"],
         "unhealthy -> stopped -> restarted: {}",
         render(&evs)
@@ -112,11 +100,10 @@ async fn with_restart_never_an_unhealthy_service_keeps_running_until_it_recovers
     assert_eq!(st["last_health"]["ok"], true, "{st}");
     let healthy = d.wait_event("api", "healthy", before, LONG, |_| true).await;
     assert!(healthy["startup_ms"].is_null(), "recovering is not a startup: {healthy}");
-    let evs: Vec<Value> = d.events_of("api").await.into_iter().filter(|e| id(e) > before).collect();
-    let kinds: Vec<&str> = evs.iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["unhealthy", "healthy"], "{}", render(&evs));
+    let evs = d.events_after(Some("api"), before).await;
+    assert_eq!(kinds(&evs), ["unhealthy", "healthy"], "{}", render(&evs));
     assert_eq!(evs[0]["consecutive_failures"], 3, "{}", render(&evs));
-    assert!(pid_alive(pid as i32));
+    assert!(pid_alive(pid));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -150,7 +137,7 @@ async fn failures_below_the_threshold_are_forgiven() {
     assert_eq!(st["status"], "running", "{st}");
     assert_eq!(st["pid"], pid, "{st}");
     assert_eq!(st["restarts"], 0, "{st}");
-    let evs: Vec<Value> = d.events_of("db").await.into_iter().filter(|e| id(e) > before).collect();
+    let evs = d.events_after(Some("db"), before).await;
     assert!(evs.is_empty(), "no transition for forgiven failures: {}", render(&evs));
 }
 

@@ -127,7 +127,7 @@ async fn start_without_health_check_and_restart() {
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["status"], "running", "{v}");
     assert!(!pid_alive(pid), "old process must be gone after restart");
-    let new_pid = d.status("quiet").await["pid"].as_i64().unwrap() as i32;
+    let new_pid = pid_of(&d.status("quiet").await);
     assert_ne!(new_pid, pid);
     assert!(pid_alive(new_pid));
 
@@ -162,8 +162,10 @@ async fn start_fails_with_500_and_logs_when_process_exits() {
         "logs should show why it died: {text:?}"
     );
 
+    // The failed start follows the restart policy (on-failure by default), and says so.
+    assert!(v["next"].as_str().is_some_and(|n| n.starts_with("restarting in")), "{v}");
     let st = d.status("crash").await;
-    assert_eq!(st["status"], "failed", "{st}");
+    assert!(st["status"] == "backoff" || st["status"] == "starting", "{st}");
     assert_eq!(st["is_running"], false, "{st}");
     assert_eq!(st["last_exit"]["code"], 7, "{st}");
     assert!(st["last_exit"]["at"].as_str().is_some_and(is_rfc3339), "{st}");
@@ -180,7 +182,8 @@ async fn start_times_out_with_504_and_kills_the_process() {
             .arg("--pidfile")
             .arg(&pidfile)
             .health_timeout(3.0)
-            .stop_timeout(2.0),
+            .stop_timeout(2.0)
+            .extra("restart: never\n"),
     );
     let d = Daemon::start(&ws.services());
 
@@ -197,7 +200,8 @@ async fn start_times_out_with_504_and_kills_the_process() {
     let st = d.status("slow").await;
     assert_eq!(st["is_running"], false, "{st}");
     assert!(st["pid"].is_null(), "{st}");
-    assert!(["failed", "stopped"].contains(&st["status"].as_str().unwrap()), "after a timed-out start: {st}");
+    assert_eq!(st["status"], "failed", "restart: never leaves a timed-out start failed: {st}");
+    assert!(v["next"].is_null(), "nothing happens next under restart: never: {v}");
     assert_eq!(st["last_health"]["ok"], false, "{st}");
     assert_eq!(st["last_health"]["http_code"], 503, "{st}");
 }
@@ -219,8 +223,7 @@ async fn crashed_service_is_restarted_by_policy() {
     d.start_ok("flaky").await;
     let first = read_pidfile(&pidfile).await;
 
-    wait_until(Duration::from_secs(30), "flaky was restarted after exiting with 1", || async {
-        let st = d.status("flaky").await;
+    d.wait_status("flaky", Duration::from_secs(30), "restarted after exiting with 1", |st| {
         st["restarts"].as_i64().unwrap_or(0) >= 1
             && st["status"] == "running"
             && st["pid"].as_i64().is_some_and(|p| p as i32 != first)
@@ -245,10 +248,7 @@ async fn exit_is_noticed_and_not_restarted_with_restart_never() {
     let d = Daemon::start(&ws.services());
     d.start_ok("once").await;
     let pid = read_pidfile(&pidfile).await;
-    wait_until(Duration::from_secs(15), "the exit of `once` is noticed", || async {
-        d.status("once").await["is_running"] == false
-    })
-    .await;
+    d.wait_status("once", Duration::from_secs(15), "its exit is noticed", |st| st["is_running"] == false).await;
     assert!(!pid_alive(pid));
     let st = d.status("once").await;
     assert!(["stopped", "failed"].contains(&st["status"].as_str().unwrap()), "{st}");
@@ -265,11 +265,8 @@ async fn killed_service_reports_signal() {
     let d = Daemon::start(&ws.services());
     d.start_ok("victim").await;
     let pid = read_pidfile(&pidfile).await;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
-    wait_until(Duration::from_secs(10), "the kill of `victim` is noticed", || async {
-        d.status("victim").await["is_running"] == false
-    })
-    .await;
+    sigkill(pid);
+    d.wait_status("victim", Duration::from_secs(10), "its kill is noticed", |st| st["is_running"] == false).await;
     let st = d.status("victim").await;
     assert!(st["last_exit"]["code"].is_null(), "{st}");
     let sig = st["last_exit"]["signal"].as_str().unwrap_or_else(|| panic!("signal name expected: {st}"));

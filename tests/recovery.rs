@@ -5,25 +5,19 @@
 //! `NANNY_ON_SHUTDOWN=forget`), leaving only `autostart` ones for the next start.
 
 mod common;
-mod support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-use support::*;
 
 const LONG: Duration = Duration::from_secs(60);
 
-fn pid_of(st: &Value) -> i32 {
-    st["pid"].as_i64().unwrap_or_else(|| panic!("status without pid: {st}")) as i32
-}
-
-async fn pids(d: &Nanny, names: &[&str]) -> BTreeMap<String, i32> {
+async fn pids(d: &Daemon, names: &[&str]) -> BTreeMap<String, i32> {
     let mut out = BTreeMap::new();
     for n in names {
-        out.insert(n.to_string(), pid_of(&d.svc_status(n).await));
+        out.insert(n.to_string(), pid_of(&d.status(n).await));
     }
     out
 }
@@ -40,17 +34,17 @@ async fn after_a_daemon_crash_leftovers_are_killed_and_services_restored() {
     Svc::new("gpu-a").gpu().write(&ws.services());
     Svc::new("gpu-b").gpu().write(&ws.services());
 
-    let mut d1 = Nanny::start(&ws.services(), &state);
-    d1.start_running("alpha").await;
-    d1.start_running("beta").await;
-    d1.start_running("idle").await;
-    d1.stop_stopped("idle").await;
-    d1.start_running("gpu-a").await;
+    let mut d1 = Daemon::start_with_state(&ws.services(), &state);
+    d1.start_ok("alpha").await;
+    d1.start_ok("beta").await;
+    d1.start_ok("idle").await;
+    d1.stop_ok("idle").await;
+    d1.start_ok("gpu-a").await;
     // gpu-b takes the GPU from gpu-a: gpu-b is the GPU service running at the crash.
-    let (code, v) = d1.api_post_body("/services/gpu-b/start", serde_json::json!({"force": true})).await;
+    let (code, v) = d1.start_forced("gpu-b").await;
     assert_eq!(code, 200, "forced start of gpu-b: {v}");
     assert_eq!(v["preempted"], serde_json::json!(["gpu-a"]), "{v}");
-    assert_eq!(d1.svc_state("gpu-a").await, "stopped");
+    assert_eq!(d1.state_of("gpu-a").await, "stopped");
 
     let grandchild = read_pidfile(&grandchild_file).await;
     let _cleanup = KillOnDrop(vec![grandchild]);
@@ -66,7 +60,7 @@ async fn after_a_daemon_crash_leftovers_are_killed_and_services_restored() {
     assert!(pid_alive(grandchild), "the grandchild outlives the killed daemon (only direct children get PDEATHSIG)");
     remove(&grandchild_file);
 
-    let d2 = Nanny::start(&ws.services(), &state);
+    let d2 = Daemon::start_with_state(&ws.services(), &state);
     wait_pid_gone(grandchild, Duration::from_secs(20), "alpha's grandchild left by the killed daemon").await;
     for name in ["alpha", "beta"] {
         let st = d2.wait_state(name, "running", LONG).await;
@@ -76,9 +70,9 @@ async fn after_a_daemon_crash_leftovers_are_killed_and_services_restored() {
     let mut list = Value::Null;
     let deadline = std::time::Instant::now() + LONG;
     while std::time::Instant::now() < deadline {
-        list = d2.api_get_ok("/services").await;
+        list = d2.services().await;
         let holder = list["gpu_service_running"].as_str().unwrap_or("").to_string();
-        if !holder.is_empty() && d2.svc_state(&holder).await == "running" {
+        if !holder.is_empty() && d2.state_of(&holder).await == "running" {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -91,7 +85,7 @@ async fn after_a_daemon_crash_leftovers_are_killed_and_services_restored() {
         .collect();
     assert_eq!(running_gpu.len(), 1, "one GPU service at a time: {list}");
     for name in ["idle", "never"] {
-        assert_eq!(d2.svc_state(name).await, "stopped", "{name} was not running before the crash");
+        assert_eq!(d2.state_of(name).await, "stopped", "{name} was not running before the crash");
     }
 
     let all = d2.all_events().await;
@@ -103,7 +97,7 @@ async fn after_a_daemon_crash_leftovers_are_killed_and_services_restored() {
     assert_eq!(orphans.len(), 1, "exactly the grandchild was left over: {}", render(&new));
     assert_eq!(orphans[0]["service"], "alpha", "{}", render(&new));
     assert_eq!(orphans[0]["pid"], grandchild, "{}", render(&new));
-    let restarted = first(&new, "alpha", "starting", 0).unwrap_or_else(|| panic!("{}", render(&new)));
+    let restarted = expect_event(&new, "alpha", "starting");
     assert!(id(orphans[0]) < id(restarted), "leftovers are killed before services start again: {}", render(&new));
     assert!(first(&new, "idle", "starting", 0).is_none(), "{}", render(&new));
 
@@ -115,10 +109,10 @@ async fn after_a_daemon_crash_leftovers_are_killed_and_services_restored() {
         "gpu-b held the GPU when the daemon died: {list}\n{}",
         render(&new)
     );
-    let st = d2.svc_status("gpu-b").await;
+    let st = d2.status("gpu-b").await;
     assert_eq!(st["status"], "running", "{st}");
     assert_ne!(pid_of(&st), old["gpu-b"], "{st}");
-    assert_eq!(d2.svc_state("gpu-a").await, "stopped", "gpu-a was preempted before the crash");
+    assert_eq!(d2.state_of("gpu-a").await, "stopped", "gpu-a was preempted before the crash");
     assert!(first(&new, "gpu-a", "starting", 0).is_none(), "{}", render(&new));
 }
 
@@ -127,15 +121,15 @@ async fn a_crash_restores_services_even_with_on_shutdown_forget() {
     let ws = Workspace::new();
     let state = ws.path("state");
     Svc::new("alpha").write(&ws.services());
-    let mut d1 = Nanny::start_with(&ws.services(), &state, &["--on-shutdown", "forget"], &[]);
-    d1.start_running("alpha").await;
-    let old = pid_of(&d1.svc_status("alpha").await);
+    let mut d1 = Daemon::start_with(&ws.services(), &state, &["--on-shutdown", "forget"], &[]);
+    d1.start_ok("alpha").await;
+    let old = pid_of(&d1.status("alpha").await);
     // The desired state is written by the store thread after the answer; a round trip through
     // the store (requests are served in order) makes sure it is on disk before the crash.
     d1.last_event_id().await;
     d1.kill9();
     wait_pid_gone(old, Duration::from_secs(20), "alpha after the daemon was killed").await;
-    let d2 = Nanny::start(&ws.services(), &state);
+    let d2 = Daemon::start_with_state(&ws.services(), &state);
     let st = d2.wait_state("alpha", "running", LONG).await;
     assert_ne!(pid_of(&st), old);
     assert!(of_kind(&d2.all_events().await, None, "orphan_killed").is_empty(), "nothing was left over");
@@ -143,18 +137,18 @@ async fn a_crash_restores_services_even_with_on_shutdown_forget() {
 
 /// alpha and beta (beta depends on alpha) started by hand, idle started then stopped, auto
 /// `autostart`; then a clean SIGTERM and a new daemon. Returns the new daemon.
-async fn clean_restart(ws: &Workspace, args: &[&str], env: &[(&str, &str)]) -> Nanny {
+async fn clean_restart(ws: &Workspace, args: &[&str], env: &[(&str, &str)]) -> Daemon {
     let state = ws.path("state");
     Svc::new("alpha").write(&ws.services());
     Svc::new("beta").extra("depends_on: [alpha]\n").write(&ws.services());
     Svc::new("idle").write(&ws.services());
     Svc::new("auto").extra("autostart: true\n").write(&ws.services());
 
-    let mut d1 = Nanny::start_with(&ws.services(), &state, args, env);
+    let mut d1 = Daemon::start_with(&ws.services(), &state, args, env);
     d1.wait_state("auto", "running", LONG).await;
-    d1.start_running("beta").await; // starts alpha first
-    d1.start_running("idle").await;
-    d1.stop_stopped("idle").await;
+    d1.start_ok("beta").await; // starts alpha first
+    d1.start_ok("idle").await;
+    d1.stop_ok("idle").await;
     let old = pids(&d1, &["alpha", "beta", "auto"]).await;
     let last = d1.last_event_id().await;
     d1.terminate();
@@ -162,11 +156,11 @@ async fn clean_restart(ws: &Workspace, args: &[&str], env: &[(&str, &str)]) -> N
         assert!(!pid_alive(*pid), "{name} was stopped by the clean shutdown");
     }
 
-    let d2 = Nanny::start(&ws.services(), &state);
-    let evs: Vec<Value> = d2.all_events().await.into_iter().filter(|e| id(e) > last).collect();
+    let d2 = Daemon::start_with_state(&ws.services(), &state);
+    let evs = d2.events_after(None, last).await;
     assert_eq!(evs[0]["kind"], "daemon_stopping", "{}", render(&evs));
-    let beta_stopped = first(&evs, "beta", "stopped", 0).unwrap_or_else(|| panic!("{}", render(&evs)));
-    let alpha_stopping = first(&evs, "alpha", "stopping", 0).unwrap_or_else(|| panic!("{}", render(&evs)));
+    let beta_stopped = expect_event(&evs, "beta", "stopped");
+    let alpha_stopping = expect_event(&evs, "alpha", "stopping");
     assert!(id(beta_stopped) < id(alpha_stopping), "dependents are stopped first: {}", render(&evs));
     d2
 }
@@ -178,7 +172,7 @@ async fn a_clean_shutdown_remembers_running_services_by_default() {
     for name in ["auto", "alpha", "beta"] {
         d2.wait_state(name, "running", LONG).await;
     }
-    assert_eq!(d2.svc_state("idle").await, "stopped");
+    assert_eq!(d2.state_of("idle").await, "stopped");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -187,10 +181,10 @@ async fn on_shutdown_forget_brings_back_only_autostart_services() {
     let d2 = clean_restart(&ws, &["--on-shutdown", "forget"], &[]).await;
     d2.wait_state("auto", "running", LONG).await;
     for name in ["alpha", "beta", "idle"] {
-        assert_eq!(d2.svc_state(name).await, "stopped", "{name} was forgotten");
+        assert_eq!(d2.state_of(name).await, "stopped", "{name} was forgotten");
     }
     let evs = d2.all_events().await;
-    let restarted_at = of_kind(&evs, None, "daemon_started").last().map(|e| id(e)).unwrap();
+    let restarted_at = last_daemon_start(&evs);
     assert!(first(&evs, "alpha", "starting", restarted_at).is_none(), "{}", render(&evs));
 }
 
@@ -200,6 +194,6 @@ async fn nanny_on_shutdown_env_forgets_too() {
     let d2 = clean_restart(&ws, &[], &[("NANNY_ON_SHUTDOWN", "forget")]).await;
     d2.wait_state("auto", "running", LONG).await;
     for name in ["alpha", "beta", "idle"] {
-        assert_eq!(d2.svc_state(name).await, "stopped", "{name} was forgotten");
+        assert_eq!(d2.state_of(name).await, "stopped", "{name} was forgotten");
     }
 }

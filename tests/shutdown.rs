@@ -132,8 +132,7 @@ async fn daemon_sigkill_takes_its_children_along() {
     d.start_ok("quiet").await;
     let pids = [read_pidfile(&p1).await, read_pidfile(&p2).await];
 
-    d.signal(Signal::SIGKILL);
-    tokio::task::block_in_place(|| d.wait_exit(Duration::from_secs(10)));
+    tokio::task::block_in_place(|| d.kill9());
     for p in pids {
         wait_pid_gone(p, Duration::from_secs(10), "service of a SIGKILLed daemon").await;
     }

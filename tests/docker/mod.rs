@@ -294,10 +294,7 @@ impl Web {
 
     /// Extra manifest lines (must not repeat keys written by `manifest()`).
     pub fn extra(mut self, lines: &str) -> Web {
-        self.extra.push_str(lines);
-        if !self.extra.ends_with('\n') {
-            self.extra.push('\n');
-        }
+        crate::common::append_manifest_lines(&mut self.extra, lines);
         self
     }
 
