@@ -422,6 +422,16 @@ impl Machine {
         self.phase.state()
     }
 
+    /// While a stop's processes outlive SIGKILL by [`STOP_GRACE`]: the error
+    /// that says so (what is still alive is for the task to fill in).
+    pub fn stuck_error(&self) -> Option<StartError> {
+        matches!(self.phase, Phase::Stopping { stuck: true, .. }).then(|| StartError::Stuck {
+            name: self.spec.name.clone(),
+            alive: String::new(),
+            grace: STOP_GRACE.as_secs(),
+        })
+    }
+
     /// When the task must send [`Input::Timer`].
     pub fn deadline(&self) -> Option<Instant> {
         match &self.phase {
@@ -820,8 +830,7 @@ impl Machine {
             }
             Phase::Stopping { stuck, .. } => {
                 *stuck = true;
-                let name = self.spec.name.clone();
-                let error = StartError::Stuck { name, alive: String::new(), grace: STOP_GRACE.as_secs() };
+                let error = self.stuck_error().expect("the stop is stuck");
                 self.last_error = Some(error.to_string());
                 out.push(Action::Log(error.to_string()));
                 out.push(Action::Emit(EventKind::StopTimedOut { grace_s: STOP_GRACE.as_secs() }));

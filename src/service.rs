@@ -158,7 +158,6 @@ impl ServiceHandle {
             start_waiters: Vec::new(),
             stop_waiters: Vec::new(),
             answers: Vec::new(),
-            stuck: None,
             probed: false,
             next_probe: None,
             probe_in_flight: false,
@@ -256,8 +255,6 @@ struct Task {
     start_waiters: Vec<StartReply>,
     stop_waiters: Vec<StopReply>,
     answers: Vec<Answer>,
-    /// A stop that did not end: what is still alive, for the snapshot.
-    stuck: Option<String>,
     /// Whether the current instance has been probed yet.
     probed: bool,
     next_probe: Option<Instant>,
@@ -386,9 +383,6 @@ impl Task {
             }
             Action::Stopped(result) => {
                 let result = result.map_err(|e| self.with_details(e));
-                if let Err(error) = &result {
-                    self.stuck = Some(error.to_string());
-                }
                 for reply in self.stop_waiters.drain(..) {
                     self.answers.push(Answer::Stop(reply, result.clone()));
                 }
@@ -559,10 +553,11 @@ impl Task {
         self.snap.state = state;
         self.snap.restarts = m.restarts;
         self.snap.consecutive_failures = m.health_failures;
-        if state != State::Stopping {
-            self.stuck = None;
-        }
-        self.snap.last_error = self.stuck.clone().or_else(|| m.last_error.clone());
+        // A stuck stop says what is still alive, which only the task knows.
+        self.snap.last_error = match m.stuck_error() {
+            Some(error) => Some(self.with_details(error).to_string()),
+            None => m.last_error.clone(),
+        };
         self.snap.next = m.next.clone();
         self.snap.wishes = m.wishes;
         self.status.send_replace(self.snap.clone());
