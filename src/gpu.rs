@@ -7,7 +7,7 @@
 
 use std::sync::Mutex;
 
-use crate::runtime::Placement;
+use crate::runtime::{Devices, Placement};
 
 /// Who holds the GPU. Pure data and decisions.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -49,9 +49,15 @@ impl Claims {
 #[derive(Debug, Default)]
 pub struct Arbiter {
     claims: Mutex<Claims>,
+    devices: Devices,
 }
 
 impl Arbiter {
+    /// An arbiter placing GPU services on `devices`.
+    pub fn new(devices: Devices) -> Arbiter {
+        Arbiter { claims: Mutex::default(), devices }
+    }
+
     pub fn claim(&self, name: &str) -> Result<(), Held> {
         self.lock().claim(name)
     }
@@ -65,9 +71,9 @@ impl Arbiter {
     }
 
     /// Where the holder runs: with one GPU service at a time, every device
-    /// (`NANNY_GPU_DEVICES` narrows it, e.g. `0,1`).
+    /// the daemon was given (`NANNY_GPU_DEVICES` narrows it, e.g. `0,1`).
     pub fn placement(&self) -> Placement {
-        Placement { devices: std::env::var("NANNY_GPU_DEVICES").unwrap_or_else(|_| "all".into()) }
+        Placement { devices: self.devices.clone() }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Claims> {

@@ -13,6 +13,7 @@ pub mod events;
 pub mod gpu;
 pub mod health;
 pub mod lifecycle;
+pub mod lock;
 pub mod logs;
 pub mod manifest;
 pub mod runtime;

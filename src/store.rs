@@ -80,7 +80,9 @@ const SCHEMA: &str = "
         service     TEXT PRIMARY KEY,
         pgid        INTEGER NOT NULL,
         start_ticks INTEGER NOT NULL,
-        boot_id     TEXT NOT NULL DEFAULT ''
+        boot_id     TEXT NOT NULL DEFAULT '',
+        daemon_pid  INTEGER NOT NULL DEFAULT 0,
+        daemon_start_ticks INTEGER NOT NULL DEFAULT 0
     );
 ";
 
@@ -91,19 +93,23 @@ impl Store {
         let error = |source| StoreError { path: path.display().to_string(), source };
         let conn = Connection::open(&path).map_err(error)?;
         conn.execute_batch(SCHEMA).map_err(error)?;
-        // Databases written before `boot_id` was recorded gain the column.
-        let has_boot_id: bool = conn
-            .query_row("SELECT COUNT(*) FROM pragma_table_info('processes') WHERE name = 'boot_id'", [], |r| r.get(0))
-            .map_err(error)?;
-        if !has_boot_id {
-            conn.execute_batch("ALTER TABLE processes ADD COLUMN boot_id TEXT NOT NULL DEFAULT ''").map_err(error)?;
-        }
-        // Databases written before giving up was remembered gain the column.
-        let has_gave_up: bool = conn
-            .query_row("SELECT COUNT(*) FROM pragma_table_info('desired') WHERE name = 'gave_up'", [], |r| r.get(0))
-            .map_err(error)?;
-        if !has_gave_up {
-            conn.execute_batch("ALTER TABLE desired ADD COLUMN gave_up TEXT").map_err(error)?;
+        // Databases written by earlier versions gain the columns added since.
+        for (table, column, definition) in [
+            ("processes", "boot_id", "TEXT NOT NULL DEFAULT ''"),
+            ("processes", "daemon_pid", "INTEGER NOT NULL DEFAULT 0"),
+            ("processes", "daemon_start_ticks", "INTEGER NOT NULL DEFAULT 0"),
+            ("desired", "gave_up", "TEXT"),
+        ] {
+            let present: bool = conn
+                .query_row(
+                    &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = '{column}'"),
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(error)?;
+            if !present {
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {definition}")).map_err(error)?;
+            }
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let live = broadcast::channel(1024).0;
@@ -209,15 +215,25 @@ impl Owner {
             }
             Request::RecordProcess(p) => {
                 self.conn.execute(
-                    "INSERT OR REPLACE INTO processes (service, pgid, start_ticks, boot_id) VALUES (?1, ?2, ?3, ?4)",
-                    params![p.service, p.group.pgid, p.group.start_ticks as i64, p.group.boot_id],
+                    "INSERT OR REPLACE INTO processes (service, pgid, start_ticks, boot_id, daemon_pid, daemon_start_ticks)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        p.service,
+                        p.group.pgid,
+                        p.group.start_ticks as i64,
+                        p.group.boot_id,
+                        p.group.daemon_pid,
+                        p.group.daemon_start_ticks as i64
+                    ],
                 )?;
             }
             Request::ForgetProcess { service } => {
                 self.conn.execute("DELETE FROM processes WHERE service = ?1", params![service])?;
             }
             Request::Processes { reply } => {
-                let mut stmt = self.conn.prepare("SELECT service, pgid, start_ticks, boot_id FROM processes")?;
+                let mut stmt = self.conn.prepare(
+                    "SELECT service, pgid, start_ticks, boot_id, daemon_pid, daemon_start_ticks FROM processes",
+                )?;
                 let rows = stmt
                     .query_map([], |row| {
                         Ok(RecordedProcess {
@@ -226,6 +242,8 @@ impl Owner {
                                 pgid: row.get(1)?,
                                 start_ticks: row.get::<_, i64>(2)? as u64,
                                 boot_id: row.get(3)?,
+                                daemon_pid: row.get(4)?,
+                                daemon_start_ticks: row.get::<_, i64>(5)? as u64,
                             },
                         })
                     })?
@@ -322,7 +340,7 @@ mod tests {
         assert_eq!(desired["c"], Desired::GaveUp("crash loop".into()));
         let p = RecordedProcess {
             service: "a".into(),
-            group: GroupRecord { pgid: 42, start_ticks: 7, boot_id: "b".into() },
+            group: GroupRecord { pgid: 42, start_ticks: 7, boot_id: "b".into(), daemon_pid: 9, daemon_start_ticks: 11 },
         };
         store.record_process(p.clone());
         assert_eq!(store.processes().await, vec![p]);

@@ -565,6 +565,8 @@ async fn gpu_compose_and_native_services_exclude_each_other_and_get_the_override
     a.start_ok("gpu-compose").await;
     let c = p.only();
     assert_eq!(c.env_var("NVIDIA_VISIBLE_DEVICES").as_deref(), Some("0,1"), "container env {:?}", c.env);
+    // The toolkit numbers the container's GPUs from 0: CUDA's variable is left to the image.
+    assert_eq!(c.env_var("CUDA_VISIBLE_DEVICES"), None, "container env {:?}", c.env);
     assert_eq!(fs::read(p.file()).unwrap(), original, "the user's compose file must not change");
     let override_file = state.join("compose/gpu-compose.gpu.yml");
     assert!(override_file.is_file(), "the override lives in the state dir: {}", override_file.display());
@@ -614,8 +616,8 @@ async fn gpu_compose_and_native_services_exclude_each_other_and_get_the_override
     let b = Daemon::start_with_state(&ws.services(), &ws.path("state-b"));
     b.start_ok("gpu-compose").await;
     let c3 = p.only();
-    let expected = std::env::var("NANNY_GPU_DEVICES").unwrap_or_else(|_| "all".into());
-    assert_eq!(c3.env_var("NVIDIA_VISIBLE_DEVICES"), Some(expected), "{:?}", c3.env);
+    assert_eq!(c3.env_var("NVIDIA_VISIBLE_DEVICES").as_deref(), Some("all"), "{:?}", c3.env);
+    assert_eq!(c3.env_var("CUDA_VISIBLE_DEVICES"), None, "`all` means nothing to CUDA: {:?}", c3.env);
     assert_eq!(fs::read(p.file()).unwrap(), original, "the user's compose file must not change");
     b.stop_ok("gpu-compose").await;
 }

@@ -10,8 +10,9 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::Failure;
 use crate::daemon::{Config, Daemon};
+use crate::lock::StateLock;
 use crate::runtime::compose::Compose;
-use crate::runtime::{Native, Runtimes};
+use crate::runtime::{Devices, Native, Runtimes};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -30,6 +31,11 @@ pub struct ServeArgs {
     /// After a crash the services meant to be running are always restored.
     #[arg(long, env = "NANNY_ON_SHUTDOWN", value_enum, default_value_t = OnShutdown::Remember)]
     on_shutdown: OnShutdown,
+    /// The GPUs that GPU services may use: `all`, or indices or UUIDs such
+    /// as `0,1` (native services get them as `CUDA_VISIBLE_DEVICES`,
+    /// containers as `NVIDIA_VISIBLE_DEVICES`).
+    #[arg(long, env = "NANNY_GPU_DEVICES", default_value = "all", value_parser = Devices::parse)]
+    gpu_devices: Devices,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -51,6 +57,9 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     std::fs::create_dir_all(&args.state_dir)
         .map_err(|e| fail(format!("cannot create state dir {}: {e}", args.state_dir.display())))?;
     let state_dir = std::path::absolute(&args.state_dir).map_err(|e| fail(e.to_string()))?;
+    // Before anything touches the state: a second daemon must not take the
+    // first one's services for leftovers.
+    let mut lock = StateLock::acquire(&state_dir).map_err(|e| fail(e.to_string()))?;
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| fail(e.to_string()))?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| fail(e.to_string()))?;
 
@@ -58,9 +67,10 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         .await
         .map_err(|e| fail(format!("cannot listen on {}: {e}", args.listen)))?;
     let addr = listener.local_addr().map_err(|e| fail(e.to_string()))?;
+    lock.announce(&format!("http://{addr}"));
     let runtime = Runtimes { native: Native, compose: Compose::new(&state_dir) };
-    let daemon =
-        Daemon::start(Config { services_dir, state_dir }, Arc::new(runtime)).await.map_err(|e| fail(e.to_string()))?;
+    let config = Config { services_dir, state_dir, gpu_devices: args.gpu_devices };
+    let daemon = Daemon::start(config, Arc::new(runtime)).await.map_err(|e| fail(e.to_string()))?;
     let catalog = daemon.registry.snapshot();
     tracing::info!(
         services = catalog.services.len(),

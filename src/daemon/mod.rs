@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::events::{Event, EventKind, Filter};
 use crate::gpu::Arbiter;
 use crate::logs::LogLine;
-use crate::runtime::Runtime;
+use crate::runtime::{Devices, Runtime};
 use crate::service::{ServiceHandle, Shared};
 use crate::store::{Desired, Store, StoreError};
 
@@ -50,6 +50,8 @@ pub enum Command {
 pub struct Config {
     pub services_dir: PathBuf,
     pub state_dir: PathBuf,
+    /// The GPUs GPU services may use (`NANNY_GPU_DEVICES`).
+    pub gpu_devices: Devices,
 }
 
 #[derive(Clone)]
@@ -77,7 +79,7 @@ impl Daemon {
             }
             store.forget_process(&leftover.service);
         }
-        let arbiter = Arc::new(Arbiter::default());
+        let arbiter = Arc::new(Arbiter::new(config.gpu_devices.clone()));
         let shared = Shared {
             runtime: runtime.clone(),
             arbiter: arbiter.clone(),

@@ -82,6 +82,10 @@ pub struct GroupRecord {
     pub start_ticks: u64,
     /// The machine's boot it was started in: after a reboot, none of it is left.
     pub boot_id: String,
+    /// The daemon that started it (pid and start ticks): while that daemon
+    /// lives, the group is its to supervise, never a leftover.
+    pub daemon_pid: u32,
+    pub daemon_start_ticks: u64,
 }
 
 /// One start of a service: something that runs until it ends or is stopped.
@@ -143,8 +147,61 @@ impl From<&str> for LaunchError {
 /// GPU placement chosen by the arbiter, handed to the instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
-    /// Value for `NVIDIA_VISIBLE_DEVICES` / `CUDA_VISIBLE_DEVICES`.
-    pub devices: String,
+    pub devices: Devices,
+}
+
+/// Which GPUs a service may use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Devices {
+    /// Every GPU of the machine.
+    #[default]
+    All,
+    /// These GPUs, by index (`0`) or UUID (`GPU-…`, `MIG-…`), as CUDA and
+    /// the NVIDIA container toolkit both read them.
+    Listed(Vec<String>),
+}
+
+impl Devices {
+    /// `all`, or a comma-separated list of indices or UUIDs (`0,1`, `GPU-8f…`).
+    pub fn parse(text: &str) -> Result<Devices, String> {
+        let text = text.trim();
+        if text.eq_ignore_ascii_case("all") {
+            return Ok(Devices::All);
+        }
+        let ids: Vec<String> = text.split(',').map(|id| id.trim().to_string()).collect();
+        for id in &ids {
+            let uuid = ["GPU-", "MIG-"].iter().any(|p| id.starts_with(p)) && id.len() > 4;
+            if !uuid && id.parse::<u32>().is_err() {
+                return Err(format!(
+                    "GPU devices: `{id}` is neither a GPU index (0, 1, …) nor a UUID (GPU-…, MIG-…); \
+                     give `all` or a comma-separated list such as `0,1`"
+                ));
+            }
+        }
+        Ok(Devices::Listed(ids))
+    }
+
+    /// The environment of a native process. CUDA reads `CUDA_VISIBLE_DEVICES`
+    /// as a list of indices or UUIDs (`all` would hide every GPU), so it is
+    /// set only for a real list; a service that may use every GPU sees them
+    /// all without it.
+    pub fn native_env(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Devices::All => Vec::new(),
+            Devices::Listed(ids) => vec![("CUDA_VISIBLE_DEVICES", ids.join(","))],
+        }
+    }
+
+    /// The environment of a container: the NVIDIA container toolkit maps
+    /// the host's GPUs named by `NVIDIA_VISIBLE_DEVICES` into it (numbered
+    /// from 0 inside, so `CUDA_VISIBLE_DEVICES` is left to the image).
+    pub fn container_env(&self) -> Vec<(&'static str, String)> {
+        let value = match self {
+            Devices::All => "all".to_string(),
+            Devices::Listed(ids) => ids.join(","),
+        };
+        vec![("NVIDIA_VISIBLE_DEVICES", value)]
+    }
 }
 
 pub trait Runtime: Send + Sync + 'static {

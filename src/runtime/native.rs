@@ -34,8 +34,7 @@ impl Native {
         let (program, args) = command.split_first().ok_or("empty command")?;
         let mut vars = BTreeMap::new();
         if let Some(gpu) = gpu {
-            vars.insert("NVIDIA_VISIBLE_DEVICES".to_string(), gpu.devices.clone());
-            vars.insert("CUDA_VISIBLE_DEVICES".to_string(), gpu.devices.clone());
+            vars.extend(gpu.devices.native_env().into_iter().map(|(k, v)| (k.to_string(), v)));
         }
         // Read at every start, so edits apply on restart; `env` overrides it.
         if let Some(path) = env_file {
@@ -118,6 +117,13 @@ impl Native {
         if !group.boot_id.is_empty() && group.boot_id != boot_id() {
             return Vec::new();
         }
+        // The daemon that recorded it still lives: the group is its own, not a leftover.
+        if group.daemon_pid != 0
+            && group.daemon_pid != std::process::id()
+            && proc_stat(group.daemon_pid).is_some_and(|d| d.start_ticks == group.daemon_start_ticks)
+        {
+            return Vec::new();
+        }
         // A live process with the leader's pid but another start time means
         // the group id now belongs to someone else: leave it alone.
         if let Some(leader) = proc_stat(group.pgid)
@@ -146,8 +152,10 @@ fn boot_id() -> &'static str {
 
 /// How long to wait for a SIGKILLed group to be gone before reporting the exit anyway.
 const GROUP_EXIT_WAIT: Duration = Duration::from_secs(5);
-/// How often to look while waiting for a group to be gone.
-const GROUP_EXIT_POLL: Duration = Duration::from_millis(5);
+/// How often to look while waiting for a group to be gone: at first soon
+/// (a killed group is usually gone within milliseconds), then less often.
+const GROUP_EXIT_POLL_FIRST: Duration = Duration::from_millis(1);
+const GROUP_EXIT_POLL_MAX: Duration = Duration::from_millis(100);
 
 /// The live (not zombie) processes of group `pgid`.
 fn group_members(pgid: u32) -> Vec<(u32, ProcStat)> {
@@ -163,9 +171,21 @@ fn group_members(pgid: u32) -> Vec<(u32, ProcStat)> {
 /// other than the leader are not our children, so no exit notification
 /// exists for them; this bounded wait runs only while a service ends.
 async fn wait_group_gone(pgid: u32, until: Instant) {
-    while !group_members(pgid).is_empty() && Instant::now() < until {
-        tokio::time::sleep(GROUP_EXIT_POLL).await;
+    let mut poll = GROUP_EXIT_POLL_FIRST;
+    while group_alive(pgid).await && Instant::now() < until {
+        tokio::time::sleep(poll).await;
+        poll = (poll * 2).min(GROUP_EXIT_POLL_MAX);
     }
+}
+
+/// Whether a live (not zombie) member of group `pgid` is left. One signal-0
+/// syscall answers "none at all"; only when something (maybe just a zombie
+/// not yet reaped) is left is `/proc` scanned, on a blocking thread.
+async fn group_alive(pgid: u32) -> bool {
+    if killpg(Pid::from_raw(pgid as i32), None) == Err(nix::errno::Errno::ESRCH) {
+        return false;
+    }
+    tokio::task::spawn_blocking(move || !group_members(pgid).is_empty()).await.unwrap_or(false)
 }
 
 /// A running native service: a process group led by `pid`.
@@ -191,7 +211,14 @@ impl Instance for ProcessGroup {
     }
 
     fn group(&self) -> Option<GroupRecord> {
-        Some(GroupRecord { pgid: self.pid, start_ticks: self.start_ticks, boot_id: boot_id().to_string() })
+        let daemon_pid = std::process::id();
+        Some(GroupRecord {
+            pgid: self.pid,
+            start_ticks: self.start_ticks,
+            boot_id: boot_id().to_string(),
+            daemon_pid,
+            daemon_start_ticks: proc_stat(daemon_pid).map(|s| s.start_ticks).unwrap_or(0),
+        })
     }
 }
 
@@ -253,11 +280,21 @@ mod tests {
         let mut child = std::process::Command::new("sleep").arg("100").process_group(0).spawn().unwrap();
         let pid = child.id();
         let ticks = super::proc_stat(pid).unwrap().start_ticks;
-        let record =
-            |start_ticks, boot_id: &str| super::GroupRecord { pgid: pid, start_ticks, boot_id: boot_id.into() };
-        assert!(super::Native.kill_leftovers(record(ticks, "an-earlier-boot")).is_empty(), "another boot's record");
-        assert!(super::Native.kill_leftovers(record(ticks + 1, super::boot_id())).is_empty(), "the id was reused");
-        assert_eq!(super::Native.kill_leftovers(record(ticks, super::boot_id())), vec![pid]);
+        // A daemon that is alive (this test's parent) and one that is gone.
+        let parent = nix::unistd::getppid().as_raw() as u32;
+        let parent_ticks = super::proc_stat(parent).unwrap().start_ticks;
+        let record = |start_ticks, boot_id: &str, daemon_start_ticks| super::GroupRecord {
+            pgid: pid,
+            start_ticks,
+            boot_id: boot_id.into(),
+            daemon_pid: parent,
+            daemon_start_ticks,
+        };
+        let boot = super::boot_id();
+        assert!(super::Native.kill_leftovers(record(ticks, "an-earlier-boot", 0)).is_empty(), "another boot's record");
+        assert!(super::Native.kill_leftovers(record(ticks + 1, boot, 0)).is_empty(), "the id was reused");
+        assert!(super::Native.kill_leftovers(record(ticks, boot, parent_ticks)).is_empty(), "its daemon is alive");
+        assert_eq!(super::Native.kill_leftovers(record(ticks, boot, parent_ticks + 1)), vec![pid]);
         child.wait().unwrap();
     }
 

@@ -40,6 +40,8 @@ fn spawn_serve(
         .env_remove("NANNY_LISTEN")
         .env_remove("NANNY_STATE_DIR")
         .env_remove("NANNY_ON_SHUTDOWN")
+        .env_remove("NANNY_GPU_DEVICES")
+        .env_remove("CUDA_VISIBLE_DEVICES")
         .env("RUST_BACKTRACE", "1")
         .envs(env.iter().copied())
         .stdin(Stdio::null())

@@ -1,0 +1,99 @@
+//! Hardening: one daemon per state directory, the GPU environment a native GPU service gets,
+//! and the daemon's own health while the Docker engine does not answer.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const LONG: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_daemon_on_the_same_state_dir_is_refused_and_touches_nothing() {
+    let ws = Workspace::new();
+    let state = ws.path("state");
+    Svc::new("alpha").write(&ws.services());
+    let first = Daemon::start_with_state(&ws.services(), &state);
+    first.start_ok("alpha").await;
+    let pid = pid_of(&first.status("alpha").await);
+    let before = first.last_event_id().await;
+
+    // Same state dir, another port: refused at once, naming the first daemon.
+    let second = tokio::task::spawn_blocking({
+        let (services, state) = (ws.services(), state.clone());
+        move || {
+            Command::new(NANNY)
+                .args(["serve", "--listen", "127.0.0.1:0", "--services"])
+                .arg(&services)
+                .arg("--state-dir")
+                .arg(&state)
+                .env_remove("NANNY_STATE_DIR")
+                .output()
+                .unwrap()
+        }
+    });
+    let out = tokio::time::timeout(LONG, second).await.expect("the second daemon exits").unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains(&format!("pid {}", first.pid())), "names the first daemon's pid: {stderr}");
+    assert!(stderr.contains(&first.url), "names the first daemon's address: {stderr}");
+
+    // The first daemon's service was not taken for a leftover.
+    assert!(pid_alive(pid), "alpha's process survives");
+    let status = first.status("alpha").await;
+    assert_eq!((status["status"].as_str(), pid_of(&status)), (Some("running"), pid), "{status}");
+    let evs = first.events_after(None, before).await;
+    assert!(of_kind(&evs, None, "orphan_killed").is_empty(), "{}", render(&evs));
+}
+
+/// A native GPU service started with `command` that prints the GPU variables it sees.
+fn gpu_env_printer(ws: &Workspace) {
+    ws.write_manifest(
+        "gpu-env",
+        "name: gpu-env\ngpu_required: true\nvram_gb: 1\n\
+         command: [sh, -c, 'echo \"CUDA=${CUDA_VISIBLE_DEVICES-unset} NVIDIA=${NVIDIA_VISIBLE_DEVICES-unset}\"; exec sleep 1000']\n",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_native_gpu_service_sees_every_gpu_or_the_listed_ones() {
+    let ws = Workspace::new();
+    gpu_env_printer(&ws);
+
+    // Every GPU: CUDA_VISIBLE_DEVICES is left unset (`all` would hide every GPU from CUDA).
+    let mut d = Daemon::start(&ws.services());
+    d.start_ok("gpu-env").await;
+    d.wait_log_line("gpu-env", LONG, "the environment line", |l| {
+        l["line"].as_str().is_some_and(|l| l.starts_with("CUDA="))
+    })
+    .await;
+    assert!(d.log_text("gpu-env").await.contains(&"CUDA=unset NVIDIA=unset".to_string()));
+    d.terminate();
+
+    // Listed GPUs: CUDA gets exactly the list.
+    let d = Daemon::start_with(&ws.services(), &ws.path("state-b"), &["--gpu-devices", "1,GPU-8f2c"], &[]);
+    d.start_ok("gpu-env").await;
+    d.wait_log_line("gpu-env", LONG, "the environment line", |l| {
+        l["line"].as_str().is_some_and(|l| l.starts_with("CUDA="))
+    })
+    .await;
+    assert!(d.log_text("gpu-env").await.contains(&"CUDA=1,GPU-8f2c NVIDIA=unset".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gpu_devices_that_are_not_indices_or_uuids_are_refused_at_start() {
+    let ws = Workspace::new();
+    let out = Command::new(NANNY)
+        .args(["serve", "--listen", "127.0.0.1:0", "--services"])
+        .arg(ws.services())
+        .arg("--state-dir")
+        .arg(ws.path("state"))
+        .env("NANNY_GPU_DEVICES", "0,first")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "a usage error: {stderr}");
+    assert!(stderr.contains("`first` is neither a GPU index"), "{stderr}");
+}
