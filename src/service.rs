@@ -749,7 +749,13 @@ mod tests {
         fn describe(&self) -> BoxFuture<'static, RuntimeInfo> {
             Box::pin(async {
                 RuntimeInfo {
-                    docker: EngineInfo { available: false, version: None, api_version: None, error: None },
+                    docker: EngineInfo {
+                        status: "unavailable",
+                        available: false,
+                        version: None,
+                        api_version: None,
+                        error: None,
+                    },
                     compose: ToolInfo { tool: None, version: None, error: None },
                 }
             })

@@ -71,7 +71,16 @@ async fn health_reports_the_docker_engine_and_the_compose_tool() {
     let ws = Workspace::new();
     let d = Daemon::start(&ws.services());
 
-    let h = d.get_ok("/health").await;
+    // The Compose tool is looked for in the background (`version` is slow to start); until it
+    // is found, `/health` says it is still looking rather than wait.
+    let mut h = d.get_ok("/health").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while h["runtimes"]["compose"]["tool"].is_null() && Instant::now() < deadline {
+        let error = h["runtimes"]["compose"]["error"].as_str().unwrap_or_default().to_string();
+        assert!(error.starts_with("still looking"), "{h}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        h = d.get_ok("/health").await;
+    }
     let rt = &h["runtimes"];
     assert!(rt.is_object(), "/health without `runtimes`: {h}");
 

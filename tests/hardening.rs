@@ -97,3 +97,32 @@ async fn gpu_devices_that_are_not_indices_or_uuids_are_refused_at_start() {
     assert_eq!(out.status.code(), Some(2), "a usage error: {stderr}");
     assert!(stderr.contains("`first` is neither a GPU index"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_answers_within_a_second_while_the_docker_engine_hangs() {
+    let ws = Workspace::new();
+    Svc::new("alpha").write(&ws.services());
+    // An "engine" that accepts connections and never says a word.
+    let socket = ws.path("hung-docker.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    let host = format!("unix://{}", socket.display());
+    let d = Daemon::start_with(&ws.services(), &ws.path("state"), &[], &[("DOCKER_HOST", &host)]);
+
+    for _ in 0..2 {
+        let asked = std::time::Instant::now();
+        let health = d.get_ok("/health").await;
+        let took = asked.elapsed();
+        assert!(took < Duration::from_secs(3), "GET /health took {took:?}: {health}");
+        assert_eq!(health["status"], "healthy", "{health}");
+        assert_eq!(health["runtimes"]["docker"]["status"], "not answering", "{health}");
+        assert_eq!(health["runtimes"]["docker"]["available"], false, "{health}");
+    }
+    // Native services are not held up by the engine.
+    d.start_ok("alpha").await;
+}

@@ -79,6 +79,8 @@ impl Daemon {
             }
             store.forget_process(&leftover.service);
         }
+        // Looked for now, so `GET /health` can tell at once (it never waits long).
+        tokio::spawn(runtime.describe());
         let arbiter = Arc::new(Arbiter::new(config.gpu_devices.clone()));
         let shared = Shared {
             runtime: runtime.clone(),

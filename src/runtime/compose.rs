@@ -42,6 +42,13 @@ const ADOPT_LOG_LINES: &str = "200";
 const HALT_SLACK: Duration = Duration::from_secs(30);
 /// Compose output lines quoted in an error.
 const ERROR_LINES: usize = 8;
+/// How long `GET /health` waits for the engine and the Compose tool.
+const INFO_TIMEOUT: Duration = Duration::from_millis(800);
+
+fn not_answering(what: &str) -> String {
+    let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+    format!("{what} did not answer within {} ms (DOCKER_HOST {host})", INFO_TIMEOUT.as_millis())
+}
 
 /// The Compose tool found on this machine.
 #[derive(Debug, Clone, Serialize)]
@@ -55,6 +62,9 @@ pub struct ToolInfo {
 /// The Docker engine, as seen through its API.
 #[derive(Debug, Clone, Serialize)]
 pub struct EngineInfo {
+    /// `available`, `unavailable` (it refused or is not there) or
+    /// `not answering` (no reply within 800 ms).
+    pub status: &'static str,
     pub available: bool,
     pub version: Option<String>,
     pub api_version: Option<String>,
@@ -216,28 +226,46 @@ impl Compose {
         }
     }
 
+    /// The Compose tool, or why there is none, within [`INFO_TIMEOUT`].
+    /// Finding it runs `version` (slow to start: v1 is Python, and the
+    /// plugin may ask a hung engine); the search goes on after a caller
+    /// stopped waiting, so it is found once and remembered.
     pub fn tool_info(&self) -> BoxFuture<'static, ToolInfo> {
         let inner = self.inner.clone();
+        let search = tokio::spawn(async move { inner.tool().await });
         Box::pin(async move {
-            match inner.tool().await {
-                Ok(tool) => ToolInfo { tool: Some(tool.argv.join(" ")), version: Some(tool.version), error: None },
-                Err(e) => ToolInfo { tool: None, version: None, error: Some(e) },
+            match tokio::time::timeout(INFO_TIMEOUT, search).await {
+                Ok(Ok(Ok(tool))) => {
+                    ToolInfo { tool: Some(tool.argv.join(" ")), version: Some(tool.version), error: None }
+                }
+                Ok(Ok(Err(e))) => ToolInfo { tool: None, version: None, error: Some(e) },
+                _ => ToolInfo { tool: None, version: None, error: Some("still looking for a Compose tool".into()) },
             }
         })
     }
 
+    /// Whether the engine answers, within [`INFO_TIMEOUT`]: the daemon's own
+    /// health never waits on a hung engine.
     pub fn engine_info(&self) -> BoxFuture<'static, EngineInfo> {
         let inner = self.inner.clone();
+        let info = |status, error| EngineInfo { status, available: false, version: None, api_version: None, error };
+        // Connecting runs on (and is kept) even when this caller stops waiting.
+        let version = tokio::spawn(async move {
+            let docker = inner.engine().await?;
+            docker.version().await.map_err(|e| engine_error(&e))
+        });
         Box::pin(async move {
-            let docker = match inner.engine().await {
-                Ok(docker) => docker,
-                Err(e) => return EngineInfo { available: false, version: None, api_version: None, error: Some(e) },
-            };
-            match docker.version().await {
-                Ok(v) => EngineInfo { available: true, version: v.version, api_version: v.api_version, error: None },
-                Err(e) => {
-                    EngineInfo { available: false, version: None, api_version: None, error: Some(engine_error(&e)) }
-                }
+            let answer = tokio::time::timeout(INFO_TIMEOUT, version).await;
+            match answer.map(|joined| joined.unwrap_or_else(|e| Err(e.to_string()))) {
+                Ok(Ok(v)) => EngineInfo {
+                    status: "available",
+                    available: true,
+                    version: v.version,
+                    api_version: v.api_version,
+                    error: None,
+                },
+                Ok(Err(e)) => info("unavailable", Some(e)),
+                Err(_) => info("not answering", Some(not_answering("the Docker engine"))),
             }
         })
     }
@@ -625,6 +653,7 @@ async fn detect_tool() -> Result<Tool, String> {
             .args(&argv[1..])
             .args(["version", "--short"])
             .stdin(Stdio::null())
+            .kill_on_drop(true)
             .output()
             .await;
         match output {

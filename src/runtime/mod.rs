@@ -293,6 +293,9 @@ impl Runtime for Runtimes {
 
     fn describe(&self) -> BoxFuture<'static, RuntimeInfo> {
         let compose = self.compose.clone();
-        Box::pin(async move { RuntimeInfo { docker: compose.engine_info().await, compose: compose.tool_info().await } })
+        Box::pin(async move {
+            let (docker, compose) = tokio::join!(compose.engine_info(), compose.tool_info());
+            RuntimeInfo { docker, compose }
+        })
     }
 }
