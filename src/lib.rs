@@ -19,3 +19,4 @@ pub mod manifest;
 pub mod runtime;
 pub mod service;
 pub mod store;
+pub mod usage;

@@ -107,6 +107,10 @@ pub enum StartError {
     Exited { name: String, exit: ExitInfo, reason: Option<String>, logs: Vec<String> },
     #[error("service '{name}' did not become healthy within {timeout:.1}s (last check: {last_check})")]
     HealthTimeout { name: String, timeout: f64, last_check: String, logs: Vec<String> },
+    /// The runtime was still bringing it up (Compose `up -d`: pulling,
+    /// building, creating) when `start_timeout` ran out.
+    #[error("service '{name}' was not up within its start_timeout of {timeout:.0}s (still {stage})")]
+    StartTimeout { name: String, timeout: f64, stage: String, logs: Vec<String> },
     #[error("service '{name}' was stopped before it became healthy")]
     Interrupted { name: String },
     #[error("service '{name}' was removed")]
@@ -130,7 +134,8 @@ impl StartError {
         match self {
             StartError::Spawn { logs, .. }
             | StartError::Exited { logs, .. }
-            | StartError::HealthTimeout { logs, .. } => logs,
+            | StartError::HealthTimeout { logs, .. }
+            | StartError::StartTimeout { logs, .. } => logs,
             _ => &[],
         }
     }
@@ -139,7 +144,8 @@ impl StartError {
     pub fn with_logs(mut self, lines: Vec<String>) -> StartError {
         if let StartError::Spawn { logs, .. }
         | StartError::Exited { logs, .. }
-        | StartError::HealthTimeout { logs, .. } = &mut self
+        | StartError::HealthTimeout { logs, .. }
+        | StartError::StartTimeout { logs, .. } = &mut self
         {
             *logs = lines;
         }
@@ -275,6 +281,9 @@ pub struct Spec {
     pub gpu: bool,
     pub policy: Policy,
     pub health_timeout: Duration,
+    /// How long the runtime may take to bring it up before health checks
+    /// begin (Compose `up -d`: a pull or a build may take minutes).
+    pub start_timeout: Duration,
     pub health_failures: u32,
     pub stop_timeout: Duration,
     pub stop_signal: String,
@@ -287,6 +296,7 @@ impl Spec {
             gpu: m.gpu_required,
             policy: Policy::of(m),
             health_timeout: m.health_timeout,
+            start_timeout: Duration::from_secs(15 * 60), // MERGE: m.start_timeout
             health_failures: m.health_failures,
             stop_timeout: m.stop_timeout,
             stop_signal: m.stop_signal.to_string(),
@@ -486,8 +496,9 @@ impl Machine {
                 self.begin_stop(Then::Fail(reason), now, out);
             }
             Input::Ready => {
-                if let Phase::Starting { awaits_ready, checks, .. } = &mut self.phase {
+                if let Phase::Starting { awaits_ready, checks, deadline, .. } = &mut self.phase {
                     *awaits_ready = false;
+                    *deadline = now + self.spec.health_timeout;
                     if !*checks {
                         self.became_running(now, out);
                     }
@@ -577,9 +588,11 @@ impl Machine {
 
     fn launched(&mut self, launch: Launch, now: Instant, out: &mut Vec<Action>) {
         let Launch { pid, containers, checks, awaits_ready, adopted, automatic } = launch;
-        let settle = match checks || awaits_ready || adopted {
-            true => self.spec.health_timeout,
-            false => SETTLE_TIME.min(self.spec.health_timeout),
+        // `health_timeout` counts from when the runtime has it up.
+        let settle = match (awaits_ready, checks || adopted) {
+            (true, _) => self.spec.start_timeout,
+            (false, true) => self.spec.health_timeout,
+            (false, false) => SETTLE_TIME.min(self.spec.health_timeout),
         };
         self.phase = Phase::Starting { since: now, deadline: now + settle, checks, awaits_ready, adopted };
         self.health_failures = 0;
@@ -813,14 +826,18 @@ impl Machine {
                 if !checks && !awaits_ready {
                     return self.became_running(now, out);
                 }
-                let last_check = match checks {
-                    true => self.last_check.clone().unwrap_or_else(|| "none completed".into()),
-                    false => "the runtime did not report it up".into(),
-                };
-                let timeout = self.spec.health_timeout.as_secs_f64();
-                out.push(Action::Log(format!("health check did not pass within {timeout:.1}s: {last_check}")));
                 let name = self.spec.name.clone();
-                let error = StartError::HealthTimeout { name, timeout, last_check, logs: Vec::new() };
+                let error = if awaits_ready {
+                    let timeout = self.spec.start_timeout.as_secs_f64();
+                    let stage = "bringing it up".to_string();
+                    out.push(Action::Log(format!("not up within start_timeout ({timeout:.0}s): stopping it")));
+                    StartError::StartTimeout { name, timeout, stage, logs: Vec::new() }
+                } else {
+                    let last_check = self.last_check.clone().unwrap_or_else(|| "none completed".into());
+                    let timeout = self.spec.health_timeout.as_secs_f64();
+                    out.push(Action::Log(format!("health check did not pass within {timeout:.1}s: {last_check}")));
+                    StartError::HealthTimeout { name, timeout, last_check, logs: Vec::new() }
+                };
                 self.begin_stop(Then::Recover(Fault { error: Some(error), failed: true, healthy_for: None }), now, out);
             }
             Phase::Stopping { killed_at: killed_at @ None, .. } => {
@@ -960,6 +977,7 @@ mod tests {
                 window: Duration::from_secs(10),
             },
             health_timeout: Duration::from_secs(30),
+            start_timeout: Duration::from_secs(900),
             health_failures: 1,
             stop_timeout: Duration::from_secs(10),
             stop_signal: "SIGTERM".into(),
@@ -1043,6 +1061,7 @@ mod tests {
                         StartError::Spawn { .. } => "spawn",
                         StartError::Exited { .. } => "exited",
                         StartError::HealthTimeout { .. } => "timeout",
+                        StartError::StartTimeout { .. } => "start-timeout",
                         StartError::Interrupted { .. } => "interrupted",
                         StartError::Removed { .. } => "removed",
                         StartError::Stuck { .. } => "stuck",
@@ -1165,6 +1184,38 @@ mod tests {
                 assert_eq!(to, if failed { Failed } else { Stopped });
             }
         }
+    }
+
+    #[test]
+    fn health_timeout_counts_from_when_the_runtime_has_it_up() {
+        let now = Instant::now() + T0;
+        let launch = Launch {
+            pid: None,
+            containers: Vec::new(),
+            checks: true,
+            awaits_ready: true,
+            adopted: false,
+            automatic: false,
+        };
+        let base = Machine { goal: Goal::Running, ..Machine::new(spec(RestartPolicy::Never)) };
+        let (up, _) = base.step(Input::Launched(launch), now);
+        assert_eq!(up.deadline(), Some(now + up.spec.start_timeout), "`up -d` has start_timeout");
+        let later = now + Duration::from_secs(120);
+        let (ready, _) = up.clone().step(Input::Ready, later);
+        assert_eq!(ready.deadline(), Some(later + ready.spec.health_timeout), "then health_timeout");
+
+        // Out of time while still coming up: stopped, and the start fails once it is gone.
+        let (timed_out, actions) = up.step(Input::Timer, now + Duration::from_secs(900));
+        assert_eq!(timed_out.state(), Stopping);
+        assert!(actions.contains(&Action::Stop), "{actions:?}");
+        let exit = Input::Exited { exit: ExitInfo { code: None, signal: None }, reason: None, unavailable: false };
+        let (_, actions) = timed_out.step(exit, now + Duration::from_secs(901));
+        let error = actions.iter().find_map(|a| match a {
+            Action::Started(Err(f)) => Some(f.error.to_string()),
+            _ => None,
+        });
+        let expected = "service 'x' was not up within its start_timeout of 900s (still bringing it up)";
+        assert_eq!(error.as_deref(), Some(expected), "{actions:?}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::gpu::Arbiter;
 use crate::health::{self, Probe, ProbeResult};
-use crate::lifecycle::{Action, Goal, Input, Launch, Machine, Refusal, Remember, Spec, State};
+use crate::lifecycle::{Action, Goal, Input, Launch, Machine, Phase, Refusal, Remember, Spec, State};
 use crate::logs::{LogStore, Stream};
 use crate::manifest::Manifest;
 use crate::runtime::{Ended, ExitInfo, Instance, LaunchError, Launched, Parts, Runtime};
@@ -69,6 +69,9 @@ pub struct Snapshot {
     pub wishes: u64,
     /// Whether the task is still looking for an instance to adopt (at its start).
     pub adopting: bool,
+    /// While `starting`: what the start is doing (`pulling`, `creating`,
+    /// `waiting for health`, …).
+    pub stage: Option<&'static str>,
 }
 
 impl Snapshot {
@@ -96,6 +99,10 @@ enum Message {
     Exited {
         generation: u64,
         ended: Ended,
+    },
+    Progress {
+        generation: u64,
+        stage: &'static str,
     },
     Ready {
         generation: u64,
@@ -142,6 +149,7 @@ impl ServiceHandle {
             next: None,
             wishes: 0,
             adopting: true,
+            stage: None,
         };
         let (status_tx, status) = watch::channel(snapshot.clone());
         let task = Task {
@@ -161,6 +169,7 @@ impl ServiceHandle {
             probed: false,
             next_probe: None,
             probe_in_flight: false,
+            runtime_stage: None,
             outside: None,
             watch: 0,
             finished: false,
@@ -259,6 +268,8 @@ struct Task {
     probed: bool,
     next_probe: Option<Instant>,
     probe_in_flight: bool,
+    /// What the runtime last said it is doing while it brings the instance up.
+    runtime_stage: Option<&'static str>,
     /// While at rest: the watch for a start outside the daemon, and its number.
     outside: Option<tokio::task::AbortHandle>,
     watch: u64,
@@ -316,6 +327,10 @@ impl Task {
                 self.turn(Input::Manifest(spec));
             }
             Message::Exited { generation, ended } if generation == self.generation => self.on_exit(ended),
+            Message::Progress { generation, stage } if generation == self.generation => {
+                self.runtime_stage = Some(stage);
+                self.after_turn();
+            }
             Message::Ready { generation, parts } if generation == self.generation => {
                 self.snap.containers = parts.containers;
                 self.turn(Input::Ready);
@@ -329,7 +344,7 @@ impl Task {
             Message::NothingToAdopt if self.at_rest() => self.watch_outside(),
             // Not at rest any more: a dropped `Launched` is abandoned, not stopped.
             Message::StartedOutside { .. } | Message::Found(_) | Message::NothingToAdopt => {}
-            Message::Exited { .. } | Message::Probed { .. } | Message::Ready { .. } => {}
+            Message::Exited { .. } | Message::Probed { .. } | Message::Ready { .. } | Message::Progress { .. } => {}
         }
     }
 
@@ -453,6 +468,17 @@ impl Task {
         self.probe_in_flight = false;
         self.probed = false;
         self.next_probe = None;
+        self.runtime_stage = None;
+        if let Some(mut progress) = launched.progress {
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                while let Some(stage) = progress.recv().await {
+                    if tx.send(Message::Progress { generation, stage }).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
         if let Some(ready) = launched.ready {
             let tx = self.tx.clone();
             tokio::spawn(async move {
@@ -523,6 +549,10 @@ impl Task {
                 };
                 StartError::Stuck { name, alive, grace }
             }
+            StartError::StartTimeout { name, timeout, stage, logs } => {
+                let stage = self.runtime_stage.map(str::to_string).unwrap_or(stage);
+                StartError::StartTimeout { name, timeout, stage, logs }.with_logs(self.recent_logs())
+            }
             error => error.with_logs(self.recent_logs()),
         }
     }
@@ -531,7 +561,10 @@ impl Task {
     /// snapshot in line with the machine; then answer the callers.
     fn after_turn(&mut self) {
         let state = self.machine.state();
+        let awaits_ready = matches!(self.machine.phase, Phase::Starting { awaits_ready: true, .. });
         match state {
+            // No probing while the runtime is still bringing it up (a pull, a build).
+            State::Starting if awaits_ready => self.next_probe = None,
             State::Starting | State::Running | State::Unhealthy if self.checks_health() => {
                 if self.next_probe.is_none() && !self.probe_in_flight {
                     let wait = match state {
@@ -551,6 +584,12 @@ impl Task {
         }
         let m = &self.machine;
         self.snap.state = state;
+        self.snap.stage = match state {
+            State::Starting if awaits_ready => Some(self.runtime_stage.unwrap_or("launching")),
+            State::Starting if self.checks_health() => Some("waiting for health"),
+            State::Starting => Some("confirming it stays up"),
+            _ => None,
+        };
         self.snap.restarts = m.restarts;
         self.snap.consecutive_failures = m.health_failures;
         // A stuck stop says what is still alive, which only the task knows.
@@ -653,6 +692,9 @@ impl Task {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use crate::usage::Reading;
     use std::path::Path;
     use std::sync::Mutex;
 
@@ -732,7 +774,7 @@ mod tests {
             let end = Arc::new(Mutex::new(Some(tx)));
             let _ = self.launches.send(Launch { at: Instant::now(), end: end.clone() });
             let instance = FakeInstance { end, knobs: self.knobs.clone() };
-            Ok(Launched { instance: Box::new(instance), exited, ready: None, started_at: None })
+            Ok(Launched { instance: Box::new(instance), exited, ready: None, progress: None, started_at: None })
         }
         fn adopt(&self, _: &Manifest, _: Arc<LogStore>) -> BoxFuture<'static, Option<Launched>> {
             Box::pin(async { None })
@@ -759,6 +801,9 @@ mod tests {
                     compose: ToolInfo { tool: None, version: None, error: None },
                 }
             })
+        }
+        fn measure(&self, _: Vec<(String, Parts)>) -> BoxFuture<'static, HashMap<String, Reading>> {
+            Box::pin(async { HashMap::new() })
         }
     }
 

@@ -780,3 +780,92 @@ async fn a_one_off_container_of_the_project_is_not_the_service() {
     assert!(of_kind(&evs, None, "exited").is_empty(), "the one-off's death is not the service's: {}", render(&evs));
     d.stop_ok("web").await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Long `up -d` and one-shot containers
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_up_that_builds_for_longer_than_health_timeout_is_not_cut_short() {
+    require_docker!();
+    docker::build_image();
+    let ws = Workspace::new();
+    let pname = docker::unique("build");
+    let tag = format!("{pname}:1");
+    let web = Web::new("slow", &pname);
+    // A build step that sleeps longer than health_timeout: the clock starts once the container runs.
+    let compose = format!(
+        "services:\n  web:\n    build: .\n    image: {tag}\n    ports:\n      - \"127.0.0.1:{}:8000\"\n",
+        web.port
+    );
+    let p = web.compose_text(&compose).write(&ws.services(), &pname);
+    fs::write(p.dir.join("Dockerfile"), format!("FROM {IMAGE}\nRUN [\"/bin/busybox\", \"sleep\", \"5\"]\n")).unwrap();
+    let manifest = fs::read_to_string(p.dir.join("service.yaml")).unwrap();
+    fs::write(p.dir.join("service.yaml"), manifest.replace("health_timeout: 60", "health_timeout: 2")).unwrap();
+    struct RemoveImage(String);
+    impl Drop for RemoveImage {
+        fn drop(&mut self) {
+            let _ = docker::docker(&["rmi", "-f", &self.0]);
+        }
+    }
+    let _image = RemoveImage(tag);
+
+    let d = Daemon::start(&ws.services());
+    let start = {
+        let (client, url) = (d.client.clone(), d.u("/services/slow/start"));
+        tokio::spawn(async move { client.post(url).send().await.unwrap().status().as_u16() })
+    };
+    // While `up -d` builds, the status says so, and nothing is probed.
+    let st = d.wait_status("slow", LONG, "the build stage", |st| st["stage"] == "building").await;
+    assert_eq!(st["status"], "starting", "{st}");
+    assert_eq!(st["last_health"], Value::Null, "no probing while `up -d` runs: {st}");
+    assert_eq!(start.await.unwrap(), 200, "the start succeeds: {}", d.log_text("slow").await.join("\n"));
+    let st = d.status("slow").await;
+    assert_eq!((st["status"].as_str(), &st["stage"]), (Some("running"), &Value::Null), "{st}");
+    let log = d.log_text("slow").await;
+    assert!(
+        log.iter().any(|l| l.contains("Step") || l.contains("Building")),
+        "the build streams into the log: {log:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_one_shot_container_that_finishes_does_not_end_the_service_or_its_adoption() {
+    require_docker!();
+    docker::build_image();
+    let ws = Workspace::new();
+    let pname = docker::unique("oneshot");
+    let web = Web::new("app", &pname).extra("restart: on-failure\nrestart_delay: 0.2\n");
+    // `migrate` runs for a moment after `up -d` returns, then exits 0 by design.
+    let compose = format!(
+        "services:\n  web:\n    image: {IMAGE}\n    ports:\n      - \"127.0.0.1:{}:8000\"\n  \
+         migrate:\n    image: {IMAGE}\n    entrypoint: [\"/bin/busybox\", \"sleep\", \"2\"]\n    restart: \"no\"\n",
+        web.port
+    );
+    let p = web.compose_text(&compose).write(&ws.services(), &pname);
+    let state = ws.path("state");
+
+    let mut a = Daemon::start_with_state(&ws.services(), &state);
+    let before = a.last_event_id().await;
+    a.start_ok("app").await;
+    a.wait_log_line("app", LONG, "the one-shot's end", |l| {
+        l["line"].as_str().is_some_and(|l| l.contains("one-shot container") && l.contains("finished"))
+    })
+    .await;
+    let st = a.status("app").await;
+    assert_eq!((st["status"].as_str(), st["restarts"].as_u64()), (Some("running"), Some(0)), "{st}");
+    let evs = a.events_after(Some("app"), before).await;
+    assert!(of_kind(&evs, None, "exited").is_empty(), "the service did not end: {}", render(&evs));
+    // Its containers' memory is measured (`docker stats`).
+    a.wait_status("app", LONG, "the containers' memory", |st| st["memory_bytes"].as_u64().is_some_and(|m| m > 0)).await;
+
+    // A new daemon adopts the project as it is: one container running, the job finished.
+    a.kill9();
+    let b = Daemon::start_with_state(&ws.services(), &state);
+    b.wait_state("app", "running", LONG).await;
+    let since = last_daemon_start(&b.all_events().await);
+    let evs = b.events_after(Some("app"), since).await;
+    assert!(!of_kind(&evs, None, "adopted").is_empty(), "adopted: {}", render(&evs));
+    assert!(of_kind(&evs, None, "starting").is_empty(), "not started again: {}", render(&evs));
+    assert_eq!(p.containers().iter().filter(|c| c.running).count(), 1, "{:?}", p.containers());
+}

@@ -126,3 +126,34 @@ async fn health_answers_within_a_second_while_the_docker_engine_hangs() {
     // Native services are not held up by the engine.
     d.start_ok("alpha").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_and_ls_show_each_services_cpu_and_memory_over_its_process_group() {
+    let ws = Workspace::new();
+    // The memory is held by a child of the leader: the whole group counts.
+    ws.write_manifest(
+        "hog",
+        "name: hog\ncommand: [sh, -c, 'python3 -c \"import time; b = b\\\"x\\\" * (64 << 20); print(\\\"held\\\", flush=True); time.sleep(1000)\" & wait']\n",
+    );
+    ws.write_manifest("spin", "name: spin\ncommand: [sh, -c, 'while :; do :; done']\n");
+    let d = Daemon::start(&ws.services());
+    d.start_ok("hog").await;
+    d.start_ok("spin").await;
+
+    let st = d
+        .wait_status("hog", LONG, "64 MiB resident", |st| st["memory_bytes"].as_u64().is_some_and(|m| m >= 64 << 20))
+        .await;
+    assert!(st["memory_bytes"].as_u64().unwrap() < 256 << 20, "{st}");
+    d.wait_status("spin", LONG, "a busy loop's CPU", |st| st["cpu_percent"].as_f64().is_some_and(|c| c > 20.0)).await;
+
+    let out = cli(Some(&d.url), &["ls"]);
+    let header = out.stdout.lines().next().unwrap_or_default().to_string();
+    assert!(header.contains("CPU") && header.contains("MEM"), "{}", out.all());
+    let hog = out.stdout.lines().find(|l| l.starts_with("hog ")).unwrap_or_else(|| panic!("{}", out.all()));
+    assert!(hog.contains(" MiB"), "{hog}");
+
+    // A stopped service has no reading.
+    d.stop_ok("spin").await;
+    let st = d.wait_status("spin", LONG, "no reading once stopped", |st| st["cpu_percent"].is_null()).await;
+    assert!(st["memory_bytes"].is_null(), "{st}");
+}

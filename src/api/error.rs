@@ -45,7 +45,9 @@ impl From<Error> for ApiError {
             Error::Service { error, next } => {
                 let status = match error {
                     StartError::GpuBusy { .. } | StartError::Interrupted { .. } => StatusCode::CONFLICT,
-                    StartError::HealthTimeout { .. } | StartError::Stuck { .. } => StatusCode::GATEWAY_TIMEOUT,
+                    StartError::HealthTimeout { .. } | StartError::StartTimeout { .. } | StartError::Stuck { .. } => {
+                        StatusCode::GATEWAY_TIMEOUT
+                    }
                     StartError::Exited { .. } | StartError::Spawn { .. } => StatusCode::INTERNAL_SERVER_ERROR,
                     StartError::Removed { .. } => StatusCode::NOT_FOUND,
                 };

@@ -153,6 +153,8 @@ fn print_list(answer: &Value) {
             vec![
                 text(&s["name"]),
                 text(&s["status"]),
+                s["cpu_percent"].as_f64().map(|c| format!("{c:.1}%")).unwrap_or_else(|| "-".into()),
+                s["memory_bytes"].as_u64().map(bytes).unwrap_or_else(|| "-".into()),
                 gpu,
                 s["ports"]
                     .as_array()
@@ -163,7 +165,7 @@ fn print_list(answer: &Value) {
             ]
         })
         .collect();
-    print!("{}", table(&["NAME", "STATUS", "GPU", "PORTS", "DESCRIPTION"], &rows));
+    print!("{}", table(&["NAME", "STATUS", "CPU", "MEM", "GPU", "PORTS", "DESCRIPTION"], &rows));
     if let Some(holder) = answer["gpu_service_running"].as_str() {
         println!("\nGPU held by: {holder}");
     }
@@ -194,6 +196,18 @@ fn print_rediscover(answer: &Value) {
     }
     println!("total:   {}", answer["total"]);
     print_invalid(answer);
+}
+
+/// `512 KiB`, `1.5 GiB`: memory as `ps` and `docker stats` users read it.
+pub fn bytes(n: u64) -> String {
+    let mut value = n as f64;
+    for unit in ["B", "KiB", "MiB", "GiB"] {
+        if value < 1024.0 {
+            return if unit == "B" { format!("{n} B") } else { format!("{value:.1} {unit}") };
+        }
+        value /= 1024.0;
+    }
+    format!("{value:.1} TiB")
 }
 
 /// A JSON value as a person reads it: strings without quotes, null as `-`.

@@ -20,6 +20,7 @@ use crate::logs::LogLine;
 use crate::runtime::{Devices, Runtime};
 use crate::service::{ServiceHandle, Shared};
 use crate::store::{Desired, Store, StoreError};
+use crate::usage;
 
 pub use registry::Registry;
 use views::{
@@ -61,6 +62,8 @@ pub struct Daemon {
     pub arbiter: Arc<Arbiter>,
     pub store: Store,
     pub runtime: Arc<dyn Runtime>,
+    /// The last CPU and memory reading of each running service.
+    pub usage: usage::Table,
     pub started: std::time::Instant,
 }
 
@@ -79,8 +82,6 @@ impl Daemon {
             }
             store.forget_process(&leftover.service);
         }
-        // Looked for now, so `GET /health` can tell at once (it never waits long).
-        tokio::spawn(runtime.describe());
         let arbiter = Arc::new(Arbiter::new(config.gpu_devices.clone()));
         let shared = Shared {
             runtime: runtime.clone(),
@@ -89,7 +90,10 @@ impl Daemon {
             store: store.clone(),
         };
         let registry = Registry::start(config.services_dir.clone(), config.state_dir.join("logs"), shared).await;
-        Ok(Daemon { config: Arc::new(config), registry, arbiter, store, runtime, started: std::time::Instant::now() })
+        let usage = usage::Table::default();
+        usage::spawn(registry.clone(), runtime.clone(), usage.clone());
+        let started = std::time::Instant::now();
+        Ok(Daemon { config: Arc::new(config), registry, arbiter, store, runtime, usage, started })
     }
 
     /// Start what should be running: `autostart` services, and those that

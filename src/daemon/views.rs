@@ -8,6 +8,7 @@ use crate::health::ProbeResult;
 use crate::lifecycle::State;
 use crate::manifest::Manifest;
 use crate::service::{ExitRecord, Snapshot};
+use crate::usage::Usage;
 
 /// One row of `GET /services`.
 #[derive(Debug, Clone, Serialize)]
@@ -25,10 +26,15 @@ pub struct ServiceSummary {
     pub runtime: &'static str,
     /// HTTP code of the last health check of the current process, if any.
     pub last_http_code: Option<u16>,
+    /// CPU over the last few seconds (100 = one core), where measured.
+    pub cpu_percent: Option<f64>,
+    /// Resident memory (process group, or containers), where measured.
+    pub memory_bytes: Option<u64>,
 }
 
 impl ServiceSummary {
-    pub fn of(snap: &Snapshot) -> Self {
+    pub fn of(snap: &Snapshot, usage: Option<Usage>) -> Self {
+        let usage = usage.filter(|_| snap.state.has_process());
         let m = snap.latest_manifest();
         ServiceSummary {
             name: m.name.clone(),
@@ -42,6 +48,8 @@ impl ServiceSummary {
             tags: m.tags.clone(),
             status: snap.state,
             last_http_code: snap.last_health.as_ref().filter(|_| snap.state.has_process()).and_then(|h| h.http_code),
+            cpu_percent: usage.and_then(|u| u.cpu_percent),
+            memory_bytes: usage.map(|u| u.memory_bytes),
             runtime: match m.runtime {
                 crate::manifest::Runtime::Native { .. } => "native",
                 crate::manifest::Runtime::Compose { .. } => "compose",
@@ -63,6 +71,9 @@ pub struct ServiceList {
 pub struct StatusView {
     pub name: String,
     pub status: State,
+    /// While `starting`: what the start is doing (`pulling`, `building`,
+    /// `creating`, `starting containers`, `waiting for health`, …).
+    pub stage: Option<&'static str>,
     pub is_running: bool,
     pub is_healthy: bool,
     pub uptime: Option<String>,
@@ -80,14 +91,20 @@ pub struct StatusView {
     pub next: Option<String>,
     /// The manifest changed on disk; the running process still uses the old one.
     pub restart_pending: bool,
+    /// CPU over the last few seconds (100 = one core), where measured.
+    pub cpu_percent: Option<f64>,
+    /// Resident memory (process group, or containers), where measured.
+    pub memory_bytes: Option<u64>,
 }
 
 impl StatusView {
-    pub fn of(snap: &Snapshot) -> Self {
+    pub fn of(snap: &Snapshot, usage: Option<Usage>) -> Self {
+        let usage = usage.filter(|_| snap.state.has_process());
         let uptime = snap.started_at.filter(|_| snap.state.has_process()).map(|(since, _)| since.elapsed());
         StatusView {
             name: snap.manifest.name.clone(),
             status: snap.state,
+            stage: snap.stage,
             is_running: matches!(snap.state, State::Running | State::Unhealthy),
             is_healthy: snap.state == State::Running,
             uptime: uptime.map(python_timedelta),
@@ -102,6 +119,8 @@ impl StatusView {
             last_error: snap.last_error.clone(),
             next: snap.next.clone(),
             restart_pending: snap.pending.is_some(),
+            cpu_percent: usage.and_then(|u| u.cpu_percent),
+            memory_bytes: usage.map(|u| u.memory_bytes),
         }
     }
 }

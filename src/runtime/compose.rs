@@ -9,7 +9,7 @@
 //! project, and reports the project's end to the service task (a container
 //! died, or a stop finished).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -18,19 +18,21 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::models::HealthStatusEnum;
 use bollard::query_parameters::{
-    EventsOptionsBuilder, KillContainerOptions, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    EventsOptionsBuilder, KillContainerOptions, ListContainersOptionsBuilder, LogsOptionsBuilder, StatsOptionsBuilder,
     StopContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::sync::{OnceCell, mpsc, oneshot};
 
 use super::{Ended, ExitInfo, GroupRecord, Instance, LaunchError, Launched, Parts, Placement};
 use crate::health::Outcome;
 use crate::logs::{self, LogStore, Stream};
 use crate::manifest::{Manifest, Runtime as Kind};
+use crate::usage::Reading;
 
 const PROJECT_LABEL: &str = "com.docker.compose.project";
 /// How long to wait between attempts to re-subscribe to engine events.
@@ -42,6 +44,8 @@ const ADOPT_LOG_LINES: &str = "200";
 const HALT_SLACK: Duration = Duration::from_secs(30);
 /// Compose output lines quoted in an error.
 const ERROR_LINES: usize = 8;
+/// Compose output kept for the caller (`down`'s answer).
+const OUTPUT_KEEP: usize = 64 * 1024;
 /// How long `GET /health` waits for the engine and the Compose tool.
 const INFO_TIMEOUT: Duration = Duration::from_millis(800);
 
@@ -176,6 +180,16 @@ struct Project {
     files: Vec<PathBuf>,
     /// The manifest's `stop_timeout`, for stops the supervisor decides on.
     stop_timeout: Duration,
+    /// Compose services that run to completion by design ([`ComposeFile::one_shot`]).
+    one_shot: Arc<BTreeSet<String>>,
+}
+
+/// How a supervised start begins.
+enum Start {
+    /// `up -d`, saying what it is doing on `progress`.
+    Up { progress: mpsc::UnboundedSender<&'static str> },
+    /// Take over these running containers.
+    Adopt { running: Vec<Container> },
 }
 
 /// Control of a launched project, held by the service task.
@@ -189,6 +203,7 @@ struct ProjectInstance {
     containers: Vec<String>,
     inner: Arc<Inner>,
     project: String,
+    one_shot: Arc<BTreeSet<String>>,
 }
 
 impl Instance for ProjectInstance {
@@ -209,8 +224,8 @@ impl Instance for ProjectInstance {
     }
 
     fn check(&self) -> Option<BoxFuture<'static, Outcome>> {
-        let (inner, project) = (self.inner.clone(), self.project.clone());
-        Some(Box::pin(async move { inner.check(&project).await }))
+        let (inner, project, one_shot) = (self.inner.clone(), self.project.clone(), self.one_shot.clone());
+        Some(Box::pin(async move { inner.check(&project, &one_shot).await }))
     }
 }
 
@@ -270,6 +285,30 @@ impl Compose {
         })
     }
 
+    /// CPU time and memory of each service's containers (`docker stats`,
+    /// one reading each, all at once); nothing while the engine is away.
+    pub async fn measure(&self, projects: Vec<(String, Vec<String>)>) -> HashMap<String, Reading> {
+        if projects.is_empty() {
+            return HashMap::new();
+        }
+        let Ok(docker) = self.inner.engine().await else { return HashMap::new() };
+        let readings = projects.into_iter().map(|(service, containers)| {
+            let docker = docker.clone();
+            async move {
+                let mut total = Reading::default();
+                for container in &containers {
+                    let options = StatsOptionsBuilder::default().stream(false).one_shot(true).build();
+                    let Some(Ok(stats)) = docker.stats(container, Some(options)).next().await else { continue };
+                    let cpu = stats.cpu_stats.and_then(|c| c.cpu_usage?.total_usage).unwrap_or(0);
+                    total.cpu += Duration::from_nanos(cpu);
+                    total.memory_bytes += stats.memory_stats.map(working_set).unwrap_or(0);
+                }
+                (service, total)
+            }
+        });
+        futures_util::future::join_all(readings).await.into_iter().collect()
+    }
+
     pub fn launch(
         &self,
         manifest: &Manifest,
@@ -277,13 +316,15 @@ impl Compose {
         logs: Arc<LogStore>,
     ) -> Result<Launched, LaunchError> {
         let project = self.project(manifest, gpu)?;
-        let project_name = project.name.clone();
+        let (project_name, one_shot) = (project.name.clone(), project.one_shot.clone());
         let (control, control_rx) = mpsc::unbounded_channel();
         let (ended_tx, exited) = oneshot::channel();
         let (ready_tx, ready) = oneshot::channel();
+        let (progress_tx, progress) = mpsc::unbounded_channel();
         let inner = self.inner.clone();
+        let start = Start::Up { progress: progress_tx };
         tokio::spawn(async move {
-            let ended = inner.supervise(project, None, jiff::Timestamp::now(), logs, control_rx, ready_tx).await;
+            let ended = inner.supervise(project, start, jiff::Timestamp::now(), logs, control_rx, ready_tx).await;
             let _ = ended_tx.send(ended);
         });
         Ok(Launched {
@@ -292,9 +333,11 @@ impl Compose {
                 containers: Vec::new(),
                 inner: self.inner.clone(),
                 project: project_name,
+                one_shot,
             }),
             exited,
             ready: Some(ready),
+            progress: Some(progress),
             started_at: None,
         })
     }
@@ -308,9 +351,10 @@ impl Compose {
             let docker = inner.engine().await.ok()?;
             let watch_from = jiff::Timestamp::now();
             let running = list_project(&docker, &project.name).await.ok()?;
-            // Adopted when something runs and nothing has failed (finished
-            // one-shot containers are fine).
-            if !running.iter().any(|c| c.running) || running.iter().any(|c| !c.running && !c.exited_cleanly) {
+            // Adopted when something runs and every other container is a
+            // one-shot job that finished, as the die-event handler sees it.
+            let one_shot = project.one_shot.clone();
+            if !running.iter().any(|c| c.running) || running.iter().any(|c| !c.running && !c.finished(&one_shot)) {
                 return None;
             }
             let running: Vec<Container> = running.into_iter().filter(|c| c.running).collect();
@@ -322,7 +366,8 @@ impl Compose {
             let (ready_tx, ready) = oneshot::channel();
             let task_inner = inner.clone();
             tokio::spawn(async move {
-                let ended = task_inner.supervise(project, Some(running), watch_from, logs, control_rx, ready_tx).await;
+                let start = Start::Adopt { running };
+                let ended = task_inner.supervise(project, start, watch_from, logs, control_rx, ready_tx).await;
                 let _ = ended_tx.send(ended);
             });
             Some(Launched {
@@ -331,9 +376,11 @@ impl Compose {
                     containers,
                     inner: inner.clone(),
                     project: project_name,
+                    one_shot,
                 }),
                 exited,
                 ready: Some(ready),
+                progress: None,
                 started_at,
             })
         })
@@ -356,7 +403,7 @@ impl Compose {
     pub async fn down(&self, manifest: &Manifest) -> Result<String, String> {
         let project = self.project(manifest, None).map_err(|e| e.to_string())?;
         let tool = self.inner.tool().await?;
-        let output = self.inner.run(&tool, &project, &["down"], None).await?;
+        let output = self.inner.run(&tool, &project, &["down"], None, None).await?;
         Ok(output)
     }
 
@@ -381,7 +428,8 @@ impl Compose {
                 .map_err(|e| format!("cannot write the GPU override {}: {e}", path.display()))?;
             files.push(path);
         }
-        Ok(Project { name, dir, files, stop_timeout: manifest.stop_timeout })
+        let one_shot = Arc::new(file.one_shot());
+        Ok(Project { name, dir, files, stop_timeout: manifest.stop_timeout, one_shot })
     }
 }
 
@@ -390,9 +438,19 @@ impl Compose {
 struct Container {
     id: String,
     name: String,
+    /// Its Compose service (`com.docker.compose.service`).
+    service: String,
     running: bool,
-    /// A one-shot container (a migration, say) that finished with code 0.
+    /// It exited with code 0.
     exited_cleanly: bool,
+}
+
+impl Container {
+    /// A one-shot job (an init or a migration) that finished as it should:
+    /// part of the project, not of what must keep running.
+    fn finished(&self, one_shot: &BTreeSet<String>) -> bool {
+        !self.running && self.exited_cleanly && one_shot.contains(&self.service)
+    }
 }
 
 impl Inner {
@@ -417,7 +475,7 @@ impl Inner {
 
     /// The project's containers as a health check: all running, and healthy
     /// where they have a HEALTHCHECK.
-    async fn check(&self, project: &str) -> Outcome {
+    async fn check(&self, project: &str, one_shot: &BTreeSet<String>) -> Outcome {
         let docker = match self.engine().await {
             Ok(d) => d,
             Err(e) => return (false, None, e),
@@ -428,7 +486,7 @@ impl Inner {
             Err(e) => return (false, None, e),
         };
         let mut healthchecked = 0;
-        for c in containers.iter().filter(|c| !c.exited_cleanly) {
+        for c in containers.iter().filter(|c| !c.finished(one_shot)) {
             if !c.running {
                 return (false, None, format!("container {} is not running", c.name));
             }
@@ -448,7 +506,7 @@ impl Inner {
     async fn supervise(
         self: Arc<Self>,
         project: Project,
-        adopted: Option<Vec<Container>>,
+        start: Start,
         watch_from: jiff::Timestamp,
         logs: Arc<LogStore>,
         mut control: mpsc::UnboundedReceiver<Control>,
@@ -470,15 +528,15 @@ impl Inner {
         };
         let mut deaths = watch_deaths(docker.clone(), project.name.clone(), watch_from);
         let since = watch_from.as_second();
-        let backfill = adopted.is_some();
-        let containers = match adopted {
-            Some(running) => running,
-            None => {
+        let backfill = matches!(start, Start::Adopt { .. });
+        let containers = match start {
+            Start::Adopt { running } => running,
+            Start::Up { progress } => {
                 logs.push(Stream::Nanny, &format!("{} -p {} up -d", tool.argv.join(" "), project.name));
                 // `up -d` may take long (a pull): a stop or kill meanwhile abandons
                 // it (the Compose process dies with its future) and stops what exists.
                 tokio::select! {
-                    result = self.run(&tool, &project, &["up", "-d"], Some(&logs)) => {
+                    result = self.run(&tool, &project, &["up", "-d"], Some(&logs), Some(&progress)) => {
                         if let Err(e) = result {
                             return fail(e, false);
                         }
@@ -526,8 +584,13 @@ impl Inner {
                         }
                     }
                     // Containers replaced by `up -d` die too; only ours count.
-                    if !containers.iter().any(|c| c.id == death.container_id) {
-                        continue;
+                    let Some(dead) = containers.iter().find(|c| c.id == death.container_id) else { continue };
+                    // A one-shot job that finished is not the end, unless it was all there was.
+                    if death.exit_code == Some(0) && project.one_shot.contains(&dead.service) {
+                        logs.push(Stream::Nanny, &format!("one-shot container {} finished (exit code 0)", death.name));
+                        if containers.iter().any(|c| !project.one_shot.contains(&c.service)) {
+                            continue;
+                        }
                     }
                     let code = death.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "unknown".into());
                     let reason = format!("container {} died (exit code {code})", death.name);
@@ -571,7 +634,7 @@ impl Inner {
             Control::Kill => (vec!["kill".to_string()], HALT_SLACK),
         };
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let outcome = match tokio::time::timeout(limit, self.run(tool, project, &args, Some(logs))).await {
+        let outcome = match tokio::time::timeout(limit, self.run(tool, project, &args, Some(logs), None)).await {
             Ok(result) => result.map(drop),
             Err(_) => Err(format!("no answer within {}s", limit.as_secs())),
         };
@@ -617,31 +680,82 @@ impl Inner {
         project: &Project,
         args: &[&str],
         logs: Option<&LogStore>,
+        progress: Option<&mpsc::UnboundedSender<&'static str>>,
     ) -> Result<String, String> {
         let mut command = tokio::process::Command::new(&tool.argv[0]);
         command.args(&tool.argv[1..]).arg("-p").arg(&project.name);
         for file in &project.files {
             command.arg("-f").arg(file);
         }
-        let output = command
+        let mut child = command
             .args(args)
             .current_dir(&project.dir)
             .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
-            .output()
-            .await
+            .spawn()
             .map_err(|e| format!("cannot run {}: {e}", tool.argv.join(" ")))?;
-        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&output.stderr));
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        if let Some(logs) = logs {
-            logs.push_many(Stream::Nanny, lines.iter().copied());
+        // Each line goes to the log as it comes (a pull or a build may take
+        // minutes), and says what the tool is doing.
+        let mut out = child.stdout.take().map(|o| BufReader::new(o).lines());
+        let mut err = child.stderr.take().map(|e| BufReader::new(e).lines());
+        let mut text = String::new();
+        let mut last = std::collections::VecDeque::new();
+        loop {
+            let line = tokio::select! {
+                line = next_line(&mut out), if out.is_some() => line,
+                line = next_line(&mut err), if err.is_some() => line,
+                else => break,
+            };
+            let Some(line) = line.filter(|l| !l.trim().is_empty()) else { continue };
+            if let Some(logs) = logs {
+                logs.push(Stream::Nanny, &line);
+            }
+            if let (Some(progress), Some(stage)) = (progress, stage_of(&line)) {
+                let _ = progress.send(stage);
+            }
+            if text.len() < OUTPUT_KEEP {
+                text.push_str(&line);
+                text.push('\n');
+            }
+            if last.len() == ERROR_LINES {
+                last.pop_front();
+            }
+            last.push_back(line);
         }
-        if output.status.success() {
+        let status = child.wait().await.map_err(|e| format!("waiting for {}: {e}", tool.argv.join(" ")))?;
+        if status.success() {
             return Ok(text);
         }
-        let quoted = lines[lines.len().saturating_sub(ERROR_LINES)..].join("\n");
-        Err(format!("`{} {}` failed ({}): {quoted}", tool.argv.join(" "), args.join(" "), output.status))
+        let quoted = Vec::from(last).join("\n");
+        Err(format!("`{} {}` failed ({status}): {quoted}", tool.argv.join(" "), args.join(" ")))
+    }
+}
+
+/// The next line of a pipe; the pipe is dropped (`None`) at its end.
+async fn next_line<R: tokio::io::AsyncBufRead + Unpin>(pipe: &mut Option<Lines<R>>) -> Option<String> {
+    let line = pipe.as_mut()?.next_line().await.ok().flatten();
+    if line.is_none() {
+        *pipe = None;
+    }
+    line
+}
+
+/// What a line of `up -d` output says the tool is doing (v1 and v2 wording).
+fn stage_of(line: &str) -> Option<&'static str> {
+    let words = line.to_ascii_lowercase();
+    let has = |w: &str| words.contains(w);
+    if has("pulling") || has("pull complete") || has("downloading") || has("extracting") {
+        Some("pulling")
+    } else if has("building") || words.trim_start().starts_with("step ") || words.starts_with('#') {
+        Some("building")
+    } else if has("creating") || has("recreating") {
+        Some("creating")
+    } else if has("starting") {
+        Some("starting containers")
+    } else {
+        None
     }
 }
 
@@ -668,6 +782,14 @@ async fn detect_tool() -> Result<Tool, String> {
     Err(format!("no Docker Compose tool found ({})", tried.join("; ")))
 }
 
+/// Memory in use less the page cache that can be dropped, as `docker stats` shows it.
+fn working_set(memory: bollard::models::ContainerMemoryStats) -> u64 {
+    let usage = memory.usage.unwrap_or(0);
+    let stats = memory.stats.unwrap_or_default();
+    let cache = stats.get("inactive_file").or_else(|| stats.get("total_inactive_file")).or_else(|| stats.get("cache"));
+    usage.saturating_sub(cache.copied().unwrap_or(0))
+}
+
 fn engine_error(e: &bollard::errors::Error) -> String {
     let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
     format!("the Docker engine at {host} is not reachable: {}", crate::health::error_chain(e))
@@ -685,6 +807,7 @@ async fn list_project(docker: &Docker, project: &str) -> Result<Vec<Container>, 
         .map(|c| Container {
             id: c.id.unwrap_or_default(),
             name: c.names.and_then(|n| n.first().map(|n| n.trim_start_matches('/').to_string())).unwrap_or_default(),
+            service: c.labels.and_then(|mut l| l.remove("com.docker.compose.service")).unwrap_or_default(),
             running: c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING),
             exited_cleanly: c.status.as_deref().is_some_and(|s| s.starts_with("Exited (0)")),
         })
@@ -745,10 +868,37 @@ pub fn default_project_name(dir: &Path) -> String {
 struct ComposeFile {
     name: Option<String>,
     #[serde(default)]
-    services: BTreeMap<String, serde::de::IgnoredAny>,
+    services: BTreeMap<String, ComposeService>,
+}
+
+/// The parts of one of its services the daemon needs.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ComposeService {
+    /// `restart:`; `"no"` (or an unquoted `no`, a boolean to YAML 1.1).
+    restart: Option<serde_json::Value>,
+    /// `depends_on:`, a list of names or a map of name to `{condition}`.
+    depends_on: Option<serde_json::Value>,
 }
 
 impl ComposeFile {
+    /// Services that run to completion by design: those another service
+    /// waits for with `condition: service_completed_successfully`, and
+    /// those that say `restart: "no"`. Only the others must keep running.
+    fn one_shot(&self) -> BTreeSet<String> {
+        let awaited = self.services.values().filter_map(|s| s.depends_on.as_ref()?.as_object()).flat_map(|deps| {
+            deps.iter()
+                .filter(|(_, d)| d.get("condition").and_then(|c| c.as_str()) == Some("service_completed_successfully"))
+                .map(|(name, _)| name.clone())
+        });
+        let never_restarted = self.services.iter().filter_map(|(name, s)| {
+            let no = matches!(&s.restart, Some(serde_json::Value::String(r)) if r == "no")
+                || s.restart == Some(serde_json::Value::Bool(false));
+            no.then(|| name.clone())
+        });
+        awaited.chain(never_restarted).collect()
+    }
+
     fn read(path: &Path) -> Result<ComposeFile, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         serde_saphyr::from_str(&text).map_err(|e| {
@@ -782,6 +932,32 @@ mod tests {
         assert_eq!(default_project_name(Path::new("/srv/Minimal SD-API")), "minimalsd-api");
         assert_eq!(default_project_name(Path::new("/srv/_x.y")), "xy");
         assert_eq!(default_project_name(Path::new("/srv/web_1")), "web_1");
+    }
+
+    #[test]
+    fn one_shot_services_are_awaited_to_completion_or_never_restarted() {
+        let text = "services:\n  web:\n    image: x\n    restart: unless-stopped\n    depends_on:\n      \
+                    migrate: {condition: service_completed_successfully}\n      db: {condition: service_started}\n  \
+                    migrate: {image: x}\n  db: {image: x}\n  seed: {image: x, restart: \"no\"}\n  \
+                    init: {image: x, restart: no}\n  worker: {image: x, depends_on: [db]}\n";
+        let file: ComposeFile = serde_saphyr::from_str(text).unwrap();
+        assert_eq!(file.one_shot().into_iter().collect::<Vec<_>>(), vec!["init", "migrate", "seed"]);
+    }
+
+    #[test]
+    fn up_output_names_its_stage() {
+        for (line, stage) in [
+            ("Pulling web (nginx:latest)...", Some("pulling")),
+            (" web Pulling ", Some("pulling")),
+            ("Building web", Some("building")),
+            ("Step 2/3 : RUN sleep 5", Some("building")),
+            ("#5 [2/2] RUN sleep 5", Some("building")),
+            ("Creating nt_web_1 ... ", Some("creating")),
+            (" Container nt-web-1  Starting", Some("starting containers")),
+            ("latest: digest: sha256:…", None),
+        ] {
+            assert_eq!(stage_of(line), stage, "{line}");
+        }
     }
 
     #[test]

@@ -9,16 +9,18 @@
 pub mod compose;
 mod native;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use nix::sys::signal::Signal;
 use serde::Serialize;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::logs::LogStore;
 use crate::manifest::{Manifest, Runtime as Kind};
+use crate::usage::Reading;
 
 pub use native::Native;
 
@@ -115,6 +117,9 @@ pub struct Launched {
     /// `up -d` done and its containers running), with what it is made of.
     /// `None`: the task decides (a process that stays up).
     pub ready: Option<oneshot::Receiver<Parts>>,
+    /// While the runtime brings it up (before `ready`): what it is doing
+    /// (`pulling`, `building`, `creating`, `starting containers`).
+    pub progress: Option<mpsc::UnboundedReceiver<&'static str>>,
     /// When it really started, if earlier than now (adopted instances).
     pub started_at: Option<jiff::Timestamp>,
 }
@@ -233,6 +238,10 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// What the runtimes found on this machine, for `GET /health`.
     fn describe(&self) -> BoxFuture<'static, RuntimeInfo>;
+
+    /// What running instances use now (CPU time so far, resident memory),
+    /// by service; one the runtime cannot measure is left out.
+    fn measure(&self, instances: Vec<(String, Parts)>) -> BoxFuture<'static, HashMap<String, Reading>>;
 }
 
 /// What the daemon reports about its runtimes.
@@ -289,6 +298,19 @@ impl Runtime for Runtimes {
                 Box::pin(async move { compose.down(&manifest).await })
             }
         }
+    }
+
+    fn measure(&self, instances: Vec<(String, Parts)>) -> BoxFuture<'static, HashMap<String, Reading>> {
+        let (groups, projects): (Vec<_>, Vec<_>) = instances.into_iter().partition(|(_, parts)| parts.pid.is_some());
+        let groups: Vec<(String, u32)> = groups.into_iter().filter_map(|(name, p)| Some((name, p.pid?))).collect();
+        let projects: Vec<(String, Vec<String>)> = projects.into_iter().map(|(name, p)| (name, p.containers)).collect();
+        let compose = self.compose.clone();
+        Box::pin(async move {
+            let native = tokio::task::spawn_blocking(move || native::measure(&groups));
+            let mut readings = compose.measure(projects).await;
+            readings.extend(native.await.unwrap_or_default());
+            readings
+        })
     }
 
     fn describe(&self) -> BoxFuture<'static, RuntimeInfo> {

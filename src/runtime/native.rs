@@ -3,14 +3,14 @@
 //! driven, never polled), and `PR_SET_PDEATHSIG` so a service dies with a
 //! daemon that is killed outright.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::unistd::{Pid, SysconfVar, sysconf};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio::sync::oneshot;
@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use super::{Ended, ExitInfo, GroupRecord, Instance, LaunchError, Launched, Parts, Placement};
 use crate::logs::{self, LogStore, Stream};
 use crate::manifest::{Manifest, Runtime as Kind};
+use crate::usage::Reading;
 
 pub struct Native;
 
@@ -108,6 +109,7 @@ impl Native {
             instance: Box::new(ProcessGroup { pid, start_ticks, grace }),
             exited,
             ready: None,
+            progress: None,
             started_at: None,
         })
     }
@@ -258,6 +260,33 @@ struct ProcStat {
     state: char,
     pgrp: u32,
     start_ticks: u64,
+    /// User plus system time, in clock ticks.
+    cpu_ticks: u64,
+    rss_pages: u64,
+}
+
+/// CPU time and resident memory of each service's process group (leader
+/// pid = group id), summed over its members: one pass over `/proc`.
+pub fn measure(groups: &[(String, u32)]) -> HashMap<String, Reading> {
+    let ticks_per_second = sysconf(SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100).max(1) as u64;
+    let page_bytes = sysconf(SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as u64;
+    let by_group: HashMap<u32, &str> = groups.iter().map(|(name, pgid)| (*pgid, name.as_str())).collect();
+    let mut totals: HashMap<u32, (u64, u64)> = HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return HashMap::new() };
+    for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+        if let Some(stat) = proc_stat(pid).filter(|s| by_group.contains_key(&s.pgrp)) {
+            let total = totals.entry(stat.pgrp).or_default();
+            total.0 += stat.cpu_ticks;
+            total.1 += stat.rss_pages;
+        }
+    }
+    totals
+        .into_iter()
+        .map(|(pgid, (ticks, pages))| {
+            let cpu = Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / ticks_per_second);
+            (by_group[&pgid].to_string(), Reading { cpu, memory_bytes: pages * page_bytes })
+        })
+        .collect()
 }
 
 fn proc_stat(pid: u32) -> Option<ProcStat> {
@@ -269,6 +298,8 @@ fn proc_stat(pid: u32) -> Option<ProcStat> {
         state: fields.first()?.chars().next()?,
         pgrp: fields.get(2)?.parse().ok()?,
         start_ticks: fields.get(19)?.parse().ok()?,
+        cpu_ticks: fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?,
+        rss_pages: fields.get(21)?.parse().ok()?,
     })
 }
 

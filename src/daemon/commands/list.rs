@@ -5,7 +5,8 @@ use crate::daemon::views::{ServiceList, ServiceSummary};
 
 pub fn run(d: &Daemon) -> ServiceList {
     let registry = d.registry.snapshot();
-    let services: Vec<ServiceSummary> = registry.services.values().map(|h| ServiceSummary::of(&h.snapshot())).collect();
+    let services: Vec<ServiceSummary> =
+        registry.services.iter().map(|(name, h)| ServiceSummary::of(&h.snapshot(), d.usage.get(name))).collect();
     ServiceList {
         total: services.len(),
         services,

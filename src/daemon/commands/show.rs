@@ -6,5 +6,9 @@ use crate::error::Error;
 
 pub fn run(d: &Daemon, name: &str) -> Result<ServiceDetail, Error> {
     let snap = d.service(name)?.snapshot();
-    Ok(ServiceDetail { config: (**snap.latest_manifest()).clone(), status: snap.state, state: StatusView::of(&snap) })
+    Ok(ServiceDetail {
+        config: (**snap.latest_manifest()).clone(),
+        status: snap.state,
+        state: StatusView::of(&snap, d.usage.get(name)),
+    })
 }

@@ -5,5 +5,5 @@ use crate::daemon::views::StatusView;
 use crate::error::Error;
 
 pub fn run(d: &Daemon, name: &str) -> Result<StatusView, Error> {
-    Ok(StatusView::of(&d.service(name)?.snapshot()))
+    Ok(StatusView::of(&d.service(name)?.snapshot(), d.usage.get(name)))
 }
