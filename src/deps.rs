@@ -126,16 +126,17 @@ pub fn dependents(services: &Services, name: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::Paths;
     use std::path::Path;
 
+    fn service(name: &str, deps: &[&str], gpu: bool) -> (String, Arc<Manifest>) {
+        let text = format!("name: {name}\ncommand: [x]\ngpu_required: {gpu}\ndepends_on: [{}]\n", deps.join(", "));
+        let m = crate::manifest::parse(Path::new("/s/service.yaml"), &text, Paths::Confined, &|p| Some(p.into()));
+        (name.to_string(), Arc::new(m.unwrap()))
+    }
+
     fn services(spec: &[(&str, &[&str])]) -> Services {
-        spec.iter()
-            .map(|(name, deps)| {
-                let text = format!("name: {name}\ncommand: [x]\ndepends_on: [{}]\n", deps.join(", "));
-                let m = crate::manifest::parse(Path::new("/s/service.yaml"), &text, &|_| true).unwrap();
-                (name.to_string(), Arc::new(m))
-            })
-            .collect()
+        spec.iter().map(|(name, deps)| service(name, deps, false)).collect()
     }
 
     #[test]
