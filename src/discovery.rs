@@ -33,7 +33,7 @@ pub struct Catalog {
 /// Scan `dir` one level deep. Directories starting with `_` or `.` are
 /// skipped. A name claimed by two manifests is reported for both, and
 /// neither is used; so is a service whose dependencies are unknown or
-/// circular.
+/// circular, or that needs the GPU and depends on another that does.
 /// `paths` says whether manifests may name paths outside their directory.
 pub fn scan(dir: &Path, paths: Paths) -> Catalog {
     let mut catalog = Catalog::default();
@@ -161,6 +161,27 @@ mod tests {
         assert_eq!(
             diff(&before, &after),
             Diff { added: vec!["new".into()], removed: vec!["gone".into()], changed: vec!["edit".into()] }
+        );
+    }
+
+    #[test]
+    fn a_gpu_service_depending_on_a_gpu_service_is_invalid() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        write(d, "llm", "name: llm\ncommand: [true]\ngpu_required: true\n");
+        write(d, "chat", "name: chat\ncommand: [true]\ngpu_required: true\ndepends_on: [proxy]\n");
+        write(d, "proxy", "name: proxy\ncommand: [true]\ndepends_on: [llm]\n");
+        let c = scan(d, Paths::Confined);
+        assert_eq!(c.services.keys().collect::<Vec<_>>(), vec!["llm", "proxy"]);
+        assert_eq!(c.invalid.len(), 1, "{:?}", c.invalid);
+        assert_eq!(c.invalid[0].path, d.join("chat/service.yaml"));
+        assert_eq!(
+            c.invalid[0].errors,
+            vec![format!(
+                "{}: field `depends_on`: 'chat' needs the GPU and depends on 'llm' (through chat -> proxy -> llm), \
+                 which also needs the GPU: under the one-GPU-service-at-a-time policy they can never run together",
+                d.join("chat/service.yaml").display()
+            )]
         );
     }
 
