@@ -354,4 +354,6 @@ mod secs {
 }
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;
