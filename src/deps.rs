@@ -1,8 +1,8 @@
 //! Dependencies between services (`depends_on`): which manifests name an
-//! unknown service or take part in a cycle, the order to start in, and who
-//! depends on whom. Pure.
+//! unknown service, take part in a cycle or need the GPU while depending on
+//! another GPU service, the order to start in, and who depends on whom. Pure.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use crate::manifest::{DependencyCondition, Manifest};
@@ -10,13 +10,33 @@ use crate::manifest::{DependencyCondition, Manifest};
 pub type Services = BTreeMap<String, Arc<Manifest>>;
 
 /// Every service whose dependencies cannot be satisfied, with the reason:
-/// an unknown (or itself unusable) dependency, or a cycle, named in full.
+/// an unknown (or itself unusable) dependency, a cycle, named in full, or
+/// (for a GPU service) a dependency that also needs the GPU.
 pub fn problems(services: &Services) -> BTreeMap<String, String> {
     let mut bad: BTreeMap<String, String> = BTreeMap::new();
     for cycle in cycles(services) {
         let path = cycle.iter().chain(cycle.first()).cloned().collect::<Vec<_>>().join(" -> ");
         for name in &cycle {
             bad.entry(name.clone()).or_insert_with(|| format!("dependency cycle: {path}"));
+        }
+    }
+    for (name, m) in services {
+        if !m.gpu_required || bad.contains_key(name) {
+            continue;
+        }
+        if let Some(chain) = gpu_chain(services, name) {
+            let holder = chain.last().map(String::as_str).unwrap_or_default();
+            let via = match chain.len() {
+                ..=2 => String::new(),
+                _ => format!(" (through {})", chain.join(" -> ")),
+            };
+            bad.insert(
+                name.clone(),
+                format!(
+                    "'{name}' needs the GPU and depends on '{holder}'{via}, which also needs the GPU: under the \
+                     one-GPU-service-at-a-time policy they can never run together"
+                ),
+            );
         }
     }
     // A service depending on an unknown or unusable one is unusable too.
@@ -36,6 +56,34 @@ pub fn problems(services: &Services) -> BTreeMap<String, String> {
             return bad;
         }
     }
+}
+
+/// The shortest chain `name -> … -> x` to a dependency `x` of `name`, direct
+/// or not, that needs the GPU.
+fn gpu_chain(services: &Services, name: &str) -> Option<Vec<String>> {
+    let mut parent: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut queue = VecDeque::from([name]);
+    while let Some(current) = queue.pop_front() {
+        for dep in services.get(current).map(|m| m.depends_on.as_slice()).unwrap_or_default() {
+            let dep = dep.name.as_str();
+            if dep == name || parent.contains_key(dep) {
+                continue;
+            }
+            parent.insert(dep, current);
+            if services.get(dep).is_some_and(|m| m.gpu_required) {
+                let mut chain = vec![dep.to_string()];
+                let mut at = dep;
+                while let Some(&up) = parent.get(at) {
+                    chain.push(up.to_string());
+                    at = up;
+                }
+                chain.reverse();
+                return Some(chain);
+            }
+            queue.push_back(dep);
+        }
+    }
+    None
 }
 
 /// Each cycle once, as the list of its members in dependency order.
@@ -126,16 +174,17 @@ pub fn dependents(services: &Services, name: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::Paths;
     use std::path::Path;
 
+    fn service(name: &str, deps: &[&str], gpu: bool) -> (String, Arc<Manifest>) {
+        let text = format!("name: {name}\ncommand: [x]\ngpu_required: {gpu}\ndepends_on: [{}]\n", deps.join(", "));
+        let m = crate::manifest::parse(Path::new("/s/service.yaml"), &text, Paths::Confined, &|p| Some(p.into()));
+        (name.to_string(), Arc::new(m.unwrap()))
+    }
+
     fn services(spec: &[(&str, &[&str])]) -> Services {
-        spec.iter()
-            .map(|(name, deps)| {
-                let text = format!("name: {name}\ncommand: [x]\ndepends_on: [{}]\n", deps.join(", "));
-                let m = crate::manifest::parse(Path::new("/s/service.yaml"), &text, &|_| true).unwrap();
-                (name.to_string(), Arc::new(m))
-            })
-            .collect()
+        spec.iter().map(|(name, deps)| service(name, deps, false)).collect()
     }
 
     #[test]
@@ -156,5 +205,31 @@ mod tests {
         assert_eq!(depth(&s, "web"), 2);
         assert_eq!(dependents(&s, "db"), vec!["web", "api"]);
         assert!(dependents(&s, "lone").is_empty());
+    }
+
+    #[test]
+    fn a_gpu_service_may_not_depend_on_another_gpu_service() {
+        let s: Services = [
+            service("llm", &[], true),
+            service("ui", &["llm"], true),
+            service("proxy", &["llm"], false),
+            service("app", &["proxy"], true),
+            service("web", &["ui"], false),
+            service("cpu", &["proxy"], false),
+        ]
+        .into_iter()
+        .collect();
+        let p = problems(&s);
+        assert_eq!(
+            p["ui"],
+            "'ui' needs the GPU and depends on 'llm', which also needs the GPU: under the \
+             one-GPU-service-at-a-time policy they can never run together"
+        );
+        assert!(
+            p["app"].starts_with("'app' needs the GPU and depends on 'llm' (through app -> proxy -> llm)"),
+            "{p:?}"
+        );
+        assert_eq!(p["web"], "depends on 'ui', which cannot be used");
+        assert_eq!(p.keys().collect::<Vec<_>>(), vec!["app", "ui", "web"], "GPU holders and CPU users stay valid");
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::deps;
-use crate::manifest::{self, MANIFEST_FILES, Manifest, ManifestError};
+use crate::manifest::{self, MANIFEST_FILES, Manifest, ManifestError, Paths};
 
 /// A manifest that could not be used, with every reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -33,8 +33,9 @@ pub struct Catalog {
 /// Scan `dir` one level deep. Directories starting with `_` or `.` are
 /// skipped. A name claimed by two manifests is reported for both, and
 /// neither is used; so is a service whose dependencies are unknown or
-/// circular.
-pub fn scan(dir: &Path) -> Catalog {
+/// circular, or that needs the GPU and depends on another that does.
+/// `paths` says whether manifests may name paths outside their directory.
+pub fn scan(dir: &Path, paths: Paths) -> Catalog {
     let mut catalog = Catalog::default();
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -59,7 +60,7 @@ pub fn scan(dir: &Path) -> Catalog {
         let Some(path) = MANIFEST_FILES.iter().map(|f| service_dir.join(f)).find(|p| p.is_file()) else {
             continue;
         };
-        match manifest::load(&path) {
+        match manifest::load(&path, paths) {
             Ok(m) => by_name.entry(m.name.clone()).or_default().push(m),
             Err(e) => catalog.invalid.push(e.into()),
         }
@@ -137,7 +138,7 @@ mod tests {
         write(d, "dup1", "name: same\ncommand: [true]\n");
         write(d, "dup2", "name: same\ncommand: [true]\n");
         fs::create_dir_all(d.join("no-manifest")).unwrap();
-        let c = scan(d);
+        let c = scan(d, Paths::Confined);
         assert_eq!(c.services.keys().collect::<Vec<_>>(), vec!["a"]);
         assert_eq!(c.invalid.len(), 3, "{:?}", c.invalid);
         assert!(c.invalid[0].errors[0].contains("bogus"));
@@ -152,14 +153,49 @@ mod tests {
         write(d, "keep", "name: keep\ncommand: [true]\n");
         write(d, "edit", "name: edit\ncommand: [true]\n");
         write(d, "gone", "name: gone\ncommand: [true]\n");
-        let before = scan(d);
+        let before = scan(d, Paths::Confined);
         write(d, "edit", "name: edit\ncommand: [false]\n");
         fs::remove_dir_all(d.join("gone")).unwrap();
         write(d, "new", "name: new\ncommand: [true]\n");
-        let after = scan(d);
+        let after = scan(d, Paths::Confined);
         assert_eq!(
             diff(&before, &after),
             Diff { added: vec!["new".into()], removed: vec!["gone".into()], changed: vec!["edit".into()] }
         );
+    }
+
+    #[test]
+    fn a_gpu_service_depending_on_a_gpu_service_is_invalid() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        write(d, "llm", "name: llm\ncommand: [true]\ngpu_required: true\n");
+        write(d, "chat", "name: chat\ncommand: [true]\ngpu_required: true\ndepends_on: [proxy]\n");
+        write(d, "proxy", "name: proxy\ncommand: [true]\ndepends_on: [llm]\n");
+        let c = scan(d, Paths::Confined);
+        assert_eq!(c.services.keys().collect::<Vec<_>>(), vec!["llm", "proxy"]);
+        assert_eq!(c.invalid.len(), 1, "{:?}", c.invalid);
+        assert_eq!(c.invalid[0].path, d.join("chat/service.yaml"));
+        assert_eq!(
+            c.invalid[0].errors,
+            vec![format!(
+                "{}: field `depends_on`: 'chat' needs the GPU and depends on 'llm' (through chat -> proxy -> llm), \
+                 which also needs the GPU: under the one-GPU-service-at-a-time policy they can never run together",
+                d.join("chat/service.yaml").display()
+            )]
+        );
+    }
+
+    #[test]
+    fn paths_outside_a_service_directory_make_it_invalid() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        write(d, "a", "name: a\ncommand: [true]\nworking_dir: ../b\n");
+        write(d, "b", "name: b\ncommand: [true]\n");
+        let c = scan(d, Paths::Confined);
+        assert_eq!(c.services.keys().collect::<Vec<_>>(), vec!["b"]);
+        assert!(c.invalid[0].errors[0].contains("field `working_dir`: `../b`"), "{:?}", c.invalid);
+        assert!(c.invalid[0].errors[0].contains("--allow-outside-paths"), "{:?}", c.invalid);
+        let c = scan(d, Paths::Anywhere);
+        assert_eq!(c.services.keys().collect::<Vec<_>>(), vec!["a", "b"], "{:?}", c.invalid);
     }
 }

@@ -817,7 +817,13 @@ mod tests {
 
     fn harness(manifest_yaml: &str) -> Harness {
         let state = tempfile::tempdir().unwrap();
-        let manifest = crate::manifest::parse(Path::new("/s/x/service.yaml"), manifest_yaml, &|_| true).unwrap();
+        let manifest = crate::manifest::parse(
+            Path::new("/s/x/service.yaml"),
+            manifest_yaml,
+            crate::manifest::Paths::Confined,
+            &|p| Some(p.into()),
+        )
+        .unwrap();
         let (tx, launches) = mpsc::unbounded_channel();
         let arbiter = Arc::new(Arbiter::default());
         let knobs = Knobs::default();

@@ -5,40 +5,8 @@ mod common;
 use std::fs;
 
 use common::*;
+use nanny::manifest::FIELDS;
 use serde_json::json;
-
-const SPEC_FIELDS: &[&str] = &[
-    "name",
-    "description",
-    "version",
-    "gpu_required",
-    "vram_gb",
-    "compose_file",
-    "ports",
-    "health_endpoint",
-    "health_check_url",
-    "health_timeout",
-    "tags",
-    "command",
-    "working_dir",
-    "env",
-    "env_file",
-    "port",
-    "autostart",
-    "restart",
-    "restart_delay",
-    "restart_delay_max",
-    "max_restarts",
-    "restart_window",
-    "health_interval",
-    "health_failures",
-    "health_command",
-    "stop_signal",
-    "stop_timeout",
-    "depends_on",
-    "priority",
-    "pinned",
-];
 
 #[test]
 fn bundled_examples_validate() {
@@ -54,7 +22,7 @@ fn bundled_examples_validate() {
 fn template_documents_every_manifest_field() {
     let yaml = fs::read_to_string(examples_dir().join("_template/service.yaml")).unwrap();
     assert!(yaml.lines().any(|l| l == "name: my-service"), "`nanny new` replaces this exact line");
-    for f in SPEC_FIELDS {
+    for f in FIELDS {
         let present = yaml.lines().any(|l| {
             let l = l.trim_start_matches('#').trim_start();
             l.starts_with(&format!("{f}:"))

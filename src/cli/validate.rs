@@ -7,12 +7,13 @@ use serde_json::json;
 use super::Failure;
 use super::output::print_json;
 use crate::discovery;
+use crate::manifest::Paths;
 
 pub fn run(dir: &Path, json: bool) -> Result<(), Failure> {
     if !dir.is_dir() {
         return Err(Failure::new(1, format!("error: {} is not a directory", dir.display())));
     }
-    let catalog = discovery::scan(dir);
+    let catalog = discovery::scan(dir, Paths::Confined);
     if json {
         let valid: Vec<_> =
             catalog.services.values().map(|m| json!({ "name": m.name, "path": m.manifest_path })).collect();

@@ -13,6 +13,7 @@ use crate::deps;
 use crate::discovery::{self, Catalog, Invalid};
 use crate::events::EventKind;
 use crate::logs::LogStore;
+use crate::manifest::Paths;
 use crate::service::{ServiceHandle, Shared};
 use crate::store::Desired;
 
@@ -107,7 +108,8 @@ impl Owner {
 
     async fn rescan(&mut self) -> Rescan {
         let dir = self.services_dir.clone();
-        let mut catalog = tokio::task::spawn_blocking(move || discovery::scan(&dir)).await.unwrap_or_default();
+        let mut catalog =
+            tokio::task::spawn_blocking(move || discovery::scan(&dir, Paths::Confined)).await.unwrap_or_default();
         // A service whose manifest is still there but now invalid (a typo, a
         // duplicate name, a broken dependency) keeps its previous manifest and
         // keeps running: only a manifest that is gone removes a service.

@@ -1,0 +1,359 @@
+//! `service.yaml`: bytes in, a validated [`Manifest`] or every problem out.
+//!
+//! Pure: no I/O beyond resolving the paths the manifest names
+//! (`working_dir`, `env_file`, `compose_file`), which is passed in as a
+//! closure so tests can decide what exists. Every problem carries the field,
+//! and the line and column it comes from when the field is present.
+//! `raw` is the YAML as written, `check` the checks of single values,
+//! `sections` the checks of each concern.
+
+mod check;
+mod raw;
+mod sections;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+
+use check::Checker;
+pub use check::Resolve;
+use raw::RawManifest;
+
+/// File names discovery accepts, in order of preference.
+pub const MANIFEST_FILES: [&str; 2] = ["service.yaml", "service.yml"];
+
+/// Every field a manifest accepts.
+pub const FIELDS: [&str; 32] = [
+    "name",
+    "description",
+    "version",
+    "gpu_required",
+    "vram_gb",
+    "compose_file",
+    "compose_project",
+    "command",
+    "working_dir",
+    "env",
+    "env_file",
+    "ports",
+    "port",
+    "health_endpoint",
+    "health_check_url",
+    "health_command",
+    "start_timeout",
+    "health_timeout",
+    "health_interval",
+    "health_failures",
+    "tags",
+    "autostart",
+    "restart",
+    "restart_delay",
+    "restart_delay_max",
+    "max_restarts",
+    "restart_window",
+    "stop_signal",
+    "stop_timeout",
+    "depends_on",
+    "priority",
+    "pinned",
+];
+
+/// A validated service manifest. Paths are absolute (resolved against the
+/// manifest's directory).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Manifest {
+    pub name: String,
+    pub description: String,
+    pub version: String,
+    pub gpu_required: bool,
+    pub vram_gb: f64,
+    #[serde(flatten)]
+    pub runtime: Runtime,
+    pub ports: Vec<String>,
+    pub port: Option<u16>,
+    #[serde(serialize_with = "ser_health_endpoint")]
+    pub health_endpoint: Option<HealthEndpoint>,
+    pub health_command: Option<Vec<String>>,
+    /// Compose only: the time `up -d` (pull, build, create) may take before
+    /// health checks begin. Accepted, and without effect, for native services.
+    #[serde(with = "secs")]
+    pub start_timeout: Duration,
+    #[serde(with = "secs")]
+    pub health_timeout: Duration,
+    #[serde(with = "secs")]
+    pub health_interval: Duration,
+    pub health_failures: u32,
+    pub tags: Vec<String>,
+    pub autostart: bool,
+    pub restart: RestartPolicy,
+    #[serde(with = "secs")]
+    pub restart_delay: Duration,
+    #[serde(with = "secs")]
+    pub restart_delay_max: Duration,
+    pub max_restarts: u32,
+    #[serde(with = "secs")]
+    pub restart_window: Duration,
+    #[serde(serialize_with = "ser_signal")]
+    pub stop_signal: Signal,
+    #[serde(with = "secs")]
+    pub stop_timeout: Duration,
+    pub depends_on: Vec<Dependency>,
+    pub priority: i32,
+    pub pinned: bool,
+    /// The manifest file itself.
+    pub manifest_path: PathBuf,
+}
+
+/// How the service's processes come to exist.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "runtime", rename_all = "lowercase")]
+pub enum Runtime {
+    Native {
+        command: Vec<String>,
+        working_dir: PathBuf,
+        env: BTreeMap<String, String>,
+        env_file: Option<PathBuf>,
+    },
+    Compose {
+        compose_file: PathBuf,
+        /// `compose_project`, when set; else Compose's own default is used.
+        project: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthEndpoint {
+    Http(String),
+    Tcp { host: String, port: u16 },
+}
+
+impl fmt::Display for HealthEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HealthEndpoint::Http(url) => f.write_str(url),
+            HealthEndpoint::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DependencyCondition {
+    Started,
+    Healthy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Dependency {
+    pub name: String,
+    /// `None`: healthy when the dependency has a check, else started.
+    pub condition: Option<DependencyCondition>,
+}
+
+impl Manifest {
+    /// The health endpoint as the seed shows it (`null` when none).
+    pub fn health_endpoint_string(&self) -> Option<String> {
+        self.health_endpoint.as_ref().map(ToString::to_string)
+    }
+
+    pub fn has_health_check(&self) -> bool {
+        self.health_endpoint.is_some() || self.health_command.is_some()
+    }
+}
+
+/// One thing wrong with a manifest, located as precisely as the YAML allows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    pub field: Option<String>,
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+}
+
+/// Every problem found in one manifest file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ManifestError {
+    pub path: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl ManifestError {
+    pub fn single(path: &Path, field: Option<&str>, message: impl Into<String>) -> Self {
+        ManifestError {
+            path: path.to_path_buf(),
+            problems: vec![Problem { field: field.map(str::to_string), line: 0, column: 0, message: message.into() }],
+        }
+    }
+
+    /// One line per problem: `path:line:col: field `x`: message`.
+    pub fn lines(&self) -> Vec<String> {
+        self.problems
+            .iter()
+            .map(|p| {
+                let mut s = self.path.display().to_string();
+                if p.line > 0 {
+                    s.push_str(&format!(":{}:{}", p.line, p.column));
+                }
+                s.push_str(": ");
+                if let Some(field) = &p.field {
+                    s.push_str(&format!("field `{field}`: "));
+                }
+                s.push_str(&p.message);
+                s
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.lines().join("\n"))
+    }
+}
+
+/// Whether `name` is a valid service name: `[a-z0-9][a-z0-9._-]{0,62}`, and
+/// never `..`-like, so it is safe as a path component and a URL segment.
+pub fn valid_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b))
+        && !name.contains("..")
+}
+
+/// Whether `name` is a project name Compose accepts: `[a-z0-9][a-z0-9_-]*`.
+pub fn valid_project(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+/// Parse a signal name as `SIGTERM`, `TERM` or its number.
+pub fn parse_signal(text: &str) -> Result<Signal, String> {
+    let upper = text.trim().to_ascii_uppercase();
+    if let Ok(n) = upper.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| format!("unknown signal number {n}"));
+    }
+    let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    Signal::from_str(&full).map_err(|_| format!("unknown signal `{text}`"))
+}
+
+/// Whether the paths a manifest names (`working_dir`, `env_file`,
+/// `compose_file`) must stay inside its own directory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Paths {
+    /// No `..` out of it, no absolute path elsewhere, no symlink that
+    /// resolves outside it. What the daemon and `validate` use.
+    #[default]
+    Confined,
+    Anywhere,
+}
+
+/// Parse and validate the manifest at `path` whose text is `text`.
+/// `resolve` answers the real path of a path the manifest names, or `None`
+/// when it does not exist.
+pub fn parse(path: &Path, text: &str, paths: Paths, resolve: Resolve) -> Result<Manifest, ManifestError> {
+    let raw: RawManifest = serde_saphyr::from_str(text).map_err(|e| yaml_error(path, &e))?;
+    let mut c = Checker::new(path.parent().unwrap_or(Path::new(".")), paths, resolve);
+    let name = sections::name(&mut c, &raw);
+    let runtime = sections::runtime(&mut c, &raw);
+    let vram_gb = sections::vram_gb(&mut c, &raw);
+    let port = sections::port(&mut c, &raw);
+    let health = sections::health(&mut c, &raw);
+    let restart = sections::restart(&mut c, &raw);
+    let (stop_signal, stop_timeout) = sections::stop(&mut c, &raw);
+    let depends_on = sections::dependencies(&mut c, &raw, &name);
+    let (Some(runtime), true) = (runtime, c.problems.is_empty()) else {
+        return Err(ManifestError { path: path.to_path_buf(), problems: c.problems });
+    };
+    Ok(Manifest {
+        name,
+        description: raw.description.unwrap_or_default(),
+        version: raw.version.unwrap_or_default(),
+        gpu_required: raw.gpu_required.unwrap_or(false),
+        vram_gb,
+        runtime,
+        ports: raw.ports.unwrap_or_default(),
+        port,
+        health_endpoint: health.endpoint,
+        health_command: health.command,
+        start_timeout: health.start_timeout,
+        health_timeout: health.timeout,
+        health_interval: health.interval,
+        health_failures: health.failures,
+        tags: raw.tags.unwrap_or_default(),
+        autostart: raw.autostart.unwrap_or(false),
+        restart: restart.policy,
+        restart_delay: restart.delay,
+        restart_delay_max: restart.delay_max,
+        max_restarts: restart.max_restarts,
+        restart_window: restart.window,
+        stop_signal,
+        stop_timeout,
+        depends_on,
+        priority: raw.priority.unwrap_or(0),
+        pinned: raw.pinned.unwrap_or(false),
+        manifest_path: path.to_path_buf(),
+    })
+}
+
+/// Read and parse the manifest file at `path`, checking the paths it names
+/// on the file system.
+pub fn load(path: &Path, paths: Paths) -> Result<Manifest, ManifestError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ManifestError::single(path, None, format!("cannot read: {e}")))?;
+    parse(path, &text, paths, &|p| p.canonicalize().ok())
+}
+
+fn yaml_error(path: &Path, error: &serde_saphyr::Error) -> ManifestError {
+    let (line, column) = error.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+    // serde-saphyr renders "error: line L column C: message" and a snippet;
+    // the position is reported separately, so keep only the message.
+    let full = error.to_string();
+    let first = full.lines().next().unwrap_or_default();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let message = match first.strip_prefix("line ").and_then(|rest| rest.split_once(": ")) {
+        Some((_, message)) => message.trim().to_string(),
+        None => first.trim().to_string(),
+    };
+    let field = message.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next()).map(str::to_string);
+    let message = match &field {
+        Some(_) => "unknown field (typo?); ".to_string() + &message,
+        None => message,
+    };
+    ManifestError { path: path.to_path_buf(), problems: vec![Problem { field, line, column, message }] }
+}
+
+fn ser_health_endpoint<S: serde::Serializer>(e: &Option<HealthEndpoint>, s: S) -> Result<S::Ok, S::Error> {
+    e.as_ref().map(ToString::to_string).serialize(s)
+}
+
+fn ser_signal<S: serde::Serializer>(signal: &Signal, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(signal.as_str())
+}
+
+/// Durations serialize as a number of seconds.
+mod secs {
+    use std::time::Duration;
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod props;
+#[cfg(test)]
+mod tests;
