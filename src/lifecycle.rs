@@ -296,7 +296,7 @@ impl Spec {
             gpu: m.gpu_required,
             policy: Policy::of(m),
             health_timeout: m.health_timeout,
-            start_timeout: Duration::from_secs(15 * 60), // MERGE: m.start_timeout
+            start_timeout: m.start_timeout,
             health_failures: m.health_failures,
             stop_timeout: m.stop_timeout,
             stop_signal: m.stop_signal.to_string(),

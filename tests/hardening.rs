@@ -157,3 +157,30 @@ async fn status_and_ls_show_each_services_cpu_and_memory_over_its_process_group(
     let st = d.wait_status("spin", LONG, "no reading once stopped", |st| st["cpu_percent"].is_null()).await;
     assert!(st["memory_bytes"].is_null(), "{st}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manifest_reaching_outside_its_directory_is_invalid_unless_the_daemon_allows_it() {
+    let ws = Workspace::new();
+    let outside = ws.path("elsewhere");
+    std::fs::create_dir_all(&outside).unwrap();
+    ws.write_manifest("escape", "name: escape\ncommand: [sleep, '1000']\nworking_dir: ../../elsewhere\n");
+    // Through a symlink inside the directory, too.
+    std::fs::create_dir_all(ws.services().join("escape2")).unwrap();
+    std::os::unix::fs::symlink(&outside, ws.services().join("escape2/data")).unwrap();
+    ws.write_manifest("escape2", "name: escape2\ncommand: [sleep, '1000']\nworking_dir: data\n");
+
+    let d = Daemon::start(&ws.services());
+    let list = d.services().await;
+    for dir in ["escape", "escape2"] {
+        let errors = invalid_entry(&list, &format!("{dir}/service.yaml"))["errors"].to_string();
+        assert!(errors.contains("working_dir") && errors.contains("outside the service directory"), "{errors}");
+        assert!(errors.contains("--allow-outside-paths"), "says how to allow it: {errors}");
+    }
+    let out = cli_in(None, &["validate", &ws.services().to_string_lossy()], None, &[]);
+    assert_eq!(out.code, 1, "{}", out.all());
+
+    let d = Daemon::start_with(&ws.services(), &ws.path("state-b"), &["--allow-outside-paths"], &[]);
+    assert_eq!(names(&d.services().await["services"]), vec!["escape", "escape2"]);
+    let out = cli_in(None, &["validate", "--allow-outside-paths", &ws.services().to_string_lossy()], None, &[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+}

@@ -16,6 +16,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::client::ClientError;
+use crate::manifest::Paths;
 
 #[derive(Parser)]
 #[command(
@@ -92,6 +93,9 @@ enum Sub {
     Validate {
         /// Services directory [default: $NANNY_SERVICES_DIR or ./services].
         dir: Option<PathBuf>,
+        /// Accept paths outside a service's directory, as `serve --allow-outside-paths` does.
+        #[arg(long, env = "NANNY_ALLOW_OUTSIDE_PATHS")]
+        allow_outside_paths: bool,
     },
     /// Create a new service directory from the template.
     New {
@@ -147,7 +151,10 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Sub::Serve(args) => serve::run(args).await,
-            Sub::Validate { dir } => validate::run(&dir.unwrap_or_else(default_services_dir), cli.json),
+            Sub::Validate { dir, allow_outside_paths } => {
+                let paths = Paths::outside_allowed(allow_outside_paths);
+                validate::run(&dir.unwrap_or_else(default_services_dir), paths, cli.json)
+            }
             Sub::New { name, dir } => new::run(&name, &dir.unwrap_or_else(default_services_dir)),
             other => {
                 // A reader that goes away (`nanny logs x | head`) ends the command quietly.

@@ -11,6 +11,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::Failure;
 use crate::daemon::{Config, Daemon};
 use crate::lock::StateLock;
+use crate::manifest::Paths;
 use crate::runtime::compose::Compose;
 use crate::runtime::{Devices, Native, Runtimes};
 
@@ -36,6 +37,11 @@ pub struct ServeArgs {
     /// containers as `NVIDIA_VISIBLE_DEVICES`).
     #[arg(long, env = "NANNY_GPU_DEVICES", default_value = "all", value_parser = Devices::parse)]
     gpu_devices: Devices,
+    /// Let manifests name `working_dir`, `env_file` and `compose_file`
+    /// outside their own directory (by default a `../`, an absolute path or
+    /// a symlink that leads out is a manifest error).
+    #[arg(long, env = "NANNY_ALLOW_OUTSIDE_PATHS")]
+    allow_outside_paths: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -69,7 +75,8 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     let addr = listener.local_addr().map_err(|e| fail(e.to_string()))?;
     lock.announce(&format!("http://{addr}"));
     let runtime = Runtimes { native: Native, compose: Compose::new(&state_dir) };
-    let config = Config { services_dir, state_dir, gpu_devices: args.gpu_devices };
+    let paths = Paths::outside_allowed(args.allow_outside_paths);
+    let config = Config { services_dir, state_dir, gpu_devices: args.gpu_devices, paths };
     let daemon = Daemon::start(config, Arc::new(runtime)).await.map_err(|e| fail(e.to_string()))?;
     let catalog = daemon.registry.snapshot();
     tracing::info!(

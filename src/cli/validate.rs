@@ -9,11 +9,11 @@ use super::output::print_json;
 use crate::discovery;
 use crate::manifest::Paths;
 
-pub fn run(dir: &Path, json: bool) -> Result<(), Failure> {
+pub fn run(dir: &Path, paths: Paths, json: bool) -> Result<(), Failure> {
     if !dir.is_dir() {
         return Err(Failure::new(1, format!("error: {} is not a directory", dir.display())));
     }
-    let catalog = discovery::scan(dir, Paths::Confined);
+    let catalog = discovery::scan(dir, paths);
     if json {
         let valid: Vec<_> =
             catalog.services.values().map(|m| json!({ "name": m.name, "path": m.manifest_path })).collect();

@@ -17,6 +17,7 @@ use crate::error::Error;
 use crate::events::{Event, EventKind, Filter};
 use crate::gpu::Arbiter;
 use crate::logs::LogLine;
+use crate::manifest::Paths;
 use crate::runtime::{Devices, Runtime};
 use crate::service::{ServiceHandle, Shared};
 use crate::store::{Desired, Store, StoreError};
@@ -53,6 +54,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The GPUs GPU services may use (`NANNY_GPU_DEVICES`).
     pub gpu_devices: Devices,
+    /// Whether manifests may name paths outside their own directory.
+    pub paths: Paths,
 }
 
 #[derive(Clone)]
@@ -89,7 +92,8 @@ impl Daemon {
             http: crate::health::client(),
             store: store.clone(),
         };
-        let registry = Registry::start(config.services_dir.clone(), config.state_dir.join("logs"), shared).await;
+        let registry =
+            Registry::start(config.services_dir.clone(), config.paths, config.state_dir.join("logs"), shared).await;
         let usage = usage::Table::default();
         usage::spawn(registry.clone(), runtime.clone(), usage.clone());
         let started = std::time::Instant::now();

@@ -45,11 +45,11 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub async fn start(services_dir: PathBuf, logs_dir: PathBuf, shared: Shared) -> Registry {
+    pub async fn start(services_dir: PathBuf, paths: Paths, logs_dir: PathBuf, shared: Shared) -> Registry {
         let (tx, rx) = mpsc::channel(16);
         let (publish, snapshot) = watch::channel(Arc::new(Snapshot::default()));
-        let mut owner =
-            Owner { services_dir, logs_dir, shared, catalog: Catalog::default(), handles: BTreeMap::new(), publish };
+        let catalog = Catalog::default();
+        let mut owner = Owner { services_dir, paths, logs_dir, shared, catalog, handles: BTreeMap::new(), publish };
         owner.rescan().await;
         tokio::spawn(owner.run(rx));
         Registry { tx, snapshot }
@@ -76,6 +76,8 @@ impl Registry {
 
 struct Owner {
     services_dir: PathBuf,
+    /// Whether manifests may name paths outside their directory.
+    paths: Paths,
     logs_dir: PathBuf,
     shared: Shared,
     catalog: Catalog,
@@ -107,9 +109,8 @@ impl Owner {
     }
 
     async fn rescan(&mut self) -> Rescan {
-        let dir = self.services_dir.clone();
-        let mut catalog =
-            tokio::task::spawn_blocking(move || discovery::scan(&dir, Paths::Confined)).await.unwrap_or_default();
+        let (dir, paths) = (self.services_dir.clone(), self.paths);
+        let mut catalog = tokio::task::spawn_blocking(move || discovery::scan(&dir, paths)).await.unwrap_or_default();
         // A service whose manifest is still there but now invalid (a typo, a
         // duplicate name, a broken dependency) keeps its previous manifest and
         // keeps running: only a manifest that is gone removes a service.

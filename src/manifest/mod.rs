@@ -262,6 +262,13 @@ pub enum Paths {
     Anywhere,
 }
 
+impl Paths {
+    /// What `--allow-outside-paths` asks for.
+    pub fn outside_allowed(allowed: bool) -> Paths {
+        if allowed { Paths::Anywhere } else { Paths::Confined }
+    }
+}
+
 /// Parse and validate the manifest at `path` whose text is `text`.
 /// `resolve` answers the real path of a path the manifest names, or `None`
 /// when it does not exist.
