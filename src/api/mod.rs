@@ -20,7 +20,7 @@ use tokio::sync::broadcast;
 
 use crate::daemon::{Command, Daemon};
 use crate::events::{Event, Filter};
-use crate::logs::{LogLine, RING_LINES, Stream};
+use crate::logs::{Followed, Follower, LogLine, RING_LINES, Stream};
 pub use error::ApiError;
 
 /// Request bodies are tiny (`{"force": true}`); anything larger is refused.
@@ -172,24 +172,26 @@ async fn logs(State(d): State<Daemon>, Name(name): Name, query: Result<Query<Log
 }
 
 /// Newline-delimited JSON: the tail, then every new line as it comes.
-fn follow_response(lines: Vec<LogLine>, live: broadcast::Receiver<LogLine>) -> Response {
-    fn ndjson(line: &LogLine) -> Result<Bytes, std::convert::Infallible> {
-        let mut bytes = serde_json::to_vec(line).unwrap_or_default();
-        bytes.push(b'\n');
+fn follow_response(lines: Vec<LogLine>, follower: Follower) -> Response {
+    fn ndjson(lines: &[LogLine]) -> Result<Bytes, std::convert::Infallible> {
+        let mut bytes = Vec::new();
+        for line in lines {
+            let _ = serde_json::to_writer(&mut bytes, line);
+            bytes.push(b'\n');
+        }
         Ok(Bytes::from(bytes))
     }
-    let backlog = futures_util::stream::iter(lines.iter().map(ndjson).collect::<Vec<_>>());
-    let live = futures_util::stream::unfold(live, |mut rx| async move {
-        let line = match rx.recv().await {
-            Ok(line) => line,
-            Err(broadcast::error::RecvError::Lagged(n)) => LogLine {
+    let backlog = futures_util::stream::iter([ndjson(&lines)]);
+    let live = futures_util::stream::unfold(follower, |mut follower| async move {
+        let lines = match follower.next().await? {
+            Followed::Lines(lines) => lines,
+            Followed::Lost(n) => vec![LogLine {
                 ts: jiff::Timestamp::now(),
                 stream: Stream::Nanny,
                 line: format!("{n} lines skipped (reader too slow)"),
-            },
-            Err(broadcast::error::RecvError::Closed) => return None,
+            }],
         };
-        Some((ndjson(&line), rx))
+        Some((ndjson(&lines), follower))
     });
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")

@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, oneshot};
 use crate::error::Error;
 use crate::events::{Event, EventKind, Filter};
 use crate::gpu::Arbiter;
-use crate::logs::LogLine;
+use crate::logs::{Follower, LogLine};
 use crate::runtime::Runtime;
 use crate::service::{ServiceHandle, Shared};
 use crate::store::{Desired, Store, StoreError};
@@ -37,7 +37,7 @@ pub enum Command {
     Stop { name: String, reply: Reply<StopOutcome> },
     Restart { name: String, force: bool, reply: Reply<StartOutcome> },
     Logs { name: String, tail: usize, reply: Reply<Vec<LogLine>> },
-    FollowLogs { name: String, tail: usize, reply: Reply<(Vec<LogLine>, broadcast::Receiver<LogLine>)> },
+    FollowLogs { name: String, tail: usize, reply: Reply<(Vec<LogLine>, Follower)> },
     Rediscover(Reply<RediscoverReport>),
     Health(Reply<DaemonHealth>),
     Remove { name: String, reply: Reply<RemoveOutcome> },
