@@ -167,8 +167,7 @@ async fn logs(State(d): State<Daemon>, Name(name): Name, query: Result<Query<Log
         return Ok(follow_response(lines, live));
     }
     let lines = d.ask(|reply| Command::Logs { name: name.clone(), tail, reply }).await?;
-    let text: Vec<String> = lines.iter().map(LogLine::render).collect();
-    ok(json!({ "service": name, "tail": tail, "lines": lines, "logs": text.join("\n") }))
+    ok(json!({ "service": name, "tail": tail, "lines": lines }))
 }
 
 /// Newline-delimited JSON: the tail, then every new line as it comes.
