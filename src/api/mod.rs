@@ -3,8 +3,6 @@
 
 mod error;
 
-use std::collections::VecDeque;
-
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
@@ -16,10 +14,9 @@ use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::broadcast;
 
 use crate::daemon::{Command, Daemon};
-use crate::events::{Event, Filter};
+use crate::events::Filter;
 use crate::logs::{Followed, Follower, LogLine, RING_LINES, Stream};
 pub use error::ApiError;
 
@@ -254,45 +251,18 @@ async fn event_stream(
     let Query(query) = query.map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, r.body_text()))?;
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let mut filter = query.filter(last_event_id)?;
-    // A client resuming from an id gets everything it missed (up to the
-    // maximum); a new one, the newest `limit` (default 100) before going live.
+    // A client resuming from an id gets everything it missed; a new one, the
+    // newest `limit` (default 100) before going live.
     if query.limit.is_none() && (last_event_id.is_some() || query.since.is_some()) {
-        filter.limit = MAX_EVENTS as usize;
+        filter.limit = 0;
     }
-    let (backlog, live) = d.ask(|reply| Command::SubscribeEvents { filter: filter.clone(), reply }).await?;
-    let seen = backlog.last().map(|e| e.id).unwrap_or(filter.since);
-    let to_sse = |e: &Event| {
-        Ok::<_, std::convert::Infallible>(
-            SseEvent::default().id(e.id.to_string()).event(e.kind.name()).json_data(e).unwrap_or_default(),
-        )
-    };
-    let backlog = futures_util::stream::iter(backlog.iter().map(to_sse).collect::<Vec<_>>());
-    // A listener that falls behind the broadcast catches up from the store.
-    let store = d.store.clone();
-    let live = futures_util::stream::unfold(
-        (live, filter, seen, VecDeque::<Event>::new()),
-        move |(mut rx, filter, mut seen, mut pending)| {
-            let store = store.clone();
-            async move {
-                loop {
-                    if let Some(e) = pending.pop_front() {
-                        seen = e.id;
-                        return Some((to_sse(&e), (rx, filter, seen, pending)));
-                    }
-                    match rx.recv().await {
-                        Ok(e) if e.id > seen && filter.matches(&e) => pending.push_back(e),
-                        Ok(_) => {}
-                        Err(broadcast::error::RecvError::Lagged(_)) => {
-                            let catch_up = Filter { since: seen, limit: MAX_EVENTS as usize, ..filter.clone() };
-                            pending = store.events(catch_up).await.into();
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    }
-                }
-            }
-        },
-    );
-    Ok(Sse::new(backlog.chain(live)).keep_alive(KeepAlive::default()).into_response())
+    let feed = d.ask(|reply| Command::SubscribeEvents { filter, reply }).await?;
+    let events = futures_util::stream::unfold(feed, |mut feed| async move {
+        let e = feed.next().await?;
+        let sse = SseEvent::default().id(e.id.to_string()).event(e.kind.name()).json_data(&e).unwrap_or_default();
+        Some((Ok::<_, std::convert::Infallible>(sse), feed))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
 }
 
 async fn rediscover(State(d): State<Daemon>) -> ApiResult {

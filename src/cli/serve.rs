@@ -4,14 +4,17 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::Failure;
 use crate::daemon::{Config, Daemon};
+use crate::manifest::parse_duration;
 use crate::runtime::compose::Compose;
 use crate::runtime::{Native, Runtimes};
+use crate::store::Retention;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -30,6 +33,29 @@ pub struct ServeArgs {
     /// After a crash the services meant to be running are always restored.
     #[arg(long, env = "NANNY_ON_SHUTDOWN", value_enum, default_value_t = OnShutdown::Remember)]
     on_shutdown: OnShutdown,
+    /// How many of the newest events the history keeps.
+    #[arg(long, env = "NANNY_EVENTS_KEEP", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    events_keep: u64,
+    /// How long the history keeps an event (`30d`, `12h`, `90m`, seconds).
+    #[arg(long, env = "NANNY_EVENTS_MAX_AGE", default_value = "30d", value_parser = parse_age)]
+    events_max_age: Duration,
+}
+
+/// A duration as the manifest accepts it, or a number of days (`7d`).
+fn parse_age(text: &str) -> Result<Duration, String> {
+    let age = match text.trim().strip_suffix('d') {
+        Some(days) => days
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .and_then(|days| Duration::try_from_secs_f64(days * 86400.0).ok())
+            .ok_or_else(|| format!("`{text}` is not a number of days"))?,
+        None => parse_duration(text).map_err(|e| format!("{e}, or days like 7d"))?,
+    };
+    if age.is_zero() {
+        return Err("must be longer than 0".into());
+    }
+    Ok(age)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -59,8 +85,12 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         .map_err(|e| fail(format!("cannot listen on {}: {e}", args.listen)))?;
     let addr = listener.local_addr().map_err(|e| fail(e.to_string()))?;
     let runtime = Runtimes { native: Native, compose: Compose::new(&state_dir) };
-    let daemon =
-        Daemon::start(Config { services_dir, state_dir }, Arc::new(runtime)).await.map_err(|e| fail(e.to_string()))?;
+    let daemon = Daemon::start(
+        Config { services_dir, state_dir, events: Retention { keep: args.events_keep, max_age: args.events_max_age } },
+        Arc::new(runtime),
+    )
+    .await
+    .map_err(|e| fail(e.to_string()))?;
     let catalog = daemon.registry.snapshot();
     tracing::info!(
         services = catalog.services.len(),
@@ -90,4 +120,20 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         _ = interrupt.recv() => return Err(fail("second signal: exiting without waiting for services".into())),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ages_are_days_or_manifest_durations() {
+        assert_eq!(parse_age("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert_eq!(parse_age("1.5d"), Ok(Duration::from_secs(36 * 3600)));
+        assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_age("90"), Ok(Duration::from_secs(90)));
+        for bad in ["0", "0d", "-1d", "d", "xd", "1e400d", "abc", "7w"] {
+            assert!(parse_age(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -11,7 +11,7 @@ pub mod views;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 
 use crate::error::Error;
 use crate::events::{Event, EventKind, Filter};
@@ -19,8 +19,9 @@ use crate::gpu::Arbiter;
 use crate::logs::{Follower, LogLine};
 use crate::runtime::Runtime;
 use crate::service::{ServiceHandle, Shared};
-use crate::store::{Desired, Store, StoreError};
+use crate::store::{Desired, Retention, Store, StoreError};
 
+pub use commands::events::EventFeed;
 pub use registry::Registry;
 use views::{
     DaemonHealth, RediscoverReport, RemoveOutcome, ServiceDetail, ServiceList, StartOutcome, StatusView, StopOutcome,
@@ -42,7 +43,7 @@ pub enum Command {
     Health(Reply<DaemonHealth>),
     Remove { name: String, reply: Reply<RemoveOutcome> },
     Events { filter: Filter, reply: Reply<Vec<Event>> },
-    SubscribeEvents { filter: Filter, reply: Reply<(Vec<Event>, broadcast::Receiver<Event>)> },
+    SubscribeEvents { filter: Filter, reply: Reply<EventFeed> },
 }
 
 /// Settings fixed for the life of the daemon.
@@ -50,6 +51,7 @@ pub enum Command {
 pub struct Config {
     pub services_dir: PathBuf,
     pub state_dir: PathBuf,
+    pub events: Retention,
 }
 
 #[derive(Clone)]
@@ -66,7 +68,7 @@ impl Daemon {
     /// Open the state, clean up after a previous daemon that was killed,
     /// discover the services and start supervising them.
     pub async fn start(config: Config, runtime: Arc<dyn Runtime>) -> Result<Daemon, StoreError> {
-        let store = Store::open(&config.state_dir)?;
+        let store = Store::open_with(&config.state_dir, config.events)?;
         store.emit(
             None,
             EventKind::DaemonStarted { version: env!("CARGO_PKG_VERSION").into(), pid: std::process::id() },
