@@ -138,8 +138,10 @@ impl EventKind {
 /// Which events a reader wants.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
+    /// Only events with a greater id.
     pub since: u64,
     pub service: Option<String>,
+    /// At most this many (0: no limit).
     pub limit: usize,
 }
 

@@ -1,26 +1,32 @@
-//! Captured output of one service: a bounded in-memory ring for fast tails,
-//! a size-rotated file under the state dir, and a broadcast for followers.
+//! Captured output of one service: a bounded in-memory ring for fast tails
+//! and followers, and a size-rotated file under the state dir.
 //!
-//! Writers never wait on readers: followers that fall behind lose lines (and
-//! are told how many) rather than slowing the service down.
+//! An idle service costs almost nothing: the ring grows only with what the
+//! service writes, and is bounded both in lines and in bytes. Followers read
+//! the ring from their own position; writers never wait on them, and one
+//! that falls behind the ring loses lines (and is told how many).
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 
 use serde::Serialize;
-use tokio::sync::broadcast;
+use tokio::sync::watch;
 
 /// Lines kept in memory per service (also the largest `tail` accepted).
 pub const RING_LINES: usize = 10_000;
+/// Bytes of line text kept in memory per service.
+pub const RING_BYTES: usize = 4 * 1024 * 1024;
 /// A log file is rotated when it grows past this size...
 const ROTATE_BYTES: u64 = 10 * 1024 * 1024;
 /// ...keeping this many older files (`NAME.log.1` … `NAME.log.N`).
 const ROTATE_KEEP: u32 = 3;
 /// Longer lines are cut, so one runaway line cannot exhaust memory.
 pub const MAX_LINE_BYTES: usize = 16 * 1024;
+/// The most lines a follower takes from the ring at a time.
+const FOLLOW_BATCH: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -70,6 +76,11 @@ impl Stream {
 
 struct Inner {
     ring: VecDeque<LogLine>,
+    /// Bytes of line text in `ring`.
+    ring_bytes: usize,
+    /// The number of lines written before `ring[0]`: its position in the
+    /// service's output, which followers count in.
+    dropped: u64,
     file: Option<BufWriter<File>>,
     file_bytes: u64,
 }
@@ -77,7 +88,38 @@ struct Inner {
 pub struct LogStore {
     path: PathBuf,
     inner: Mutex<Inner>,
-    live: broadcast::Sender<LogLine>,
+    /// How many lines were ever written; followers wait on its changes.
+    written: watch::Sender<u64>,
+}
+
+/// What a follower reads next.
+#[derive(Debug)]
+pub enum Followed {
+    /// The next lines, in order (at most `FOLLOW_BATCH`).
+    Lines(Vec<LogLine>),
+    /// This many lines left the ring before the follower read them.
+    Lost(u64),
+}
+
+/// A reader of every line written after it started, at its own pace.
+pub struct Follower {
+    store: Weak<LogStore>,
+    written: watch::Receiver<u64>,
+    /// The position of the next line to read.
+    next: u64,
+}
+
+impl Follower {
+    /// Waits for lines after those already read; `None` once the service's
+    /// log store is gone (the service was removed).
+    pub async fn next(&mut self) -> Option<Followed> {
+        loop {
+            if *self.written.borrow_and_update() > self.next {
+                return Some(self.store.upgrade()?.read_from(&mut self.next));
+            }
+            self.written.changed().await.ok()?;
+        }
+    }
 }
 
 impl LogStore {
@@ -85,11 +127,12 @@ impl LogStore {
     /// wrote; the end of that is read back, so a tail spans the restart.
     pub fn new(path: PathBuf) -> Self {
         let file_bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        LogStore {
-            inner: Mutex::new(Inner { ring: read_back(&path), file: None, file_bytes }),
-            path,
-            live: broadcast::channel(4096).0,
+        let mut inner = Inner { ring: VecDeque::new(), ring_bytes: 0, dropped: 0, file: None, file_bytes };
+        for line in read_back(&path) {
+            inner.keep(line);
         }
+        let written = watch::Sender::new(inner.end());
+        LogStore { inner: Mutex::new(inner), path, written }
     }
 
     pub fn push(&self, stream: Stream, text: &str) {
@@ -102,29 +145,40 @@ impl LogStore {
         for text in lines {
             let line = LogLine { ts: jiff::Timestamp::now(), stream, line: text.to_string() };
             inner.write_file(&self.path, &line);
-            if inner.ring.len() == RING_LINES {
-                inner.ring.pop_front();
-            }
-            let _ = self.live.send(line.clone());
-            inner.ring.push_back(line);
+            inner.keep(line);
         }
         if let Some(file) = inner.file.as_mut() {
             let _ = file.flush();
         }
+        // Under the lock, so the count never goes back.
+        self.written.send_replace(inner.end());
     }
 
     /// The last `n` lines.
     pub fn tail(&self, n: usize) -> Vec<LogLine> {
-        let inner = self.lock();
-        inner.ring.iter().skip(inner.ring.len().saturating_sub(n)).cloned().collect()
+        self.lock().tail(n)
     }
 
-    /// The last `n` lines and a receiver of every line after them, with no gap.
-    pub fn follow(&self, n: usize) -> (Vec<LogLine>, broadcast::Receiver<LogLine>) {
+    /// The last `n` lines and a follower of every line after them, with no gap.
+    pub fn follow(self: &Arc<Self>, n: usize) -> (Vec<LogLine>, Follower) {
         let inner = self.lock();
-        let rx = self.live.subscribe();
-        let tail = inner.ring.iter().skip(inner.ring.len().saturating_sub(n)).cloned().collect();
-        (tail, rx)
+        let follower = Follower { store: Arc::downgrade(self), written: self.written.subscribe(), next: inner.end() };
+        (inner.tail(n), follower)
+    }
+
+    /// The lines from position `next` on (advancing it), or how many of
+    /// them are no longer in the ring.
+    fn read_from(&self, next: &mut u64) -> Followed {
+        let inner = self.lock();
+        if *next < inner.dropped {
+            let lost = inner.dropped - *next;
+            *next = inner.dropped;
+            return Followed::Lost(lost);
+        }
+        let skip = usize::try_from(*next - inner.dropped).unwrap_or(usize::MAX);
+        let lines: Vec<LogLine> = inner.ring.iter().skip(skip).take(FOLLOW_BATCH).cloned().collect();
+        *next += lines.len() as u64;
+        Followed::Lines(lines)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -133,6 +187,26 @@ impl LogStore {
 }
 
 impl Inner {
+    /// Add a line to the ring, dropping the oldest beyond its bounds.
+    fn keep(&mut self, line: LogLine) {
+        self.ring_bytes += line.line.len();
+        self.ring.push_back(line);
+        while self.ring.len() > RING_LINES || self.ring_bytes > RING_BYTES {
+            let Some(old) = self.ring.pop_front() else { break };
+            self.ring_bytes -= old.line.len();
+            self.dropped += 1;
+        }
+    }
+
+    /// The position after the newest line.
+    fn end(&self) -> u64 {
+        self.dropped + self.ring.len() as u64
+    }
+
+    fn tail(&self, n: usize) -> Vec<LogLine> {
+        self.ring.iter().skip(self.ring.len().saturating_sub(n)).cloned().collect()
+    }
+
     fn write_file(&mut self, path: &PathBuf, line: &LogLine) {
         if self.file_bytes >= ROTATE_BYTES {
             self.file = None;
@@ -161,20 +235,18 @@ impl Inner {
 }
 
 /// The last lines of a log file (at most `READ_BACK_BYTES` of it).
-fn read_back(path: &PathBuf) -> VecDeque<LogLine> {
+fn read_back(path: &PathBuf) -> Vec<LogLine> {
     const READ_BACK_BYTES: u64 = 1024 * 1024;
-    let Ok(mut file) = File::open(path) else { return VecDeque::new() };
+    let Ok(mut file) = File::open(path) else { return Vec::new() };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut bytes = Vec::new();
     use std::io::{Read, Seek, SeekFrom};
     if file.seek(SeekFrom::Start(len.saturating_sub(READ_BACK_BYTES))).is_err() || file.read_to_end(&mut bytes).is_err()
     {
-        return VecDeque::new();
+        return Vec::new();
     }
-    let text = String::from_utf8_lossy(&bytes);
     // The first line may be cut by the seek; a line that does not parse is skipped.
-    let lines: Vec<LogLine> = text.lines().filter_map(LogLine::parse).collect();
-    lines.into_iter().rev().take(RING_LINES).rev().collect()
+    String::from_utf8_lossy(&bytes).lines().filter_map(LogLine::parse).collect()
 }
 
 /// `x.log` → `x.log.1` → … → `x.log.KEEP` (the oldest is dropped).
@@ -186,27 +258,76 @@ fn rotate(path: &PathBuf) {
     let _ = fs::rename(path, numbered(1));
 }
 
-/// Split a chunk of output into lines, carrying an unfinished line in
-/// `partial` to the next chunk. Over-long lines are cut at `MAX_LINE_BYTES`.
-pub fn split_lines(partial: &mut Vec<u8>, chunk: &[u8]) -> Vec<String> {
-    let mut lines = Vec::new();
-    for &b in chunk {
-        if b == b'\n' {
-            lines.push(take_line(partial));
-        } else {
-            partial.push(b);
-            if partial.len() >= MAX_LINE_BYTES {
-                lines.push(take_line(partial));
-            }
-        }
-    }
-    lines
+/// Splits a byte stream into lines, carrying an unfinished line to the next
+/// chunk. A line longer than its bound is cut there, with a visible marker,
+/// and the rest of it, up to the next newline, is dropped.
+pub struct LineSplitter {
+    partial: Vec<u8>,
+    max: usize,
+    /// Dropping the rest of a line that was cut.
+    cutting: bool,
 }
 
-pub fn take_line(partial: &mut Vec<u8>) -> String {
-    let line = String::from_utf8_lossy(partial.strip_suffix(b"\r").unwrap_or(partial)).into_owned();
-    partial.clear();
-    line
+impl Default for LineSplitter {
+    /// For a service's output: lines cut at `MAX_LINE_BYTES`.
+    fn default() -> Self {
+        LineSplitter { partial: Vec::new(), max: MAX_LINE_BYTES, cutting: false }
+    }
+}
+
+impl LineSplitter {
+    /// For framing the daemon's own answers (NDJSON, SSE), which are never cut.
+    pub fn unbounded() -> Self {
+        LineSplitter { max: usize::MAX, ..LineSplitter::default() }
+    }
+
+    /// The lines `chunk` completes.
+    pub fn split(&mut self, chunk: &[u8]) -> Vec<String> {
+        let mut lines = Vec::new();
+        let mut pieces = chunk.split(|&b| b == b'\n').peekable();
+        while let Some(piece) = pieces.next() {
+            if !self.cutting {
+                let room = self.max - self.partial.len();
+                if piece.len() > room {
+                    self.partial.extend_from_slice(&piece[..room]);
+                    lines.push(self.cut());
+                    self.cutting = true;
+                } else {
+                    self.partial.extend_from_slice(piece);
+                }
+            }
+            // Every piece but the last ended with a newline.
+            if pieces.peek().is_some() && !std::mem::take(&mut self.cutting) {
+                lines.push(self.take(true));
+            }
+        }
+        lines
+    }
+
+    /// The unfinished last line, once the stream has ended.
+    pub fn finish(&mut self) -> Option<String> {
+        let cut = std::mem::take(&mut self.cutting);
+        (!cut && !self.partial.is_empty()).then(|| self.take(true))
+    }
+
+    /// The line so far, without a trailing `\r` if `whole`.
+    fn take(&mut self, whole: bool) -> String {
+        let bytes = if whole { self.partial.strip_suffix(b"\r").unwrap_or(&self.partial) } else { &self.partial };
+        let line = String::from_utf8_lossy(bytes).into_owned();
+        self.partial.clear();
+        line
+    }
+
+    /// The first `max` bytes of an over-long line (less a character cut in
+    /// two), and the marker.
+    fn cut(&mut self) -> String {
+        if let Err(e) = std::str::from_utf8(&self.partial)
+            && e.error_len().is_none()
+        {
+            self.partial.truncate(e.valid_up_to());
+        }
+        format!("{}… [line cut at {} bytes]", self.take(false), self.max)
+    }
 }
 
 #[cfg(test)]
@@ -215,14 +336,93 @@ mod tests {
 
     #[test]
     fn splits_across_chunks_and_cuts_long_lines() {
-        let mut partial = Vec::new();
-        assert_eq!(split_lines(&mut partial, b"a\nb"), vec!["a"]);
-        assert_eq!(split_lines(&mut partial, b"c\r\n\n"), vec!["bc", ""]);
-        let long = vec![b'x'; MAX_LINE_BYTES + 5];
-        let lines = split_lines(&mut partial, &long);
-        assert_eq!(lines.len(), 1);
-        assert_eq!(lines[0].len(), MAX_LINE_BYTES);
-        assert_eq!(partial.len(), 5);
+        let mut lines = LineSplitter::default();
+        assert_eq!(lines.split(b"a\nb"), vec!["a"]);
+        assert_eq!(lines.split(b"c\r\n\n"), vec!["bc", ""]);
+        let marker = format!("… [line cut at {MAX_LINE_BYTES} bytes]");
+        // Cut once, in the chunk that overflows; the rest of the line, over
+        // several chunks, is dropped up to its newline.
+        assert!(lines.split(&vec![b'x'; MAX_LINE_BYTES]).is_empty());
+        let cut = lines.split(b"yy");
+        assert_eq!(cut, vec![format!("{}{marker}", "x".repeat(MAX_LINE_BYTES))]);
+        assert!(lines.split(&vec![b'z'; 3 * MAX_LINE_BYTES]).is_empty());
+        assert_eq!(lines.split(b"zz\nnext\nlast"), vec!["next"]);
+        assert_eq!(lines.finish().as_deref(), Some("last"));
+        assert_eq!(lines.finish(), None);
+        // A line of exactly the bound is whole.
+        let exact = vec![b'e'; MAX_LINE_BYTES];
+        assert_eq!(lines.split(&[&exact[..], b"\n"].concat()), vec!["e".repeat(MAX_LINE_BYTES)]);
+        // A character is never cut in two; a cut line that never ends yields nothing more.
+        let mut wide = vec![b'a'; MAX_LINE_BYTES - 1];
+        wide.extend("é and more".as_bytes());
+        assert_eq!(lines.split(&wide), vec![format!("{}{marker}", "a".repeat(MAX_LINE_BYTES - 1))]);
+        assert_eq!(lines.finish(), None);
+        // The daemon's own frames are never cut.
+        let mut frames = LineSplitter::unbounded();
+        assert_eq!(frames.split(&[&vec![b'f'; 3 * MAX_LINE_BYTES][..], b"\n"].concat())[0].len(), 3 * MAX_LINE_BYTES);
+    }
+
+    #[test]
+    fn the_ring_is_bounded_in_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::new(dir.path().join("s.log"));
+        let mut lines = LineSplitter::default();
+        let flood = [&vec![b'x'; 2 * MAX_LINE_BYTES][..], b"\n"].concat().repeat(300);
+        store.push_many(Stream::Stdout, lines.split(&flood).iter().map(String::as_str));
+        let kept = store.tail(RING_LINES);
+        let bytes: usize = kept.iter().map(|l| l.line.len()).sum();
+        assert!(bytes <= RING_BYTES, "{bytes} bytes kept");
+        assert!(bytes > RING_BYTES - 2 * MAX_LINE_BYTES, "the ring is filled up to its bound: {bytes}");
+        assert!(kept.iter().all(|l| l.line.len() <= MAX_LINE_BYTES + 40 && l.line.ends_with("bytes]")));
+        assert_eq!(store.lock().ring_bytes, bytes);
+        // Short lines push the long ones out, down to the line bound.
+        for _ in 0..RING_LINES {
+            store.push(Stream::Stdout, "short");
+        }
+        assert_eq!(store.lock().ring_bytes, 5 * RING_LINES);
+    }
+
+    #[tokio::test]
+    async fn followers_get_every_line_after_their_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LogStore::new(dir.path().join("s.log")));
+        store.push(Stream::Stdout, "before");
+        let (tail, mut follower) = store.follow(5);
+        assert_eq!(tail.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(), ["before"]);
+        let writer = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for n in 0..1000 {
+                    store.push(Stream::Stdout, &n.to_string());
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let mut got = Vec::new();
+        while got.len() < 1000 {
+            match follower.next().await {
+                Some(Followed::Lines(lines)) => got.extend(lines.into_iter().map(|l| l.line)),
+                other => panic!("{other:?} after {} lines", got.len()),
+            }
+        }
+        writer.await.unwrap();
+        assert_eq!(got, (0..1000).map(|n| n.to_string()).collect::<Vec<_>>(), "no gap, no repeat");
+        drop(store);
+        assert!(follower.next().await.is_none(), "the follow ends with the store");
+    }
+
+    #[tokio::test]
+    async fn a_follower_that_falls_behind_the_ring_is_told_how_many_lines_it_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LogStore::new(dir.path().join("s.log")));
+        let (_, mut follower) = store.follow(0);
+        for n in 0..RING_LINES + 50 {
+            store.push(Stream::Stdout, &n.to_string());
+        }
+        assert!(matches!(follower.next().await, Some(Followed::Lost(50))));
+        let Some(Followed::Lines(lines)) = follower.next().await else { panic!("lines after the loss") };
+        assert_eq!(lines.len(), FOLLOW_BATCH);
+        assert_eq!(lines[0].line, "50", "it resumes at the oldest line kept");
     }
 
     #[test]
@@ -238,7 +438,7 @@ mod tests {
         let tail = store.tail(2);
         assert_eq!(tail.len(), 2);
         assert_eq!(tail[1].line, "last");
-        assert_eq!(store.tail(usize::MAX).len(), RING_LINES);
+        assert_eq!(store.tail(usize::MAX).len(), RING_BYTES / big.len(), "bounded in bytes");
         assert!(dir.path().join("s.log.1").exists(), "rotated");
         assert!(fs::metadata(&path).unwrap().len() < ROTATE_BYTES);
     }

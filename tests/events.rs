@@ -425,3 +425,66 @@ async fn the_cli_prints_and_follows_events() {
     let _ = follow.kill();
     let _ = follow.wait();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resumed_stream_replays_a_long_backlog_a_page_at_a_time() {
+    let ws = Workspace::new();
+    // 1200 `discovered` events: more than two pages of the store (500 events each).
+    for n in 0..1200 {
+        ws.write_manifest(&format!("s{n:04}"), &format!("name: s{n:04}\ncommand: [sleep, '1000']\n"));
+    }
+    Svc::new("a").write(&ws.services());
+    let d = Daemon::start(&ws.services());
+    let history = d.all_events().await;
+    assert!(history.len() > 1200, "{}", history.len());
+
+    // Resume from the first event; the live ones (a's start) come during or after the replay.
+    let mut stream = SseStream::connect(&d.u("/events/stream"), Some(&id(&history[0]).to_string())).await;
+    d.start_ok("a").await;
+    let frames = read_until_frame(&mut stream, LONG, |f| f.data["service"] == "a" && f.data["kind"] == "healthy").await;
+    frames.iter().for_each(check_frame);
+    let got = frame_ids(&frames);
+    let all = d.all_events().await;
+    let want: Vec<u64> = ids(&all).into_iter().filter(|i| *i > id(&history[0]) && i <= got.last().unwrap()).collect();
+    assert_eq!(got.len(), want.len(), "no gap and no duplicate across pages and into the live events");
+    assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_history_is_pruned_to_its_retention_when_the_daemon_starts() {
+    let ws = Workspace::new();
+    let a = Svc::new("a").write(&ws.services());
+    let state = ws.path("state");
+    let mut d = Daemon::start_with_state(&ws.services(), &state);
+    for n in 0..30 {
+        touch_manifest(&ws, &a, n);
+        let (code, v) = d.post("/rediscover", None).await;
+        assert_eq!(code, 200, "{v}");
+    }
+    d.terminate();
+    let stored = || -> Vec<u64> {
+        let db = rusqlite::Connection::open(state.join("nanny.db")).expect("open nanny.db");
+        let mut stmt = db.prepare("SELECT id FROM events ORDER BY id").unwrap();
+        stmt.query_map([], |r| r.get::<_, i64>(0)).unwrap().map(|i| i.unwrap() as u64).collect()
+    };
+    let old = stored();
+    assert!(old.len() > 30, "{old:?}");
+
+    // By count: the newest 10 of the old history are left.
+    let mut d = Daemon::start_with(&ws.services(), &state, &["--events-keep", "10"], &[]);
+    let after = d.all_events().await;
+    let kept: Vec<u64> = ids(&after).into_iter().filter(|i| i <= old.last().unwrap()).collect();
+    assert_eq!(kept, old[old.len() - 10..], "{}", render(&after));
+    d.terminate();
+
+    // By age: events older than 7 days go, whatever their number.
+    let old = stored();
+    let newest_three = old[old.len() - 3];
+    let db = rusqlite::Connection::open(state.join("nanny.db")).unwrap();
+    db.execute("UPDATE events SET ts = '2020-01-01T00:00:00Z' WHERE id < ?1", [newest_three as i64]).unwrap();
+    drop(db);
+    let d = Daemon::start_with(&ws.services(), &state, &[], &[("NANNY_EVENTS_MAX_AGE", "7d")]);
+    let after = d.all_events().await;
+    let kept: Vec<u64> = ids(&after).into_iter().filter(|i| i <= old.last().unwrap()).collect();
+    assert_eq!(kept, old[old.len() - 3..], "{}", render(&after));
+}

@@ -1,5 +1,6 @@
 //! Log capture: a service flooding stdout never stalls (the daemon keeps draining its pipe)
-//! while the daemon stays responsive, and `follow=true` streams NDJSON.
+//! while the daemon stays responsive, over-long lines are cut once and the in-memory ring
+//! stays within its byte bound, and `follow=true` streams NDJSON.
 
 mod common;
 
@@ -109,4 +110,42 @@ async fn follow_streams_ndjson_log_lines() {
     }
     drop(stream);
     d.stop_ok("ticker").await;
+}
+
+/// The in-memory ring's bound (`logs::RING_BYTES`) and the line cut (`logs::MAX_LINE_BYTES`).
+const RING_BYTES: usize = 4 * 1024 * 1024;
+const MAX_LINE_BYTES: usize = 16 * 1024;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn long_lines_are_cut_once_and_the_ring_stays_within_its_byte_bound() {
+    let ws = Workspace::new();
+    // 300 lines of 20 000 bytes (6 MB; 300 cut lines are more than the ring holds), then `done`.
+    let script = "import sys\nfor n in range(300):\n    sys.stdout.write('x' * 20000 + ' end of %d\\n' % n)\n\
+                  print('done', flush=True)\nimport time\ntime.sleep(1000)\n";
+    let yaml = format!("name: long\ncommand: [python3, -c, {}]\n", serde_json::to_string(script).unwrap());
+    ws.write_manifest("long", &yaml);
+    let d = Daemon::start(&ws.services());
+    d.start_ok("long").await;
+    d.wait_log_line("long", Duration::from_secs(30), "the line after the flood", |l| l["line"] == "done").await;
+
+    let marker = format!("… [line cut at {MAX_LINE_BYTES} bytes]");
+    let lines = d.log_lines("long").await;
+    let output: Vec<&str> =
+        lines.iter().filter(|l| l["stream"] == "stdout").map(|l| l["line"].as_str().unwrap()).collect();
+    let (done, cut) = output.split_last().unwrap();
+    assert_eq!(*done, "done");
+    for line in cut {
+        // Cut at the bound with the marker; the rest of the line (` end of N`) is not a line.
+        assert!(line.strip_suffix(&marker).is_some_and(|x| x == "x".repeat(MAX_LINE_BYTES)), "{:.80}…", line);
+    }
+    let kept: usize = lines.iter().map(|l| l["line"].as_str().unwrap().len()).sum();
+    assert!(kept <= RING_BYTES, "{kept} bytes of lines in memory");
+    assert!(kept > RING_BYTES - 2 * (MAX_LINE_BYTES + marker.len()), "the ring fills up to its bound: {kept}");
+    assert!(cut.len() < 300, "the oldest cut lines left the ring: {} kept", cut.len());
+    // The file has every line once, each cut.
+    let file = std::fs::read_to_string(d.state_dir().join("logs/long.log")).unwrap();
+    let stdout: Vec<&str> = file.lines().filter(|l| l.split_whitespace().nth(1) == Some("stdout")).collect();
+    assert_eq!(stdout.len(), 301, "no remainder of a cut line was logged");
+    assert_eq!(stdout.iter().filter(|l| l.ends_with(&marker)).count(), 300);
+    d.stop_ok("long").await;
 }

@@ -3,8 +3,6 @@
 
 mod error;
 
-use std::collections::VecDeque;
-
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
@@ -16,11 +14,10 @@ use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::broadcast;
 
 use crate::daemon::{Command, Daemon};
-use crate::events::{Event, Filter};
-use crate::logs::{LogLine, RING_LINES, Stream};
+use crate::events::Filter;
+use crate::logs::{Followed, Follower, LogLine, RING_LINES, Stream};
 pub use error::ApiError;
 
 /// Request bodies are tiny (`{"force": true}`); anything larger is refused.
@@ -167,29 +164,30 @@ async fn logs(State(d): State<Daemon>, Name(name): Name, query: Result<Query<Log
         return Ok(follow_response(lines, live));
     }
     let lines = d.ask(|reply| Command::Logs { name: name.clone(), tail, reply }).await?;
-    let text: Vec<String> = lines.iter().map(LogLine::render).collect();
-    ok(json!({ "service": name, "tail": tail, "lines": lines, "logs": text.join("\n") }))
+    ok(json!({ "service": name, "tail": tail, "lines": lines }))
 }
 
 /// Newline-delimited JSON: the tail, then every new line as it comes.
-fn follow_response(lines: Vec<LogLine>, live: broadcast::Receiver<LogLine>) -> Response {
-    fn ndjson(line: &LogLine) -> Result<Bytes, std::convert::Infallible> {
-        let mut bytes = serde_json::to_vec(line).unwrap_or_default();
-        bytes.push(b'\n');
+fn follow_response(lines: Vec<LogLine>, follower: Follower) -> Response {
+    fn ndjson(lines: &[LogLine]) -> Result<Bytes, std::convert::Infallible> {
+        let mut bytes = Vec::new();
+        for line in lines {
+            let _ = serde_json::to_writer(&mut bytes, line);
+            bytes.push(b'\n');
+        }
         Ok(Bytes::from(bytes))
     }
-    let backlog = futures_util::stream::iter(lines.iter().map(ndjson).collect::<Vec<_>>());
-    let live = futures_util::stream::unfold(live, |mut rx| async move {
-        let line = match rx.recv().await {
-            Ok(line) => line,
-            Err(broadcast::error::RecvError::Lagged(n)) => LogLine {
+    let backlog = futures_util::stream::iter([ndjson(&lines)]);
+    let live = futures_util::stream::unfold(follower, |mut follower| async move {
+        let lines = match follower.next().await? {
+            Followed::Lines(lines) => lines,
+            Followed::Lost(n) => vec![LogLine {
                 ts: jiff::Timestamp::now(),
                 stream: Stream::Nanny,
                 line: format!("{n} lines skipped (reader too slow)"),
-            },
-            Err(broadcast::error::RecvError::Closed) => return None,
+            }],
         };
-        Some((ndjson(&line), rx))
+        Some((ndjson(&lines), follower))
     });
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")
@@ -253,45 +251,18 @@ async fn event_stream(
     let Query(query) = query.map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, r.body_text()))?;
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let mut filter = query.filter(last_event_id)?;
-    // A client resuming from an id gets everything it missed (up to the
-    // maximum); a new one, the newest `limit` (default 100) before going live.
+    // A client resuming from an id gets everything it missed; a new one, the
+    // newest `limit` (default 100) before going live.
     if query.limit.is_none() && (last_event_id.is_some() || query.since.is_some()) {
-        filter.limit = MAX_EVENTS as usize;
+        filter.limit = 0;
     }
-    let (backlog, live) = d.ask(|reply| Command::SubscribeEvents { filter: filter.clone(), reply }).await?;
-    let seen = backlog.last().map(|e| e.id).unwrap_or(filter.since);
-    let to_sse = |e: &Event| {
-        Ok::<_, std::convert::Infallible>(
-            SseEvent::default().id(e.id.to_string()).event(e.kind.name()).json_data(e).unwrap_or_default(),
-        )
-    };
-    let backlog = futures_util::stream::iter(backlog.iter().map(to_sse).collect::<Vec<_>>());
-    // A listener that falls behind the broadcast catches up from the store.
-    let store = d.store.clone();
-    let live = futures_util::stream::unfold(
-        (live, filter, seen, VecDeque::<Event>::new()),
-        move |(mut rx, filter, mut seen, mut pending)| {
-            let store = store.clone();
-            async move {
-                loop {
-                    if let Some(e) = pending.pop_front() {
-                        seen = e.id;
-                        return Some((to_sse(&e), (rx, filter, seen, pending)));
-                    }
-                    match rx.recv().await {
-                        Ok(e) if e.id > seen && filter.matches(&e) => pending.push_back(e),
-                        Ok(_) => {}
-                        Err(broadcast::error::RecvError::Lagged(_)) => {
-                            let catch_up = Filter { since: seen, limit: MAX_EVENTS as usize, ..filter.clone() };
-                            pending = store.events(catch_up).await.into();
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    }
-                }
-            }
-        },
-    );
-    Ok(Sse::new(backlog.chain(live)).keep_alive(KeepAlive::default()).into_response())
+    let feed = d.ask(|reply| Command::SubscribeEvents { filter, reply }).await?;
+    let events = futures_util::stream::unfold(feed, |mut feed| async move {
+        let e = feed.next().await?;
+        let sse = SseEvent::default().id(e.id.to_string()).event(e.kind.name()).json_data(&e).unwrap_or_default();
+        Some((Ok::<_, std::convert::Infallible>(sse), feed))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
 }
 
 async fn rediscover(State(d): State<Daemon>) -> ApiResult {

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use super::output::{print_fields, print_json, table};
 use super::{Failure, Sub};
 use crate::client::Client;
+use crate::logs::LineSplitter;
 
 pub async fn run(command: Sub, url: &str, json: bool) -> Result<(), Failure> {
     let client = Client::new(url);
@@ -102,10 +103,10 @@ fn render_event(e: &Value) -> String {
 async fn follow_events(client: &Client, query: &str, json: bool) -> Result<(), Failure> {
     let response = client.stream(&format!("/events/stream{query}")).await?;
     let mut body = response.bytes_stream();
-    let mut partial = Vec::new();
+    let mut frames = LineSplitter::unbounded();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| Failure::new(1, format!("error: event stream ended: {e}")))?;
-        for line in crate::logs::split_lines(&mut partial, &chunk) {
+        for line in frames.split(&chunk) {
             let Some(data) = line.strip_prefix("data:") else { continue };
             match serde_json::from_str::<Value>(data.trim()) {
                 Ok(event) if json => println!("{event}"),
@@ -129,10 +130,10 @@ fn render_line(line: &Value) -> String {
 async fn follow(client: &Client, name: &str, lines: usize, json: bool) -> Result<(), Failure> {
     let response = client.stream(&format!("{}?tail={lines}&follow=true", service_path(name, "/logs"))).await?;
     let mut body = response.bytes_stream();
-    let mut partial = Vec::new();
+    let mut frames = LineSplitter::unbounded();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| Failure::new(1, format!("error: log stream ended: {e}")))?;
-        for raw in crate::logs::split_lines(&mut partial, &chunk) {
+        for raw in frames.split(&chunk) {
             if json {
                 println!("{raw}");
             } else if let Ok(line) = serde_json::from_str::<Value>(&raw) {

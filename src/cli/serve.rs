@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
@@ -11,9 +12,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::Failure;
 use crate::daemon::{Config, Daemon};
 use crate::lock::StateLock;
-use crate::manifest::Paths;
+use crate::manifest::{Paths, parse_duration};
 use crate::runtime::compose::Compose;
 use crate::runtime::{Devices, Native, Runtimes};
+use crate::store::Retention;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -42,6 +44,20 @@ pub struct ServeArgs {
     /// a symlink that leads out is a manifest error).
     #[arg(long, env = "NANNY_ALLOW_OUTSIDE_PATHS")]
     allow_outside_paths: bool,
+    /// How many of the newest events the history keeps.
+    #[arg(long, env = "NANNY_EVENTS_KEEP", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    events_keep: u64,
+    /// How long the history keeps an event (`30d`, `12h`, `90m`, seconds).
+    #[arg(long, env = "NANNY_EVENTS_MAX_AGE", default_value = "30d", value_parser = parse_age)]
+    events_max_age: Duration,
+}
+
+/// How long to keep events: a duration as the manifest writes it (`30d`, `12h`, `90m`, seconds).
+fn parse_age(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        age if age.is_zero() => Err("must be longer than 0".into()),
+        age => Ok(age),
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -76,7 +92,8 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     lock.announce(&format!("http://{addr}"));
     let runtime = Runtimes { native: Native, compose: Compose::new(&state_dir) };
     let paths = Paths::outside_allowed(args.allow_outside_paths);
-    let config = Config { services_dir, state_dir, gpu_devices: args.gpu_devices, paths };
+    let events = Retention { keep: args.events_keep, max_age: args.events_max_age };
+    let config = Config { services_dir, state_dir, gpu_devices: args.gpu_devices, paths, events };
     let daemon = Daemon::start(config, Arc::new(runtime)).await.map_err(|e| fail(e.to_string()))?;
     let catalog = daemon.registry.snapshot();
     tracing::info!(
@@ -107,4 +124,20 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         _ = interrupt.recv() => return Err(fail("second signal: exiting without waiting for services".into())),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ages_are_days_or_manifest_durations() {
+        assert_eq!(parse_age("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert_eq!(parse_age("1.5d"), Ok(Duration::from_secs(36 * 3600)));
+        assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_age("90"), Ok(Duration::from_secs(90)));
+        for bad in ["0", "0d", "-1d", "d", "xd", "1e400d", "abc", "7w"] {
+            assert!(parse_age(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -11,18 +11,19 @@ pub mod views;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 
 use crate::error::Error;
 use crate::events::{Event, EventKind, Filter};
 use crate::gpu::Arbiter;
-use crate::logs::LogLine;
+use crate::logs::{Follower, LogLine};
 use crate::manifest::Paths;
 use crate::runtime::{Devices, Runtime};
 use crate::service::{ServiceHandle, Shared};
-use crate::store::{Desired, Store, StoreError};
+use crate::store::{Desired, Retention, Store, StoreError};
 use crate::usage;
 
+pub use commands::events::EventFeed;
 pub use registry::Registry;
 use views::{
     DaemonHealth, RediscoverReport, RemoveOutcome, ServiceDetail, ServiceList, StartOutcome, StatusView, StopOutcome,
@@ -39,12 +40,12 @@ pub enum Command {
     Stop { name: String, reply: Reply<StopOutcome> },
     Restart { name: String, force: bool, reply: Reply<StartOutcome> },
     Logs { name: String, tail: usize, reply: Reply<Vec<LogLine>> },
-    FollowLogs { name: String, tail: usize, reply: Reply<(Vec<LogLine>, broadcast::Receiver<LogLine>)> },
+    FollowLogs { name: String, tail: usize, reply: Reply<(Vec<LogLine>, Follower)> },
     Rediscover(Reply<RediscoverReport>),
     Health(Reply<DaemonHealth>),
     Remove { name: String, reply: Reply<RemoveOutcome> },
     Events { filter: Filter, reply: Reply<Vec<Event>> },
-    SubscribeEvents { filter: Filter, reply: Reply<(Vec<Event>, broadcast::Receiver<Event>)> },
+    SubscribeEvents { filter: Filter, reply: Reply<EventFeed> },
 }
 
 /// Settings fixed for the life of the daemon.
@@ -56,6 +57,7 @@ pub struct Config {
     pub gpu_devices: Devices,
     /// Whether manifests may name paths outside their own directory.
     pub paths: Paths,
+    pub events: Retention,
 }
 
 #[derive(Clone)]
@@ -74,7 +76,7 @@ impl Daemon {
     /// Open the state, clean up after a previous daemon that was killed,
     /// discover the services and start supervising them.
     pub async fn start(config: Config, runtime: Arc<dyn Runtime>) -> Result<Daemon, StoreError> {
-        let store = Store::open(&config.state_dir)?;
+        let store = Store::open_with(&config.state_dir, config.events)?;
         store.emit(
             None,
             EventKind::DaemonStarted { version: env!("CARGO_PKG_VERSION").into(), pid: std::process::id() },

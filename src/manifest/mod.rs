@@ -262,6 +262,13 @@ pub enum Paths {
     Anywhere,
 }
 
+/// A duration as manifests write it (`90`, `0.5`, `500ms`, `2m`, `12h`, `7d`),
+/// for the daemon's own settings.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let secs = check::duration_secs(text)?;
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("`{text}` is not a duration this daemon can keep"))
+}
+
 impl Paths {
     /// What `--allow-outside-paths` asks for.
     pub fn outside_allowed(allowed: bool) -> Paths {

@@ -30,7 +30,7 @@ use tokio::sync::{OnceCell, mpsc, oneshot};
 
 use super::{Ended, ExitInfo, GroupRecord, Instance, LaunchError, Launched, Parts, Placement};
 use crate::health::Outcome;
-use crate::logs::{self, LogStore, Stream};
+use crate::logs::{LineSplitter, LogStore, Stream};
 use crate::manifest::{Manifest, Runtime as Kind};
 use crate::usage::Reading;
 
@@ -835,9 +835,9 @@ async fn follow_logs(docker: Docker, container: Container, logs: Arc<LogStore>, 
         None => options.since(since as i32),
     };
     let mut stream = docker.logs(&container.id, Some(options.build()));
-    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let (mut out, mut err) = (LineSplitter::default(), LineSplitter::default());
     while let Some(Ok(chunk)) = stream.next().await {
-        let (stream, partial, bytes) = match &chunk {
+        let (stream, splitter, bytes) = match &chunk {
             bollard::container::LogOutput::StdErr { message } => (Stream::Stderr, &mut err, message),
             bollard::container::LogOutput::StdOut { message } | bollard::container::LogOutput::Console { message } => {
                 (Stream::Stdout, &mut out, message)
@@ -845,7 +845,7 @@ async fn follow_logs(docker: Docker, container: Container, logs: Arc<LogStore>, 
             bollard::container::LogOutput::StdIn { .. } => continue,
         };
         let lines: Vec<String> =
-            logs::split_lines(partial, bytes).into_iter().map(|l| format!("[{}] {l}", container.name)).collect();
+            splitter.split(bytes).into_iter().map(|l| format!("[{}] {l}", container.name)).collect();
         logs.push_many(stream, lines.iter().map(String::as_str));
     }
 }

@@ -16,7 +16,7 @@ use tokio::process::Command;
 use tokio::sync::oneshot;
 
 use super::{Ended, ExitInfo, GroupRecord, Instance, LaunchError, Launched, Parts, Placement};
-use crate::logs::{self, LogStore, Stream};
+use crate::logs::{LineSplitter, LogStore, Stream};
 use crate::manifest::{Manifest, Runtime as Kind};
 use crate::usage::Reading;
 
@@ -240,18 +240,15 @@ fn signal_group(pgid: u32, signal: Signal) -> bool {
 /// Drain one pipe into the log store as fast as it fills.
 async fn pump(mut pipe: impl AsyncRead + Unpin, stream: Stream, logs: Arc<LogStore>) {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut partial = Vec::new();
+    let mut lines = LineSplitter::default();
     loop {
         match pipe.read(&mut buf).await {
             Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let lines = logs::split_lines(&mut partial, &buf[..n]);
-                logs.push_many(stream, lines.iter().map(String::as_str));
-            }
+            Ok(n) => logs.push_many(stream, lines.split(&buf[..n]).iter().map(String::as_str)),
         }
     }
-    if !partial.is_empty() {
-        logs.push(stream, &logs::take_line(&mut partial));
+    if let Some(last) = lines.finish() {
+        logs.push(stream, &last);
     }
 }
 

@@ -42,6 +42,8 @@ fn spawn_serve(
         .env_remove("NANNY_ON_SHUTDOWN")
         .env_remove("NANNY_GPU_DEVICES")
         .env_remove("NANNY_ALLOW_OUTSIDE_PATHS")
+        .env_remove("NANNY_EVENTS_KEEP")
+        .env_remove("NANNY_EVENTS_MAX_AGE")
         .env_remove("CUDA_VISIBLE_DEVICES")
         .env("RUST_BACKTRACE", "1")
         .envs(env.iter().copied())

@@ -1,15 +1,13 @@
 //! `GET /services/{name}/logs`, `nanny logs [-f]`.
 
-use tokio::sync::broadcast;
-
 use crate::daemon::Daemon;
 use crate::error::Error;
-use crate::logs::LogLine;
+use crate::logs::{Follower, LogLine};
 
 pub fn tail(d: &Daemon, name: &str, n: usize) -> Result<Vec<LogLine>, Error> {
     Ok(d.service(name)?.logs.tail(n))
 }
 
-pub fn follow(d: &Daemon, name: &str, n: usize) -> Result<(Vec<LogLine>, broadcast::Receiver<LogLine>), Error> {
+pub fn follow(d: &Daemon, name: &str, n: usize) -> Result<(Vec<LogLine>, Follower), Error> {
     Ok(d.service(name)?.logs.follow(n))
 }
