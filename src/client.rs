@@ -19,6 +19,18 @@ pub enum ClientError {
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    /// Sent as `Authorization: Bearer` when the daemon wants one.
+    token: Option<String>,
+}
+
+/// The daemon's token as the CLI finds it: `NANNY_TOKEN`, else the first
+/// line of the file `NANNY_TOKEN_FILE` names.
+fn token_from_env() -> Option<String> {
+    let token = std::env::var("NANNY_TOKEN").ok().or_else(|| {
+        let path = std::env::var_os("NANNY_TOKEN_FILE")?;
+        Some(std::fs::read_to_string(path).ok()?.lines().next()?.to_string())
+    })?;
+    Some(token.trim().to_string()).filter(|t| !t.is_empty())
 }
 
 impl Client {
@@ -28,15 +40,15 @@ impl Client {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .expect("a client without TLS always builds");
-        Client { base: base.trim_end_matches('/').to_string(), http }
+        Client { base: base.trim_end_matches('/').to_string(), http, token: token_from_env() }
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
-        self.send(self.http.get(self.url(path))).await
+        self.send(self.request(reqwest::Method::GET, path)).await
     }
 
     pub async fn post(&self, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
-        let mut request = self.http.post(self.url(path));
+        let mut request = self.request(reqwest::Method::POST, path);
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -45,15 +57,19 @@ impl Client {
 
     /// A streaming GET (log follow): the response, once its status is OK.
     pub async fn stream(&self, path: &str) -> Result<reqwest::Response, ClientError> {
-        let response = self.http.get(self.url(path)).send().await.map_err(|e| self.unreachable(&e))?;
+        let response = self.request(reqwest::Method::GET, path).send().await.map_err(|e| self.unreachable(&e))?;
         if response.status().is_success() {
             return Ok(response);
         }
         Err(api_error(response.status().as_u16(), response.json().await.unwrap_or(Value::Null)))
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
     }
 
     fn unreachable(&self, e: &reqwest::Error) -> ClientError {

@@ -1,24 +1,32 @@
 //! The HTTP API (SPEC §5): the only module that knows HTTP and JSON. Each
 //! handler turns a request into one [`Command`] and its answer into JSON.
 
+mod access;
 mod error;
+mod server;
+
+use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::handler::Handler;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, MethodRouter, on};
 use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tower_http::cors::CorsLayer;
 
 use crate::daemon::{Command, Daemon};
 use crate::events::Filter;
 use crate::logs::{Followed, Follower, LogLine, RING_LINES, Stream};
+pub use access::Access;
 pub use error::ApiError;
+pub use server::serve;
 
 /// Request bodies are tiny (`{"force": true}`); anything larger is refused.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -26,27 +34,70 @@ const DEFAULT_TAIL: usize = 100;
 const DEFAULT_EVENTS: usize = 100;
 const MAX_EVENTS: u64 = 10_000;
 
-pub fn router(daemon: Daemon) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .route("/services", get(list))
-        .route("/services/{name}", get(show))
-        .route("/services/{name}/start", post(start))
-        .route("/services/{name}/stop", post(stop))
-        .route("/services/{name}/restart", post(restart))
-        .route("/services/{name}/remove", post(remove))
-        .route("/services/{name}/status", get(status))
-        .route("/services/{name}/logs", get(logs))
-        .route("/rediscover", post(rediscover))
-        .route("/events", get(events))
-        .route("/events/stream", get(event_stream))
-        .route("/api/services/status", get(seed_status))
+/// One endpoint: its method, its path and what handles it. The router is
+/// built from [`endpoints`], and so is [`routes`], the list tests walk.
+struct Endpoint {
+    method: Method,
+    path: &'static str,
+    handler: MethodRouter<Daemon>,
+}
+
+impl Endpoint {
+    fn new<H: Handler<T, Daemon>, T: 'static>(method: Method, path: &'static str, handler: H) -> Endpoint {
+        let filter = MethodFilter::try_from(method.clone()).expect("a standard method");
+        Endpoint { method, path, handler: on(filter, handler) }
+    }
+}
+
+fn endpoints() -> Vec<Endpoint> {
+    vec![
+        Endpoint::new(Method::GET, "/health", health),
+        Endpoint::new(Method::GET, "/services", list),
+        Endpoint::new(Method::GET, "/services/{name}", show),
+        Endpoint::new(Method::POST, "/services/{name}/start", start),
+        Endpoint::new(Method::POST, "/services/{name}/stop", stop),
+        Endpoint::new(Method::POST, "/services/{name}/restart", restart),
+        Endpoint::new(Method::POST, "/services/{name}/remove", remove),
+        Endpoint::new(Method::GET, "/services/{name}/status", status),
+        Endpoint::new(Method::GET, "/services/{name}/logs", logs),
+        Endpoint::new(Method::POST, "/rediscover", rediscover),
+        Endpoint::new(Method::GET, "/events", events),
+        Endpoint::new(Method::GET, "/events/stream", event_stream),
+        Endpoint::new(Method::GET, "/api/services/status", seed_status),
+    ]
+}
+
+/// Every method and path the API answers.
+pub fn routes() -> Vec<(Method, &'static str)> {
+    endpoints().into_iter().map(|e| (e.method, e.path)).collect()
+}
+
+pub fn router(daemon: Daemon, access: Access) -> Router {
+    let cors = (!access.cors_origins.is_empty()).then(|| {
+        let origins: Vec<HeaderValue> = access.cors_origins.iter().filter_map(|o| o.parse().ok()).collect();
+        CorsLayer::new().allow_origin(origins).allow_methods([Method::GET, Method::POST]).allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static("last-event-id"),
+        ])
+    });
+    let mut router = Router::new();
+    for endpoint in endpoints() {
+        router = router.route(endpoint.path, endpoint.handler);
+    }
+    let router = router
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(daemon)
+        .layer(axum::middleware::from_fn_with_state(Arc::new(access), access::guard))
+        .with_state(daemon);
+    // Outermost, so a preflight is answered before the guard sees it.
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }
 
 type ApiResult = Result<Response, ApiError>;

@@ -10,6 +10,7 @@ use clap::{Args, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::Failure;
+use crate::api::Access;
 use crate::daemon::{Config, Daemon};
 use crate::lock::StateLock;
 use crate::manifest::{Paths, parse_duration};
@@ -44,6 +45,25 @@ pub struct ServeArgs {
     /// a symlink that leads out is a manifest error).
     #[arg(long, env = "NANNY_ALLOW_OUTSIDE_PATHS")]
     allow_outside_paths: bool,
+    /// Require `Authorization: Bearer TOKEN` on every endpoint but
+    /// `/health` (the CLI sends NANNY_TOKEN). Prefer --token-file: an
+    /// environment variable is visible to whoever can read /proc/PID/environ.
+    #[arg(long = "token", env = "NANNY_TOKEN", hide_env_values = true, hide = true)]
+    token: Option<String>,
+    /// Read the token from this file (its first line).
+    #[arg(long, env = "NANNY_TOKEN_FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// Listen on a non-loopback address without a token: anyone who can reach
+    /// it can run any program as this user.
+    #[arg(long)]
+    insecure_no_token: bool,
+    /// A browser origin allowed to call the API (CORS), e.g.
+    /// `https://dash.example`; repeat for more. None by default.
+    #[arg(long = "cors-origin", env = "NANNY_CORS_ORIGINS", value_delimiter = ',')]
+    cors_origins: Vec<String>,
+    /// Time a client has to send a request's head, and its body.
+    #[arg(long, env = "NANNY_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_age)]
+    request_timeout: Duration,
     /// How many of the newest events the history keeps.
     #[arg(long, env = "NANNY_EVENTS_KEEP", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     events_keep: u64,
@@ -58,6 +78,31 @@ fn parse_age(text: &str) -> Result<Duration, String> {
         age if age.is_zero() => Err("must be longer than 0".into()),
         age => Ok(age),
     }
+}
+
+/// The API's access policy from the flags: a token, from the environment or
+/// a file; a non-loopback address only with one (or the insecure flag).
+fn access(args: &ServeArgs) -> Result<Access, String> {
+    let token = match (&args.token, &args.token_file) {
+        (_, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+            Some(text.lines().next().unwrap_or_default().trim().to_string())
+        }
+        (token, None) => token.as_ref().map(|t| t.trim().to_string()),
+    };
+    if token.as_ref().is_some_and(|t| t.len() < 16 || t.contains(char::is_whitespace)) {
+        return Err("the token must be at least 16 characters, without spaces (try `openssl rand -hex 32`)".into());
+    }
+    let loopback = args.listen.ip().is_loopback();
+    if !loopback && token.is_none() && !args.insecure_no_token {
+        return Err(format!(
+            "refusing to listen on {} without a token: anyone who reaches it could run any program as this user. \
+             Set NANNY_TOKEN (or --token-file), listen on 127.0.0.1, or pass --insecure-no-token",
+            args.listen
+        ));
+    }
+    Ok(Access { token, cors_origins: args.cors_origins.clone(), loopback })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -85,6 +130,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| fail(e.to_string()))?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| fail(e.to_string()))?;
 
+    let access = access(&args).map_err(|m| Failure::new(2, format!("error: {m}")))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| fail(format!("cannot listen on {}: {e}", args.listen)))?;
@@ -107,7 +153,8 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
             tracing::warn!("invalid manifest: {error}");
         }
     }
-    let server = tokio::spawn(axum::serve(listener, crate::api::router(daemon.clone())).into_future());
+    let server =
+        tokio::spawn(crate::api::serve(listener, crate::api::router(daemon.clone(), access), args.request_timeout));
     println!("nanny listening on http://{addr}");
     daemon.restore();
 

@@ -683,6 +683,7 @@ impl Inner {
         progress: Option<&mpsc::UnboundedSender<&'static str>>,
     ) -> Result<String, String> {
         let mut command = tokio::process::Command::new(&tool.argv[0]);
+        command.env_remove("NANNY_TOKEN");
         command.args(&tool.argv[1..]).arg("-p").arg(&project.name);
         for file in &project.files {
             command.arg("-f").arg(file);
