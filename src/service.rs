@@ -22,6 +22,7 @@ use crate::health::{self, Probe, ProbeResult};
 use crate::lifecycle::{Action, Goal, Input, Launch, Machine, Phase, Refusal, Remember, Spec, State};
 use crate::logs::{LogStore, Stream};
 use crate::manifest::Manifest;
+use crate::metrics::Metrics;
 use crate::runtime::{Ended, ExitInfo, Instance, LaunchError, Launched, Parts, Runtime};
 use crate::store::{Desired, RecordedProcess, Store};
 
@@ -239,6 +240,7 @@ pub struct Shared {
     pub arbiter: Arc<Arbiter>,
     pub http: reqwest::Client,
     pub store: Store,
+    pub metrics: Metrics,
 }
 
 /// An answer to send once the turn's snapshot is published.
@@ -531,6 +533,10 @@ impl Task {
             return;
         }
         let (ok, message) = (result.ok, result.message.clone());
+        let took = Duration::from_secs_f64(result.latency_ms.max(0.0) / 1000.0);
+        // A check that fails while the service is still starting up is not a failure yet.
+        let failed = !ok && self.machine.state() != State::Starting;
+        self.shared.metrics.health_check(&self.snap.manifest.name, took, !failed);
         self.snap.last_health = Some(result);
         self.probed = true;
         self.turn(Input::Probed { ok, message });
@@ -832,6 +838,7 @@ mod tests {
             arbiter: arbiter.clone(),
             http: crate::health::client(),
             store: Store::open(state.path()).unwrap(),
+            metrics: Metrics::default(),
         };
         let logs = Arc::new(LogStore::new(state.path().join("x.log")));
         let service = ServiceHandle::spawn(Arc::new(manifest), shared, logs);

@@ -29,6 +29,8 @@ pub struct Reading {
 pub struct Usage {
     /// Over the last interval; 100 is one core. `None` until two readings exist.
     pub cpu_percent: Option<f64>,
+    /// CPU time the instance has used so far.
+    pub cpu_seconds: f64,
     pub memory_bytes: u64,
 }
 
@@ -87,7 +89,8 @@ pub fn spawn(registry: Registry, runtime: Arc<dyn Runtime>, table: Table) {
             for (name, parts) in instances {
                 let Some(reading) = readings.get(&name) else { continue };
                 let cpu_percent = cpu_percent(previous.get(&name), &parts, at, reading.cpu);
-                usage.insert(name.clone(), Usage { cpu_percent, memory_bytes: reading.memory_bytes });
+                let cpu_seconds = reading.cpu.as_secs_f64();
+                usage.insert(name.clone(), Usage { cpu_percent, cpu_seconds, memory_bytes: reading.memory_bytes });
                 next.insert(name, Previous { parts, at, cpu: reading.cpu });
             }
             previous = next;

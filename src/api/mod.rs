@@ -9,9 +9,10 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Path, Query, Request, State};
 use axum::handler::Handler;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
@@ -24,6 +25,7 @@ use tower_http::cors::CorsLayer;
 use crate::daemon::{Command, Daemon};
 use crate::events::Filter;
 use crate::logs::{Followed, Follower, LogLine, RING_LINES, Stream};
+use crate::metrics::Metrics;
 pub use access::Access;
 pub use error::ApiError;
 pub use server::serve;
@@ -64,6 +66,7 @@ fn endpoints() -> Vec<Endpoint> {
         Endpoint::new(Method::GET, "/events", events),
         Endpoint::new(Method::GET, "/events/stream", event_stream),
         Endpoint::new(Method::GET, "/api/services/status", seed_status),
+        Endpoint::new(Method::GET, "/metrics", metrics),
     ]
 }
 
@@ -86,6 +89,7 @@ pub fn router(daemon: Daemon, access: Access) -> Router {
         router = router.route(endpoint.path, endpoint.handler);
     }
     let router = router
+        .route_layer(axum::middleware::from_fn_with_state(daemon.metrics.clone(), count_request))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
@@ -101,6 +105,25 @@ pub fn router(daemon: Daemon, access: Access) -> Router {
 }
 
 type ApiResult = Result<Response, ApiError>;
+
+/// Count each request by its route pattern, status and time to answer.
+async fn count_request(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
+    let method = request.method().to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    metrics.request(&method, &route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// `GET /metrics`: the Prometheus text format, or OpenMetrics when the
+/// scraper asks for it.
+async fn metrics(State(d): State<Daemon>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()).unwrap_or_default();
+    let openmetrics = accept.contains("application/openmetrics-text");
+    let body = crate::metrics::render(&d, openmetrics);
+    ([(header::CONTENT_TYPE, crate::metrics::content_type(openmetrics))], body).into_response()
+}
 
 /// The `{name}` path segment; a malformed one is a JSON 400 like every error.
 struct Name(String);

@@ -18,6 +18,7 @@ use crate::events::{Event, EventKind, Filter};
 use crate::gpu::Arbiter;
 use crate::logs::{Follower, LogLine};
 use crate::manifest::Paths;
+use crate::metrics::{self, Metrics};
 use crate::runtime::{Devices, Runtime};
 use crate::service::{ServiceHandle, Shared};
 use crate::store::{Desired, Retention, Store, StoreError};
@@ -69,6 +70,8 @@ pub struct Daemon {
     pub runtime: Arc<dyn Runtime>,
     /// The last CPU and memory reading of each running service.
     pub usage: usage::Table,
+    /// What happened since the daemon started, for `/metrics`.
+    pub metrics: Metrics,
     pub started: std::time::Instant,
 }
 
@@ -77,6 +80,13 @@ impl Daemon {
     /// discover the services and start supervising them.
     pub async fn start(config: Config, runtime: Arc<dyn Runtime>) -> Result<Daemon, StoreError> {
         let store = Store::open_with(&config.state_dir, config.events)?;
+        // Metrics count the events of this daemon's life: those after the history's last.
+        let metrics = Metrics::default();
+        let last = store.events(Filter { limit: 1, ..Filter::default() }).await.last().map_or(0, |e| e.id);
+        metrics::follow_events(
+            metrics.clone(),
+            EventFeed::new(store.clone(), Filter { since: last, ..Filter::default() }).await,
+        );
         store.emit(
             None,
             EventKind::DaemonStarted { version: env!("CARGO_PKG_VERSION").into(), pid: std::process::id() },
@@ -93,13 +103,14 @@ impl Daemon {
             arbiter: arbiter.clone(),
             http: crate::health::client(),
             store: store.clone(),
+            metrics: metrics.clone(),
         };
         let registry =
             Registry::start(config.services_dir.clone(), config.paths, config.state_dir.join("logs"), shared).await;
         let usage = usage::Table::default();
         usage::spawn(registry.clone(), runtime.clone(), usage.clone());
         let started = std::time::Instant::now();
-        Ok(Daemon { config: Arc::new(config), registry, arbiter, store, runtime, usage, started })
+        Ok(Daemon { config: Arc::new(config), registry, arbiter, store, runtime, usage, metrics, started })
     }
 
     /// Start what should be running: `autostart` services, and those that

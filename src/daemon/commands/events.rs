@@ -37,7 +37,7 @@ pub struct EventFeed {
 }
 
 impl EventFeed {
-    async fn new(store: Store, filter: Filter) -> EventFeed {
+    pub(crate) async fn new(store: Store, filter: Filter) -> EventFeed {
         // Subscribed first, so no event falls between the stored and the live ones.
         let live = store.subscribe();
         let since = store.backlog_start(filter.clone()).await;
