@@ -19,6 +19,8 @@ pub enum Error {
     Runtime(String),
     #[error("the daemon is shutting down")]
     ShuttingDown,
+    #[error("no hook named '{name}' (configured: {})", if known.is_empty() { "none".to_string() } else { known.join(", ") })]
+    NoSuchHook { name: String, known: Vec<String> },
 }
 
 impl From<StartError> for Error {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod gpu;
 pub mod health;
+pub mod hooks;
 pub mod lifecycle;
 pub mod lock;
 pub mod logs;

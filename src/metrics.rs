@@ -56,6 +56,12 @@ struct RequestLabels {
     status: u16,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    hook: String,
+    outcome: &'static str,
+}
+
 type Latencies<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// 1 ms to about 33 s.
@@ -73,6 +79,7 @@ pub struct Metrics {
     health_failures: Family<ServiceLabel, Counter>,
     requests: Family<RequestLabels, Counter>,
     request_latency: Latencies<RouteLabels>,
+    deliveries: Family<DeliveryLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -85,6 +92,7 @@ impl Default for Metrics {
             health_failures: Family::default(),
             requests: Family::default(),
             request_latency: Family::new_with_constructor(latency_histogram),
+            deliveries: Family::default(),
         }
     }
 }
@@ -117,6 +125,12 @@ impl Metrics {
         }
     }
 
+    /// One event handed to a hook: `delivered`, `failed` (after retries) or
+    /// `dropped` (its queue was full).
+    pub fn delivery(&self, hook: &str, outcome: &'static str) {
+        self.deliveries.get_or_create(&DeliveryLabels { hook: hook.to_string(), outcome }).inc();
+    }
+
     /// One API request, by its route pattern (`/services/{name}/start`).
     pub fn request(&self, method: &str, route: &str, status: u16, took: Duration) {
         let (method, route) = (method.to_string(), route.to_string());
@@ -145,6 +159,11 @@ pub fn render(d: &Daemon, openmetrics: bool) -> String {
         "How long API requests took to answer",
         Unit::Seconds,
         m.request_latency.clone(),
+    );
+    registry.register(
+        "hook_deliveries",
+        "Events handed to webhooks and command hooks, by outcome",
+        m.deliveries.clone(),
     );
     now(d, &mut registry);
     let mut out = String::new();

@@ -30,7 +30,7 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let detail = e.to_string();
         match &e {
-            Error::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, detail),
+            Error::NotFound(_) | Error::NoSuchHook { .. } => ApiError::new(StatusCode::NOT_FOUND, detail),
             Error::Dependency { source, .. } => {
                 // The dependency's own failure decides the status and extras.
                 let mut err = ApiError::from((**source).clone());

@@ -67,6 +67,7 @@ fn endpoints() -> Vec<Endpoint> {
         Endpoint::new(Method::GET, "/events/stream", event_stream),
         Endpoint::new(Method::GET, "/api/services/status", seed_status),
         Endpoint::new(Method::GET, "/metrics", metrics),
+        Endpoint::new(Method::POST, "/hooks/{name}/test", test_hook),
     ]
 }
 
@@ -337,6 +338,10 @@ async fn event_stream(
         Some((Ok::<_, std::convert::Infallible>(sse), feed))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+}
+
+async fn test_hook(State(d): State<Daemon>, Name(name): Name) -> ApiResult {
+    ok(d.ask(|reply| Command::TestHook { name, reply }).await?)
 }
 
 async fn rediscover(State(d): State<Daemon>) -> ApiResult {

@@ -5,7 +5,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use super::output::{print_fields, print_json, table};
-use super::{Failure, Sub};
+use super::{Failure, Sub, WebhookAction};
 use crate::client::Client;
 use crate::logs::LineSplitter;
 
@@ -24,6 +24,14 @@ pub async fn run(command: Sub, url: &str, json: bool) -> Result<(), Failure> {
         Sub::Stop { name } => client.post(&service_path(name, "/stop"), None).await?,
         Sub::Remove { name } => client.post(&service_path(name, "/remove"), None).await?,
         Sub::Rediscover => client.post("/rediscover", None).await?,
+        Sub::Webhook { action: WebhookAction::Test { name } } => {
+            let answer = client.post(&format!("/hooks/{}/test", escape(name)), None).await?;
+            if answer["delivered"] != true {
+                let message = answer["message"].as_str().unwrap_or("the test delivery failed").to_string();
+                return Err(Failure::new(1, format!("error: {message}")));
+            }
+            answer
+        }
         Sub::Events { service, since, limit, follow } => {
             let mut query = format!("?limit={limit}&since={}", since.unwrap_or(0));
             if let Some(service) = service {

@@ -89,6 +89,11 @@ enum Sub {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Webhooks and command hooks of the daemon's config file.
+    Webhook {
+        #[command(subcommand)]
+        action: WebhookAction,
+    },
     /// Check manifests without a daemon.
     Validate {
         /// Services directory [default: $NANNY_SERVICES_DIR or ./services].
@@ -104,6 +109,12 @@ enum Sub {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+pub enum WebhookAction {
+    /// Deliver a test event to the hook NAME now (with its retries) and say how it went.
+    Test { name: String },
 }
 
 /// A failed command: what to print and which exit code to use.

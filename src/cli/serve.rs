@@ -12,6 +12,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::Failure;
 use crate::api::Access;
 use crate::daemon::{Config, Daemon};
+use crate::hooks::HooksFile;
 use crate::lock::StateLock;
 use crate::manifest::{Paths, parse_duration};
 use crate::runtime::compose::Compose;
@@ -64,6 +65,10 @@ pub struct ServeArgs {
     /// Time a client has to send a request's head, and its body.
     #[arg(long, env = "NANNY_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_age)]
     request_timeout: Duration,
+    /// The daemon's config file (webhooks and command hooks) [default:
+    /// `nanny.yaml` in the directory that holds the state dir].
+    #[arg(long, env = "NANNY_CONFIG")]
+    config: Option<PathBuf>,
     /// How many of the newest events the history keeps.
     #[arg(long, env = "NANNY_EVENTS_KEEP", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     events_keep: u64,
@@ -139,7 +144,9 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     let runtime = Runtimes { native: Native, compose: Compose::new(&state_dir) };
     let paths = Paths::outside_allowed(args.allow_outside_paths);
     let events = Retention { keep: args.events_keep, max_age: args.events_max_age };
-    let config = Config { services_dir, state_dir, gpu_devices: args.gpu_devices, paths, events };
+    let hooks_path = args.config.clone().unwrap_or_else(|| crate::hooks::default_path(&state_dir));
+    let hooks = HooksFile::load(&hooks_path).map_err(|m| Failure::new(2, format!("error: {m}")))?;
+    let config = Config { services_dir, state_dir, gpu_devices: args.gpu_devices, paths, events, hooks };
     let daemon = Daemon::start(config, Arc::new(runtime)).await.map_err(|e| fail(e.to_string()))?;
     let catalog = daemon.registry.snapshot();
     tracing::info!(

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use crate::error::Error;
 use crate::events::{Event, EventKind, Filter};
 use crate::gpu::Arbiter;
+use crate::hooks::{Hooks, HooksFile};
 use crate::logs::{Follower, LogLine};
 use crate::manifest::Paths;
 use crate::metrics::{self, Metrics};
@@ -27,7 +28,8 @@ use crate::usage;
 pub use commands::events::EventFeed;
 pub use registry::Registry;
 use views::{
-    DaemonHealth, RediscoverReport, RemoveOutcome, ServiceDetail, ServiceList, StartOutcome, StatusView, StopOutcome,
+    DaemonHealth, HookTest, RediscoverReport, RemoveOutcome, ServiceDetail, ServiceList, StartOutcome, StatusView,
+    StopOutcome,
 };
 
 pub type Reply<T> = oneshot::Sender<Result<T, Error>>;
@@ -44,6 +46,7 @@ pub enum Command {
     FollowLogs { name: String, tail: usize, reply: Reply<(Vec<LogLine>, Follower)> },
     Rediscover(Reply<RediscoverReport>),
     Health(Reply<DaemonHealth>),
+    TestHook { name: String, reply: Reply<HookTest> },
     Remove { name: String, reply: Reply<RemoveOutcome> },
     Events { filter: Filter, reply: Reply<Vec<Event>> },
     SubscribeEvents { filter: Filter, reply: Reply<EventFeed> },
@@ -58,6 +61,8 @@ pub struct Config {
     pub gpu_devices: Devices,
     /// Whether manifests may name paths outside their own directory.
     pub paths: Paths,
+    /// The webhooks and command hooks of the config file.
+    pub hooks: HooksFile,
     pub events: Retention,
 }
 
@@ -72,6 +77,8 @@ pub struct Daemon {
     pub usage: usage::Table,
     /// What happened since the daemon started, for `/metrics`.
     pub metrics: Metrics,
+    /// Webhooks and command hooks, from the config file.
+    pub hooks: Hooks,
     pub started: std::time::Instant,
 }
 
@@ -83,10 +90,9 @@ impl Daemon {
         // Metrics count the events of this daemon's life: those after the history's last.
         let metrics = Metrics::default();
         let last = store.events(Filter { limit: 1, ..Filter::default() }).await.last().map_or(0, |e| e.id);
-        metrics::follow_events(
-            metrics.clone(),
-            EventFeed::new(store.clone(), Filter { since: last, ..Filter::default() }).await,
-        );
+        let from_now = Filter { since: last, ..Filter::default() };
+        metrics::follow_events(metrics.clone(), EventFeed::new(store.clone(), from_now.clone()).await);
+        let hooks_feed = EventFeed::new(store.clone(), from_now).await;
         store.emit(
             None,
             EventKind::DaemonStarted { version: env!("CARGO_PKG_VERSION").into(), pid: std::process::id() },
@@ -110,7 +116,12 @@ impl Daemon {
         let usage = usage::Table::default();
         usage::spawn(registry.clone(), runtime.clone(), usage.clone());
         let started = std::time::Instant::now();
-        Ok(Daemon { config: Arc::new(config), registry, arbiter, store, runtime, usage, metrics, started })
+        let hooks = Hooks::default();
+        let config = Arc::new(config);
+        let mut d = Daemon { config, registry, arbiter, store, runtime, usage, metrics, hooks, started };
+        d.hooks = Hooks::start(d.config.hooks.clone(), &d);
+        d.hooks.follow(d.clone(), hooks_feed);
+        Ok(d)
     }
 
     /// Start what should be running: `autostart` services, and those that
@@ -135,6 +146,7 @@ impl Daemon {
                 Command::FollowLogs { name, tail, reply } => send(reply, commands::logs::follow(&d, &name, tail)),
                 Command::Rediscover(reply) => send(reply, commands::rediscover::run(&d).await),
                 Command::Health(reply) => send(reply, Ok(commands::health::run(&d).await)),
+                Command::TestHook { name, reply } => send(reply, commands::hook::test(&d, &name).await),
                 Command::Remove { name, reply } => send(reply, commands::remove::run(&d, &name).await),
                 Command::Events { filter, reply } => send(reply, commands::events::history(&d, filter).await),
                 Command::SubscribeEvents { filter, reply } => {

@@ -158,6 +158,16 @@ pub struct DaemonHealth {
     pub runtimes: crate::runtime::RuntimeInfo,
 }
 
+/// The answer to a test delivery (`nanny webhook test NAME`).
+#[derive(Debug, Clone, Serialize)]
+pub struct HookTest {
+    pub hook: String,
+    pub delivered: bool,
+    /// Why it was not, after the hook's retries.
+    pub error: Option<String>,
+    pub message: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RemoveOutcome {
     pub message: String,

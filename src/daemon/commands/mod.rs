@@ -2,6 +2,7 @@
 
 pub mod events;
 pub mod health;
+pub mod hook;
 pub mod list;
 pub mod logs;
 pub mod rediscover;
