@@ -27,6 +27,11 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How often a service that waits for the GPU or for its runtime (the
 /// Docker engine) tries again. Waiting spends none of the restart budget.
 pub const WAIT_RETRY: Duration = Duration::from_secs(1);
+/// A start whose health check passes sooner than this after the launch is
+/// answered only once the instance has been up this long: a process that
+/// dies in its first moments (its port taken, while another process answers
+/// the check) is a failed start, not a success. Slower starts are not held.
+pub const CONFIRM_TIME: Duration = Duration::from_millis(300);
 
 /// The state every client sees (SPEC §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
@@ -101,6 +106,9 @@ pub enum OnBusy {
 pub enum StartError {
     #[error("GPU service '{holder}' is already running")]
     GpuBusy { holder: String },
+    /// Something already listens on a port the service is meant to use.
+    #[error("cannot start service '{name}': port {port} is already in use by {holder}")]
+    PortInUse { name: String, port: u16, holder: String },
     #[error("cannot start service '{name}': {message}")]
     Spawn { name: String, message: String, logs: Vec<String> },
     #[error("service '{name}' {}", describe_failed_start(exit, reason.as_deref()))]
@@ -111,8 +119,9 @@ pub enum StartError {
     /// building, creating) when `start_timeout` ran out.
     #[error("service '{name}' was not up within its start_timeout of {timeout:.0}s (still {stage})")]
     StartTimeout { name: String, timeout: f64, stage: String, logs: Vec<String> },
-    #[error("service '{name}' was stopped before it became healthy")]
-    Interrupted { name: String },
+    /// Another wish came first (a stop, a removal); `why` says which.
+    #[error("service '{name}' was stopped before it became healthy: {why}")]
+    Interrupted { name: String, why: String },
     #[error("service '{name}' was removed")]
     Removed { name: String },
     #[error("service '{name}' did not stop: {alive} still alive {grace}s after SIGKILL")]
@@ -158,6 +167,9 @@ impl StartError {
 pub enum Refusal {
     /// Another service holds the GPU.
     GpuBusy { holder: String },
+    /// Something listens on one of its ports already; `holder` says who
+    /// (`pid 4242 (service 'alpha')`).
+    PortBusy { port: u16, holder: String },
     /// The command cannot be run (a missing program, a bad `working_dir`).
     Spawn(String),
     /// The runtime cannot be reached now (no Docker engine): worth waiting for.
@@ -311,6 +323,8 @@ pub enum Wait {
     Restart,
     /// Another service holds the GPU.
     Gpu { holder: String },
+    /// Something else listens on one of its ports.
+    Port { port: u16, holder: String },
     /// The runtime cannot be reached (the Docker engine).
     Runtime { reason: String },
 }
@@ -325,6 +339,24 @@ pub enum Then {
     Recover(Fault),
     /// It was found running while another service held the GPU: `failed`.
     Fail(String),
+}
+
+impl Then {
+    /// Why the daemon stopped the instance, for its `exited` event.
+    fn why(&self) -> String {
+        match self {
+            Then::Converge => "asked to stop".into(),
+            Then::Recover(Fault { error: Some(StartError::HealthTimeout { timeout, .. }), .. }) => {
+                format!("stopped by nanny: no health check passed within health_timeout {timeout} s")
+            }
+            Then::Recover(Fault { error: Some(StartError::StartTimeout { timeout, .. }), .. }) => {
+                format!("stopped by nanny: not up within start_timeout {timeout} s")
+            }
+            Then::Recover(Fault { error: Some(error), .. }) => format!("stopped by nanny: {error}"),
+            Then::Recover(Fault { error: None, .. }) => "stopped by nanny: judged unhealthy".into(),
+            Then::Fail(reason) => format!("stopped by nanny: {reason}"),
+        }
+    }
 }
 
 /// A failure of the instance, as the restart policy sees it.
@@ -349,6 +381,8 @@ pub enum Phase {
         /// Whether the runtime is yet to report the instance up.
         awaits_ready: bool,
         adopted: bool,
+        /// A check passed before [`CONFIRM_TIME`]; running once that is over.
+        passed: bool,
     },
     Running {
         since: Instant,
@@ -408,6 +442,8 @@ pub struct Machine {
     pub last_error: Option<String>,
     /// What happens next, in words, while the service converges.
     pub next: Option<String>,
+    /// Whether the last stop needed SIGKILL (the stop signal was ignored).
+    pub stop_killed: bool,
 }
 
 impl Machine {
@@ -425,6 +461,7 @@ impl Machine {
             last_check: None,
             last_error: None,
             next: None,
+            stop_killed: false,
         }
     }
 
@@ -540,7 +577,12 @@ impl Machine {
         match if_current {
             Some(wish) if wish != self.wishes => {
                 // Someone asked something else since: that wish stands.
-                let error = StartError::Interrupted { name: self.spec.name.clone() };
+                let why = match self.goal {
+                    Goal::Running => "another start was asked meanwhile",
+                    Goal::Stopped => "a stop was asked while this start waited",
+                    Goal::Gone => "it is being removed",
+                };
+                let error = StartError::Interrupted { name: self.spec.name.clone(), why: why.into() };
                 return out.push(Action::Answer(Err(Failure { error, next: None })));
             }
             Some(_) => {}
@@ -550,7 +592,11 @@ impl Machine {
         self.history.reset();
         if goal != Goal::Running {
             self.goal = if self.goal == Goal::Gone { Goal::Gone } else { goal };
-            let error = StartError::Interrupted { name: self.spec.name.clone() };
+            let why = match self.goal {
+                Goal::Gone => "it is being removed",
+                _ => "a stop was asked",
+            };
+            let error = StartError::Interrupted { name: self.spec.name.clone(), why: why.into() };
             out.push(Action::Started(Err(Failure { error, next: None })));
             return match &mut self.phase {
                 Phase::Starting { .. } | Phase::Running { .. } | Phase::Unhealthy { .. } => {
@@ -594,7 +640,8 @@ impl Machine {
             (false, true) => self.spec.health_timeout,
             (false, false) => SETTLE_TIME.min(self.spec.health_timeout),
         };
-        self.phase = Phase::Starting { since: now, deadline: now + settle, checks, awaits_ready, adopted };
+        self.phase =
+            Phase::Starting { since: now, deadline: now + settle, checks, awaits_ready, adopted, passed: false };
         self.health_failures = 0;
         self.last_check = None;
         self.next = None;
@@ -608,17 +655,14 @@ impl Machine {
         let name = self.spec.name.clone();
         match refusal {
             Refusal::GpuBusy { holder } => {
-                let wait = self.on_busy == OnBusy::Wait || matches!(self.phase, Phase::Backoff { .. });
-                let error = StartError::GpuBusy { holder: holder.clone() };
-                if wait {
-                    let next = format!("waiting for the GPU ('{holder}' holds it)");
-                    self.wait(Wait::Gpu { holder }, next.clone(), now, out);
-                    out.push(Action::Started(Err(Failure { error, next: Some(next) })));
-                } else {
-                    // Refused: nothing changes but the wish, which did not happen.
-                    self.goal = Goal::Stopped;
-                    out.push(Action::Started(Err(Failure { error, next: None })));
-                }
+                let next = format!("waiting for the GPU ('{holder}' holds it)");
+                self.busy(StartError::GpuBusy { holder: holder.clone() }, Wait::Gpu { holder }, next, now, out);
+            }
+            Refusal::PortBusy { port, holder } => {
+                let next = format!("waiting for port {port} (in use by {holder})");
+                out.push(Action::Log(format!("port {port} is already in use by {holder}")));
+                let error = StartError::PortInUse { name, port, holder: holder.clone() };
+                self.busy(error, Wait::Port { port, holder }, next, now, out);
             }
             Refusal::Unavailable(reason) => {
                 let next = format!("waiting for its runtime ({reason})");
@@ -634,6 +678,21 @@ impl Machine {
         }
     }
 
+    /// Something the start needs is taken (the GPU, a port): a start by hand
+    /// is refused and the caller decides; a restart or a restore waits.
+    fn busy(&mut self, error: StartError, wait: Wait, next: String, now: Instant, out: &mut Vec<Action>) {
+        if self.on_busy == OnBusy::Wait || matches!(self.phase, Phase::Backoff { .. }) {
+            self.wait(wait, next.clone(), now, out);
+            out.push(Action::Started(Err(Failure { error, next: Some(next) })));
+        } else {
+            // Refused: nothing changes but the wish, which did not happen
+            // (and a GPU claimed for the launch is given back).
+            self.goal = Goal::Stopped;
+            out.push(Action::Release);
+            out.push(Action::Started(Err(Failure { error, next: None })));
+        }
+    }
+
     fn wait(&mut self, wait: Wait, next: String, now: Instant, out: &mut Vec<Action>) {
         if !matches!(&self.phase, Phase::Backoff { wait: w, .. } if *w == wait) {
             out.push(Action::Emit(EventKind::Waiting { reason: next.clone() }));
@@ -643,26 +702,35 @@ impl Machine {
     }
 
     fn became_running(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let startup_ms = match self.phase {
-            Phase::Starting { since, adopted: false, .. } => Some(now.duration_since(since).as_secs_f64() * 1000.0),
-            _ => None,
+        let (startup_ms, checked) = match self.phase {
+            Phase::Starting { since, adopted: false, checks, .. } => {
+                (Some(now.duration_since(since).as_secs_f64() * 1000.0), checks)
+            }
+            Phase::Starting { checks, .. } => (None, checks),
+            _ => (None, true),
         };
         self.phase = Phase::Running { since: now };
         self.last_error = None;
         self.next = None;
         out.push(Action::Log("running".into()));
-        out.push(Action::Emit(EventKind::Healthy { startup_ms }));
+        out.push(Action::Emit(EventKind::Healthy { startup_ms, checked }));
         out.push(Action::Started(Ok(())));
     }
 
     fn probed(&mut self, ok: bool, message: String, now: Instant, out: &mut Vec<Action>) {
         match self.phase {
-            Phase::Starting { awaits_ready, .. } => {
+            Phase::Starting { awaits_ready: false, since, adopted, ref mut passed, ref mut deadline, .. } if ok => {
                 self.last_check = Some(message);
-                if ok && !awaits_ready {
+                // Passed at once: running once it has also stayed up a moment.
+                let confirmed = since + CONFIRM_TIME;
+                if adopted || now >= confirmed {
                     self.became_running(now, out);
+                } else if !*passed {
+                    *passed = true;
+                    *deadline = (*deadline).min(confirmed);
                 }
             }
+            Phase::Starting { .. } => self.last_check = Some(message),
             Phase::Running { since } | Phase::Unhealthy { since } if !ok => {
                 self.health_failures += 1;
                 let failures = self.health_failures;
@@ -682,7 +750,7 @@ impl Machine {
                 self.health_failures = 0;
                 self.phase = Phase::Running { since: now };
                 out.push(Action::Log("healthy again".into()));
-                out.push(Action::Emit(EventKind::Healthy { startup_ms: None }));
+                out.push(Action::Emit(EventKind::Healthy { startup_ms: None, checked: true }));
             }
             _ => {}
         }
@@ -696,10 +764,22 @@ impl Machine {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
-        let expected = matches!(self.phase, Phase::Stopping { then: Then::Converge | Then::Fail(_), .. });
+        // An exit the daemon caused (a stop, a health verdict) is expected,
+        // and the event says why it was stopped.
+        let why = match &self.phase {
+            Phase::Stopping { then, killed_at, .. } => {
+                self.stop_killed = killed_at.is_some();
+                let killed = match killed_at {
+                    Some(_) => format!("; killed after stop_timeout {} s", self.spec.stop_timeout.as_secs_f64()),
+                    None => String::new(),
+                };
+                Some(format!("{}{killed}", then.why()))
+            }
+            _ => None,
+        };
         if self.state().has_process() {
             let (code, signal) = (exit.code, exit.signal.map(|s| s.to_string()));
-            out.push(Action::Emit(EventKind::Exited { code, signal, expected }));
+            out.push(Action::Emit(EventKind::Exited { code, signal, expected: why.is_some(), reason: why }));
         }
         match std::mem::replace(&mut self.phase, Phase::Stopped) {
             Phase::Starting { .. } if unavailable => {
@@ -821,9 +901,9 @@ impl Machine {
             return;
         }
         match &mut self.phase {
-            Phase::Starting { checks, awaits_ready, .. } => {
+            Phase::Starting { checks, awaits_ready, passed, .. } => {
                 let (checks, awaits_ready) = (*checks, *awaits_ready);
-                if !checks && !awaits_ready {
+                if *passed || (!checks && !awaits_ready) {
                     return self.became_running(now, out);
                 }
                 let name = self.spec.name.clone();
@@ -988,13 +1068,21 @@ mod tests {
     fn machines(now: Instant) -> Vec<(&'static str, Machine)> {
         let base = Machine { goal: Goal::Running, ..Machine::new(spec(RestartPolicy::OnFailure)) };
         let at = |phase: Phase| Machine { phase, ..base.clone() };
-        let starting =
-            |checks| Phase::Starting { since: now, deadline: now, checks, awaits_ready: false, adopted: false };
+        let starting = |checks, since| Phase::Starting {
+            since,
+            deadline: now,
+            checks,
+            awaits_ready: false,
+            adopted: false,
+            passed: false,
+        };
         let stopping = |then| Phase::Stopping { kill_at: now, killed_at: None, stuck: false, then };
         vec![
             ("stopped", Machine { goal: Goal::Stopped, ..base.clone() }),
-            ("starting", at(starting(true))),
-            ("starting/nocheck", at(starting(false))),
+            ("starting", at(starting(true, now - CONFIRM_TIME))),
+            ("starting/nocheck", at(starting(false, now - CONFIRM_TIME))),
+            // Launched just now: a passing check is confirmed a moment later.
+            ("starting/fresh", at(starting(true, now))),
             ("running", at(Phase::Running { since: now })),
             ("unhealthy", at(Phase::Unhealthy { since: now })),
             ("stopping", Machine { goal: Goal::Stopped, ..at(stopping(Then::Converge)) }),
@@ -1027,6 +1115,7 @@ mod tests {
             ("stale-wish", Input::Want { goal: Goal::Running, on_busy: OnBusy::Refuse, if_current: Some(99) }),
             ("launched", Input::Launched(Launch::default())),
             ("gpu-busy", Input::Refused(Refusal::GpuBusy { holder: "h".into() })),
+            ("port-busy", Input::Refused(Refusal::PortBusy { port: 8090, holder: "pid 1".into() })),
             ("spawn-err", Input::Refused(Refusal::Spawn("no such file".into()))),
             ("no-engine", Input::Refused(Refusal::Unavailable("no engine".into()))),
             ("adopt-refused", Input::AdoptRefused { holder: "h".into() }),
@@ -1058,6 +1147,7 @@ mod tests {
                     "err:{}{}",
                     match &f.error {
                         StartError::GpuBusy { .. } => "gpu",
+                        StartError::PortInUse { .. } => "port",
                         StartError::Spawn { .. } => "spawn",
                         StartError::Exited { .. } => "exited",
                         StartError::HealthTimeout { .. } => "timeout",

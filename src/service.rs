@@ -8,8 +8,8 @@
 //! from the runtime as they happen; probes run on their own tasks so a hung
 //! endpoint never blocks a stop.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -35,7 +35,7 @@ pub const ADOPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// and how far apart.
 const ADOPT_TRIES: usize = 10;
 const ADOPT_RETRY: Duration = Duration::from_millis(300);
-/// How many log lines a failed start carries back to the caller.
+/// How many log lines (of this attempt) a failed start carries back to the caller.
 const FAILURE_LOG_LINES: usize = 20;
 
 #[derive(Debug, Clone, Serialize)]
@@ -72,12 +72,29 @@ pub struct Snapshot {
     /// While `starting`: what the start is doing (`pulling`, `creating`,
     /// `waiting for health`, …).
     pub stage: Option<&'static str>,
+    /// Whether the last stop needed SIGKILL (the stop signal was ignored).
+    pub stop_killed: bool,
 }
 
 impl Snapshot {
-    /// The configuration as it is on disk now.
+    /// The configuration as it is on disk now (what the next start uses).
     pub fn latest_manifest(&self) -> &Arc<Manifest> {
         self.pending.as_ref().unwrap_or(&self.manifest)
+    }
+
+    /// The configuration to show: the running instance's while one runs,
+    /// else the one the next start uses.
+    pub fn shown_manifest(&self) -> &Arc<Manifest> {
+        match self.state.has_process() {
+            true => &self.manifest,
+            false => self.latest_manifest(),
+        }
+    }
+
+    /// A newer manifest that waits for the next start while an instance
+    /// runs with the older one.
+    pub fn pending_change(&self) -> Option<&Arc<Manifest>> {
+        self.pending.as_ref().filter(|_| self.state.has_process())
     }
 }
 
@@ -150,6 +167,7 @@ impl ServiceHandle {
             wishes: 0,
             adopting: true,
             stage: None,
+            stop_killed: false,
         };
         let (status_tx, status) = watch::channel(snapshot.clone());
         let task = Task {
@@ -170,6 +188,7 @@ impl ServiceHandle {
             next_probe: None,
             probe_in_flight: false,
             runtime_stage: None,
+            attempt_at: None,
             outside: None,
             watch: 0,
             finished: false,
@@ -239,7 +258,12 @@ pub struct Shared {
     pub arbiter: Arc<Arbiter>,
     pub http: reqwest::Client,
     pub store: Store,
+    pub groups: Groups,
 }
+
+/// Which service leads which process group (native services), to name the
+/// holder of a port another service wants.
+pub type Groups = Arc<Mutex<HashMap<u32, String>>>;
 
 /// An answer to send once the turn's snapshot is published.
 enum Answer {
@@ -270,6 +294,9 @@ struct Task {
     probe_in_flight: bool,
     /// What the runtime last said it is doing while it brings the instance up.
     runtime_stage: Option<&'static str>,
+    /// When the current instance was launched (not adopted): a failed start
+    /// carries only the log lines written since.
+    attempt_at: Option<jiff::Timestamp>,
     /// While at rest: the watch for a start outside the daemon, and its number.
     outside: Option<tokio::task::AbortHandle>,
     watch: u64,
@@ -428,10 +455,24 @@ impl Task {
             return Input::Refused(Refusal::GpuBusy { holder: held.holder });
         }
         let placement = manifest.gpu_required.then(|| self.shared.arbiter.placement());
+        self.attempt_at = Some(jiff::Timestamp::now());
         match self.shared.runtime.launch(&manifest, placement.as_ref(), self.logs.clone()) {
             Ok(launched) => Input::Launched(Launch { automatic, ..self.begin_instance(launched) }),
             Err(LaunchError::Spawn(message)) => Input::Refused(Refusal::Spawn(message)),
             Err(LaunchError::Unavailable(reason)) => Input::Refused(Refusal::Unavailable(reason)),
+            Err(LaunchError::PortInUse { port, pid, pgid }) => {
+                Input::Refused(Refusal::PortBusy { port, holder: self.port_holder(pid, pgid) })
+            }
+        }
+    }
+
+    /// `pid 4242 (service 'alpha')`: who holds a port, as far as we can see.
+    fn port_holder(&self, pid: Option<u32>, pgid: Option<u32>) -> String {
+        let groups = self.shared.groups.lock().unwrap_or_else(|p| p.into_inner());
+        match (pid, pgid.and_then(|g| groups.get(&g))) {
+            (Some(pid), Some(service)) => format!("pid {pid} (service '{service}')"),
+            (Some(pid), None) => format!("pid {pid}"),
+            (None, _) => "a process nanny cannot see (pid unknown)".into(),
         }
     }
 
@@ -439,6 +480,7 @@ impl Task {
     /// needs one, else held unclaimed so the machine can stop it.
     fn adopt(&mut self) -> Option<Input> {
         let launched = self.found.take()?;
+        self.attempt_at = None;
         let manifest = self.snap.manifest.clone();
         let claimed = match manifest.gpu_required {
             true => self.shared.arbiter.claim(&manifest.name),
@@ -492,6 +534,9 @@ impl Task {
             self.shared.store.record_process(RecordedProcess { service: self.snap.manifest.name.clone(), group });
         }
         let parts = instance.parts();
+        if let Some(pid) = parts.pid {
+            self.shared.groups.lock().unwrap_or_else(|p| p.into_inner()).insert(pid, self.snap.manifest.name.clone());
+        }
         self.instance = Some(instance);
         let now = Instant::now();
         let started = launched.started_at.unwrap_or_else(jiff::Timestamp::now);
@@ -520,7 +565,9 @@ impl Task {
         self.logs.push(Stream::Nanny, &format!("{what} {exit}"));
         self.snap.last_exit = Some(ExitRecord { exit, at: jiff::Timestamp::now() });
         self.snap.started_at = None;
-        self.snap.pid = None;
+        if let Some(pid) = self.snap.pid.take() {
+            self.shared.groups.lock().unwrap_or_else(|p| p.into_inner()).remove(&pid);
+        }
         self.snap.containers.clear();
         self.turn(Input::Exited { exit, reason, unavailable });
     }
@@ -599,6 +646,7 @@ impl Task {
         };
         self.snap.next = m.next.clone();
         self.snap.wishes = m.wishes;
+        self.snap.stop_killed = m.stop_killed;
         self.status.send_replace(self.snap.clone());
         for answer in self.answers.drain(..) {
             match answer {
@@ -685,8 +733,11 @@ impl Task {
         });
     }
 
+    /// The last lines of the current attempt (an older attempt's lines
+    /// would explain nothing about this one).
     fn recent_logs(&self) -> Vec<String> {
-        self.logs.tail(FAILURE_LOG_LINES).iter().map(|l| l.render()).collect()
+        let lines = self.logs.tail(FAILURE_LOG_LINES);
+        lines.iter().filter(|l| self.attempt_at.is_none_or(|at| l.ts >= at)).map(|l| l.render()).collect()
     }
 }
 
@@ -832,6 +883,7 @@ mod tests {
             arbiter: arbiter.clone(),
             http: crate::health::client(),
             store: Store::open(state.path()).unwrap(),
+            groups: Groups::default(),
         };
         let logs = Arc::new(LogStore::new(state.path().join("x.log")));
         let service = ServiceHandle::spawn(Arc::new(manifest), shared, logs);
