@@ -28,9 +28,11 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Docker engine) tries again. Waiting spends none of the restart budget.
 pub const WAIT_RETRY: Duration = Duration::from_secs(1);
 /// A start whose health check passes sooner than this after the launch is
-/// answered only once the instance has been up this long: a process that
-/// dies in its first moments (its port taken, while another process answers
-/// the check) is a failed start, not a success. Slower starts are not held.
+/// answered only once the instance has been up this long, when another
+/// process could have answered the check (a `health_command`, a remote
+/// endpoint, a Compose project): a process that dies in its first moments
+/// is a failed start, not a success. Slower starts are not held, nor those
+/// whose check's port was found free at launch ([`Launch::confirm`]).
 pub const CONFIRM_TIME: Duration = Duration::from_millis(300);
 
 /// The state every client sees (SPEC §4).
@@ -235,6 +237,10 @@ pub struct Launch {
     pub adopted: bool,
     /// Launched by the restart policy, not by a request.
     pub automatic: bool,
+    /// Whether a check passing within [`CONFIRM_TIME`] of the launch waits
+    /// for the process to stay up that long (the check could be answered by
+    /// another process).
+    pub confirm: bool,
 }
 
 /// What the service task carries out, in order.
@@ -381,7 +387,9 @@ pub enum Phase {
         /// Whether the runtime is yet to report the instance up.
         awaits_ready: bool,
         adopted: bool,
-        /// A check passed before [`CONFIRM_TIME`]; running once that is over.
+        /// Until when a passing check waits for the process to stay up.
+        confirm_until: Option<Instant>,
+        /// A check passed before `confirm_until`; running once that is over.
         passed: bool,
     },
     Running {
@@ -633,15 +641,23 @@ impl Machine {
     }
 
     fn launched(&mut self, launch: Launch, now: Instant, out: &mut Vec<Action>) {
-        let Launch { pid, containers, checks, awaits_ready, adopted, automatic } = launch;
+        let Launch { pid, containers, checks, awaits_ready, adopted, automatic, confirm } = launch;
         // `health_timeout` counts from when the runtime has it up.
         let settle = match (awaits_ready, checks || adopted) {
             (true, _) => self.spec.start_timeout,
             (false, true) => self.spec.health_timeout,
             (false, false) => SETTLE_TIME.min(self.spec.health_timeout),
         };
-        self.phase =
-            Phase::Starting { since: now, deadline: now + settle, checks, awaits_ready, adopted, passed: false };
+        let confirm_until = (confirm && !adopted).then_some(now + CONFIRM_TIME);
+        self.phase = Phase::Starting {
+            since: now,
+            deadline: now + settle,
+            checks,
+            awaits_ready,
+            adopted,
+            confirm_until,
+            passed: false,
+        };
         self.health_failures = 0;
         self.last_check = None;
         self.next = None;
@@ -719,15 +735,15 @@ impl Machine {
 
     fn probed(&mut self, ok: bool, message: String, now: Instant, out: &mut Vec<Action>) {
         match self.phase {
-            Phase::Starting { awaits_ready: false, since, adopted, ref mut passed, ref mut deadline, .. } if ok => {
+            Phase::Starting { awaits_ready: false, confirm_until, ref mut passed, ref mut deadline, .. } if ok => {
                 self.last_check = Some(message);
-                // Passed at once: running once it has also stayed up a moment.
-                let confirmed = since + CONFIRM_TIME;
-                if adopted || now >= confirmed {
-                    self.became_running(now, out);
-                } else if !*passed {
-                    *passed = true;
-                    *deadline = (*deadline).min(confirmed);
+                match confirm_until {
+                    // Passed at once: running once it has also stayed up a moment.
+                    Some(until) if now < until => {
+                        *passed = true;
+                        *deadline = (*deadline).min(until);
+                    }
+                    _ => self.became_running(now, out),
                 }
             }
             Phase::Starting { .. } => self.last_check = Some(message),
@@ -1068,12 +1084,13 @@ mod tests {
     fn machines(now: Instant) -> Vec<(&'static str, Machine)> {
         let base = Machine { goal: Goal::Running, ..Machine::new(spec(RestartPolicy::OnFailure)) };
         let at = |phase: Phase| Machine { phase, ..base.clone() };
-        let starting = |checks, since| Phase::Starting {
+        let starting = |checks, since: Instant| Phase::Starting {
             since,
             deadline: now,
             checks,
             awaits_ready: false,
             adopted: false,
+            confirm_until: Some(since + CONFIRM_TIME),
             passed: false,
         };
         let stopping = |then| Phase::Stopping { kill_at: now, killed_at: None, stuck: false, then };
@@ -1286,6 +1303,7 @@ mod tests {
             awaits_ready: true,
             adopted: false,
             automatic: false,
+            confirm: false,
         };
         let base = Machine { goal: Goal::Running, ..Machine::new(spec(RestartPolicy::Never)) };
         let (up, _) = base.step(Input::Launched(launch), now);
@@ -1306,6 +1324,30 @@ mod tests {
         });
         let expected = "service 'x' was not up within its start_timeout of 900s (still bringing it up)";
         assert_eq!(error.as_deref(), Some(expected), "{actions:?}");
+    }
+
+    #[test]
+    fn a_quick_pass_waits_for_the_process_to_stay_up_only_when_another_could_have_answered() {
+        let now = Instant::now() + T0;
+        let base = Machine { goal: Goal::Running, ..Machine::new(spec(RestartPolicy::Never)) };
+        let launch = |confirm| Input::Launched(Launch { checks: true, confirm, ..Launch::default() });
+        let ok = || Input::Probed { ok: true, message: "ok".into() };
+
+        // Its own port was free at launch: the first pass is enough.
+        let (own, _) = base.clone().step(launch(false), now);
+        assert_eq!(own.step(ok(), now).0.state(), Running);
+
+        // A health command (anyone could answer): running once up for CONFIRM_TIME ...
+        let (any, _) = base.step(launch(true), now);
+        let (passed, actions) = any.step(ok(), now + Duration::from_millis(10));
+        assert_eq!(passed.state(), Starting, "{actions:?}");
+        assert_eq!(passed.deadline(), Some(now + CONFIRM_TIME));
+        assert_eq!(passed.clone().step(Input::Timer, now + CONFIRM_TIME).0.state(), Running);
+        // ... and an exit before that is a failed start.
+        let exit = Input::Exited { exit: ExitInfo { code: Some(1), signal: None }, reason: None, unavailable: false };
+        let (after, actions) = passed.step(exit, now + Duration::from_millis(50));
+        assert_eq!(after.state(), Failed);
+        assert!(actions.iter().any(|a| matches!(a, Action::Started(Err(_)))), "{actions:?}");
     }
 
     #[test]

@@ -13,19 +13,23 @@ use crate::manifest::{HealthEndpoint, Manifest};
 /// host is this machine. Sorted, without duplicates.
 pub fn of_manifest(m: &Manifest) -> Vec<u16> {
     let mut ports: Vec<u16> = m.port.into_iter().chain(m.ports.iter().filter_map(|p| host_port(p))).collect();
-    let health = match &m.health_endpoint {
+    ports.extend(health_port(m));
+    ports.retain(|p| *p != 0);
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// The port of the health endpoint, when its host is this machine.
+pub fn health_port(m: &Manifest) -> Option<u16> {
+    match &m.health_endpoint {
         Some(HealthEndpoint::Tcp { host, port }) => local(host).then_some(*port),
         Some(HealthEndpoint::Http(url)) => reqwest::Url::parse(url)
             .ok()
             .filter(|u| u.host_str().is_some_and(local))
             .and_then(|u| u.port_or_known_default()),
         None => None,
-    };
-    ports.extend(health);
-    ports.retain(|p| *p != 0);
-    ports.sort_unstable();
-    ports.dedup();
-    ports
+    }
 }
 
 /// The host port of a Compose-style mapping: `8090`, `8090:80`,

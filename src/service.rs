@@ -22,6 +22,7 @@ use crate::health::{self, Probe, ProbeResult};
 use crate::lifecycle::{Action, Goal, Input, Launch, Machine, Phase, Refusal, Remember, Spec, State};
 use crate::logs::{LogStore, Stream};
 use crate::manifest::Manifest;
+use crate::ports::health_port;
 use crate::runtime::{Ended, ExitInfo, Instance, LaunchError, Launched, Parts, Runtime};
 use crate::store::{Desired, RecordedProcess, Store};
 
@@ -544,6 +545,10 @@ impl Task {
         self.snap.pid = parts.pid;
         self.snap.containers = parts.containers.clone();
         self.snap.started_at = Some((now.checked_sub(age).unwrap_or(now), started));
+        // A native launch found the health endpoint's local port free, so
+        // only this process can answer there: no need to confirm a quick pass.
+        let m = &self.snap.manifest;
+        let own_port = matches!(m.runtime, crate::manifest::Runtime::Native { .. }) && health_port(m).is_some();
         Launch {
             pid: parts.pid,
             containers: parts.containers,
@@ -551,6 +556,7 @@ impl Task {
             awaits_ready,
             adopted: false,
             automatic: false,
+            confirm: !own_port,
         }
     }
 

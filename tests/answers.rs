@@ -46,6 +46,35 @@ async fn a_port_in_use_refuses_the_start_and_names_its_holder() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_restart_waits_for_its_port_and_names_the_holder() {
+    let ws = Workspace::new();
+    let exit = ws.path("exit");
+    let svc = ws.add(Svc::new("gamma").arg("--exit-file").arg(&exit).extra("restart: always\nrestart_delay: 1"));
+    let port = svc.port.unwrap();
+    let d = Daemon::start(&ws.services());
+    d.start_ok("gamma").await;
+    let after = d.last_event_id().await;
+
+    // It crashes, and while it waits out its restart delay something else takes its port.
+    touch(&exit);
+    let mut taken = None;
+    wait_until_sync(T, "the port is free to take", || {
+        taken = std::net::TcpListener::bind(("127.0.0.1", port)).ok();
+        taken.is_some()
+    });
+    let holder = format!("port {port} (in use by pid {})", std::process::id());
+    let waiting = d.wait_event("gamma", "waiting", after, T, |_| true).await;
+    assert!(waiting["message"].as_str().unwrap().contains(&holder), "{waiting}");
+    let st = d.status("gamma").await;
+    assert_eq!(st["status"], "backoff", "{st}");
+    assert!(st["next"].as_str().unwrap().contains(&holder), "{st}");
+
+    // Once the port is free, it starts again.
+    drop(taken);
+    d.wait_state("gamma", "running", T).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_process_that_dies_right_after_its_check_passed_is_a_failed_start() {
     let ws = Workspace::new();
     // The check passes at once (as another process's answer would); the process dies 50 ms in.
