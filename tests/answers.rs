@@ -2,7 +2,8 @@
 //! with who holds the port, an early death after a passing check is a failed start, an
 //! invalid manifest is named as such, `ls`/`show` describe the running instance with the
 //! change on disk beside it, exits nanny caused are never "unexpected", start/stop/restart/
-//! remove messages say what was done, and a failed start shows only its own log lines.
+//! remove messages say what was done (a forced start that lost a race says why), a restart
+//! waits for a taken port, and a failed start shows only its own log lines.
 
 mod common;
 
@@ -241,4 +242,28 @@ async fn a_failed_start_shows_only_the_lines_of_this_attempt() {
         logs.iter().all(|l| !l.as_str().unwrap().contains(&format!("pid={first_pid}"))),
         "the first attempt's lines are not shown again: {second}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forced_start_that_lost_the_race_says_why() {
+    let ws = Workspace::new();
+    // The holder ignores SIGTERM, so stopping it takes its stop_timeout.
+    ws.add(Svc::new("gpu-a").gpu().arg("--ignore-term").stop_timeout(1.5));
+    ws.add(Svc::new("gpu-b").gpu());
+    let d = Daemon::start(&ws.services());
+    d.start_ok("gpu-a").await;
+
+    let forced = tokio::spawn({
+        let url = d.u("/services/gpu-b/start");
+        async move {
+            let r = http_client().post(url).json(&json!({"force": true})).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    });
+    d.wait_state("gpu-a", "stopping", T).await;
+    d.stop_ok("gpu-b").await;
+    let (code, v) = forced.await.unwrap();
+    assert_eq!(code, 409, "{v}");
+    let expected = "a stop was asked while this start waited (while it stopped 'gpu-a' to free the GPU)";
+    assert!(v["detail"].as_str().unwrap().ends_with(expected), "{v}");
 }
