@@ -7,6 +7,12 @@ use crate::service::{Failure, StartError};
 pub enum Error {
     #[error("Service '{0}' not found")]
     NotFound(String),
+    /// A service by that name has a manifest that cannot be used.
+    #[error(
+        "Service '{name}' has an invalid manifest ({path}): {}; fix it and run `nanny rediscover`",
+        errors.join("; ")
+    )]
+    InvalidManifest { name: String, path: String, errors: Vec<String> },
     /// A start or stop of the service did not end as asked; `next` says
     /// what the service does now (`restarting in 1.0 s …`), if anything.
     #[error("{error}")]

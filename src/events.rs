@@ -45,15 +45,22 @@ pub enum EventKind {
     },
     Healthy {
         startup_ms: Option<f64>,
+        /// Whether a health check said so (else: it stayed up for the settle time).
+        #[serde(default = "yes")]
+        checked: bool,
     },
     Unhealthy {
         consecutive_failures: u32,
         last_check: String,
     },
+    /// `expected`: the daemon caused it (a stop, a health verdict), and
+    /// `reason` says why it was stopped.
     Exited {
         code: Option<i32>,
         signal: Option<String>,
         expected: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     Backoff {
         attempt: u32,
@@ -108,18 +115,26 @@ impl EventKind {
                 Some(pid) => format!("adopted running process {pid}"),
                 None => format!("adopted running containers {}", containers.join(", ")),
             },
-            EventKind::Healthy { startup_ms: Some(ms) } => format!("running (healthy after {ms:.0} ms)"),
-            EventKind::Healthy { startup_ms: None } => "running (healthy)".into(),
+            EventKind::Healthy { startup_ms: Some(ms), checked: true } => format!("running (healthy after {ms:.0} ms)"),
+            EventKind::Healthy { startup_ms: None, checked: true } => "running (healthy)".into(),
+            EventKind::Healthy { startup_ms, checked: false } => {
+                let up = startup_ms.map(|ms| format!("; up for {} s", (ms / 1000.0).round())).unwrap_or_default();
+                format!("running (no health check{up})")
+            }
             EventKind::Unhealthy { consecutive_failures, last_check } => {
                 format!("unhealthy after {consecutive_failures} failed checks (last: {last_check})")
             }
-            EventKind::Exited { code, signal, expected } => {
+            EventKind::Exited { code, signal, expected, reason } => {
                 let how = match (code, signal) {
                     (Some(c), _) => format!("exited with code {c}"),
                     (None, Some(s)) => format!("killed by {s}"),
                     (None, None) => "exited".into(),
                 };
-                if *expected { how } else { format!("{how} unexpectedly") }
+                match (expected, reason) {
+                    (_, Some(reason)) => format!("{how} ({reason})"),
+                    (true, None) => how,
+                    (false, None) => format!("{how} unexpectedly"),
+                }
             }
             EventKind::Backoff { attempt, delay_ms } => {
                 format!("restart {attempt} in {:.3}s", *delay_ms as f64 / 1000.0)
@@ -133,6 +148,10 @@ impl EventKind {
             EventKind::OrphanKilled { pid } => format!("killed process {pid} left over from a previous daemon"),
         }
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Which events a reader wants.

@@ -18,6 +18,7 @@ pub mod lock;
 pub mod logs;
 pub mod manifest;
 pub mod metrics;
+pub mod ports;
 pub mod runtime;
 pub mod service;
 pub mod store;

@@ -27,6 +27,13 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How often a service that waits for the GPU or for its runtime (the
 /// Docker engine) tries again. Waiting spends none of the restart budget.
 pub const WAIT_RETRY: Duration = Duration::from_secs(1);
+/// A start whose health check passes sooner than this after the launch is
+/// answered only once the instance has been up this long, when another
+/// process could have answered the check (a `health_command`, a remote
+/// endpoint, a Compose project): a process that dies in its first moments
+/// is a failed start, not a success. Slower starts are not held, nor those
+/// whose check's port was found free at launch ([`Launch::confirm`]).
+pub const CONFIRM_TIME: Duration = Duration::from_millis(300);
 
 /// The state every client sees (SPEC §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
@@ -101,6 +108,9 @@ pub enum OnBusy {
 pub enum StartError {
     #[error("GPU service '{holder}' is already running")]
     GpuBusy { holder: String },
+    /// Something already listens on a port the service is meant to use.
+    #[error("cannot start service '{name}': port {port} is already in use by {holder}")]
+    PortInUse { name: String, port: u16, holder: String },
     #[error("cannot start service '{name}': {message}")]
     Spawn { name: String, message: String, logs: Vec<String> },
     #[error("service '{name}' {}", describe_failed_start(exit, reason.as_deref()))]
@@ -111,8 +121,9 @@ pub enum StartError {
     /// building, creating) when `start_timeout` ran out.
     #[error("service '{name}' was not up within its start_timeout of {timeout:.0}s (still {stage})")]
     StartTimeout { name: String, timeout: f64, stage: String, logs: Vec<String> },
-    #[error("service '{name}' was stopped before it became healthy")]
-    Interrupted { name: String },
+    /// Another wish came first (a stop, a removal); `why` says which.
+    #[error("service '{name}' was stopped before it became healthy: {why}")]
+    Interrupted { name: String, why: String },
     #[error("service '{name}' was removed")]
     Removed { name: String },
     #[error("service '{name}' did not stop: {alive} still alive {grace}s after SIGKILL")]
@@ -158,6 +169,9 @@ impl StartError {
 pub enum Refusal {
     /// Another service holds the GPU.
     GpuBusy { holder: String },
+    /// Something listens on one of its ports already; `holder` says who
+    /// (`pid 4242 (service 'alpha')`).
+    PortBusy { port: u16, holder: String },
     /// The command cannot be run (a missing program, a bad `working_dir`).
     Spawn(String),
     /// The runtime cannot be reached now (no Docker engine): worth waiting for.
@@ -223,6 +237,10 @@ pub struct Launch {
     pub adopted: bool,
     /// Launched by the restart policy, not by a request.
     pub automatic: bool,
+    /// Whether a check passing within [`CONFIRM_TIME`] of the launch waits
+    /// for the process to stay up that long (the check could be answered by
+    /// another process).
+    pub confirm: bool,
 }
 
 /// What the service task carries out, in order.
@@ -311,6 +329,8 @@ pub enum Wait {
     Restart,
     /// Another service holds the GPU.
     Gpu { holder: String },
+    /// Something else listens on one of its ports.
+    Port { port: u16, holder: String },
     /// The runtime cannot be reached (the Docker engine).
     Runtime { reason: String },
 }
@@ -325,6 +345,24 @@ pub enum Then {
     Recover(Fault),
     /// It was found running while another service held the GPU: `failed`.
     Fail(String),
+}
+
+impl Then {
+    /// Why the daemon stopped the instance, for its `exited` event.
+    fn why(&self) -> String {
+        match self {
+            Then::Converge => "asked to stop".into(),
+            Then::Recover(Fault { error: Some(StartError::HealthTimeout { timeout, .. }), .. }) => {
+                format!("stopped by nanny: no health check passed within health_timeout {timeout} s")
+            }
+            Then::Recover(Fault { error: Some(StartError::StartTimeout { timeout, .. }), .. }) => {
+                format!("stopped by nanny: not up within start_timeout {timeout} s")
+            }
+            Then::Recover(Fault { error: Some(error), .. }) => format!("stopped by nanny: {error}"),
+            Then::Recover(Fault { error: None, .. }) => "stopped by nanny: judged unhealthy".into(),
+            Then::Fail(reason) => format!("stopped by nanny: {reason}"),
+        }
+    }
 }
 
 /// A failure of the instance, as the restart policy sees it.
@@ -349,6 +387,10 @@ pub enum Phase {
         /// Whether the runtime is yet to report the instance up.
         awaits_ready: bool,
         adopted: bool,
+        /// Until when a passing check waits for the process to stay up.
+        confirm_until: Option<Instant>,
+        /// A check passed before `confirm_until`; running once that is over.
+        passed: bool,
     },
     Running {
         since: Instant,
@@ -408,6 +450,8 @@ pub struct Machine {
     pub last_error: Option<String>,
     /// What happens next, in words, while the service converges.
     pub next: Option<String>,
+    /// Whether the last stop needed SIGKILL (the stop signal was ignored).
+    pub stop_killed: bool,
 }
 
 impl Machine {
@@ -425,6 +469,7 @@ impl Machine {
             last_check: None,
             last_error: None,
             next: None,
+            stop_killed: false,
         }
     }
 
@@ -540,7 +585,12 @@ impl Machine {
         match if_current {
             Some(wish) if wish != self.wishes => {
                 // Someone asked something else since: that wish stands.
-                let error = StartError::Interrupted { name: self.spec.name.clone() };
+                let why = match self.goal {
+                    Goal::Running => "another start was asked meanwhile",
+                    Goal::Stopped => "a stop was asked while this start waited",
+                    Goal::Gone => "it is being removed",
+                };
+                let error = StartError::Interrupted { name: self.spec.name.clone(), why: why.into() };
                 return out.push(Action::Answer(Err(Failure { error, next: None })));
             }
             Some(_) => {}
@@ -550,7 +600,11 @@ impl Machine {
         self.history.reset();
         if goal != Goal::Running {
             self.goal = if self.goal == Goal::Gone { Goal::Gone } else { goal };
-            let error = StartError::Interrupted { name: self.spec.name.clone() };
+            let why = match self.goal {
+                Goal::Gone => "it is being removed",
+                _ => "a stop was asked",
+            };
+            let error = StartError::Interrupted { name: self.spec.name.clone(), why: why.into() };
             out.push(Action::Started(Err(Failure { error, next: None })));
             return match &mut self.phase {
                 Phase::Starting { .. } | Phase::Running { .. } | Phase::Unhealthy { .. } => {
@@ -587,14 +641,23 @@ impl Machine {
     }
 
     fn launched(&mut self, launch: Launch, now: Instant, out: &mut Vec<Action>) {
-        let Launch { pid, containers, checks, awaits_ready, adopted, automatic } = launch;
+        let Launch { pid, containers, checks, awaits_ready, adopted, automatic, confirm } = launch;
         // `health_timeout` counts from when the runtime has it up.
         let settle = match (awaits_ready, checks || adopted) {
             (true, _) => self.spec.start_timeout,
             (false, true) => self.spec.health_timeout,
             (false, false) => SETTLE_TIME.min(self.spec.health_timeout),
         };
-        self.phase = Phase::Starting { since: now, deadline: now + settle, checks, awaits_ready, adopted };
+        let confirm_until = (confirm && !adopted).then_some(now + CONFIRM_TIME);
+        self.phase = Phase::Starting {
+            since: now,
+            deadline: now + settle,
+            checks,
+            awaits_ready,
+            adopted,
+            confirm_until,
+            passed: false,
+        };
         self.health_failures = 0;
         self.last_check = None;
         self.next = None;
@@ -608,17 +671,14 @@ impl Machine {
         let name = self.spec.name.clone();
         match refusal {
             Refusal::GpuBusy { holder } => {
-                let wait = self.on_busy == OnBusy::Wait || matches!(self.phase, Phase::Backoff { .. });
-                let error = StartError::GpuBusy { holder: holder.clone() };
-                if wait {
-                    let next = format!("waiting for the GPU ('{holder}' holds it)");
-                    self.wait(Wait::Gpu { holder }, next.clone(), now, out);
-                    out.push(Action::Started(Err(Failure { error, next: Some(next) })));
-                } else {
-                    // Refused: nothing changes but the wish, which did not happen.
-                    self.goal = Goal::Stopped;
-                    out.push(Action::Started(Err(Failure { error, next: None })));
-                }
+                let next = format!("waiting for the GPU ('{holder}' holds it)");
+                self.busy(StartError::GpuBusy { holder: holder.clone() }, Wait::Gpu { holder }, next, now, out);
+            }
+            Refusal::PortBusy { port, holder } => {
+                let next = format!("waiting for port {port} (in use by {holder})");
+                out.push(Action::Log(format!("port {port} is already in use by {holder}")));
+                let error = StartError::PortInUse { name, port, holder: holder.clone() };
+                self.busy(error, Wait::Port { port, holder }, next, now, out);
             }
             Refusal::Unavailable(reason) => {
                 let next = format!("waiting for its runtime ({reason})");
@@ -634,6 +694,21 @@ impl Machine {
         }
     }
 
+    /// Something the start needs is taken (the GPU, a port): a start by hand
+    /// is refused and the caller decides; a restart or a restore waits.
+    fn busy(&mut self, error: StartError, wait: Wait, next: String, now: Instant, out: &mut Vec<Action>) {
+        if self.on_busy == OnBusy::Wait || matches!(self.phase, Phase::Backoff { .. }) {
+            self.wait(wait, next.clone(), now, out);
+            out.push(Action::Started(Err(Failure { error, next: Some(next) })));
+        } else {
+            // Refused: nothing changes but the wish, which did not happen
+            // (and a GPU claimed for the launch is given back).
+            self.goal = Goal::Stopped;
+            out.push(Action::Release);
+            out.push(Action::Started(Err(Failure { error, next: None })));
+        }
+    }
+
     fn wait(&mut self, wait: Wait, next: String, now: Instant, out: &mut Vec<Action>) {
         if !matches!(&self.phase, Phase::Backoff { wait: w, .. } if *w == wait) {
             out.push(Action::Emit(EventKind::Waiting { reason: next.clone() }));
@@ -643,26 +718,35 @@ impl Machine {
     }
 
     fn became_running(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let startup_ms = match self.phase {
-            Phase::Starting { since, adopted: false, .. } => Some(now.duration_since(since).as_secs_f64() * 1000.0),
-            _ => None,
+        let (startup_ms, checked) = match self.phase {
+            Phase::Starting { since, adopted: false, checks, .. } => {
+                (Some(now.duration_since(since).as_secs_f64() * 1000.0), checks)
+            }
+            Phase::Starting { checks, .. } => (None, checks),
+            _ => (None, true),
         };
         self.phase = Phase::Running { since: now };
         self.last_error = None;
         self.next = None;
         out.push(Action::Log("running".into()));
-        out.push(Action::Emit(EventKind::Healthy { startup_ms }));
+        out.push(Action::Emit(EventKind::Healthy { startup_ms, checked }));
         out.push(Action::Started(Ok(())));
     }
 
     fn probed(&mut self, ok: bool, message: String, now: Instant, out: &mut Vec<Action>) {
         match self.phase {
-            Phase::Starting { awaits_ready, .. } => {
+            Phase::Starting { awaits_ready: false, confirm_until, ref mut passed, ref mut deadline, .. } if ok => {
                 self.last_check = Some(message);
-                if ok && !awaits_ready {
-                    self.became_running(now, out);
+                match confirm_until {
+                    // Passed at once: running once it has also stayed up a moment.
+                    Some(until) if now < until => {
+                        *passed = true;
+                        *deadline = (*deadline).min(until);
+                    }
+                    _ => self.became_running(now, out),
                 }
             }
+            Phase::Starting { .. } => self.last_check = Some(message),
             Phase::Running { since } | Phase::Unhealthy { since } if !ok => {
                 self.health_failures += 1;
                 let failures = self.health_failures;
@@ -682,7 +766,7 @@ impl Machine {
                 self.health_failures = 0;
                 self.phase = Phase::Running { since: now };
                 out.push(Action::Log("healthy again".into()));
-                out.push(Action::Emit(EventKind::Healthy { startup_ms: None }));
+                out.push(Action::Emit(EventKind::Healthy { startup_ms: None, checked: true }));
             }
             _ => {}
         }
@@ -696,10 +780,22 @@ impl Machine {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
-        let expected = matches!(self.phase, Phase::Stopping { then: Then::Converge | Then::Fail(_), .. });
+        // An exit the daemon caused (a stop, a health verdict) is expected,
+        // and the event says why it was stopped.
+        let why = match &self.phase {
+            Phase::Stopping { then, killed_at, .. } => {
+                self.stop_killed = killed_at.is_some();
+                let killed = match killed_at {
+                    Some(_) => format!("; killed after stop_timeout {} s", self.spec.stop_timeout.as_secs_f64()),
+                    None => String::new(),
+                };
+                Some(format!("{}{killed}", then.why()))
+            }
+            _ => None,
+        };
         if self.state().has_process() {
             let (code, signal) = (exit.code, exit.signal.map(|s| s.to_string()));
-            out.push(Action::Emit(EventKind::Exited { code, signal, expected }));
+            out.push(Action::Emit(EventKind::Exited { code, signal, expected: why.is_some(), reason: why }));
         }
         match std::mem::replace(&mut self.phase, Phase::Stopped) {
             Phase::Starting { .. } if unavailable => {
@@ -821,9 +917,9 @@ impl Machine {
             return;
         }
         match &mut self.phase {
-            Phase::Starting { checks, awaits_ready, .. } => {
+            Phase::Starting { checks, awaits_ready, passed, .. } => {
                 let (checks, awaits_ready) = (*checks, *awaits_ready);
-                if !checks && !awaits_ready {
+                if *passed || (!checks && !awaits_ready) {
                     return self.became_running(now, out);
                 }
                 let name = self.spec.name.clone();
@@ -988,13 +1084,22 @@ mod tests {
     fn machines(now: Instant) -> Vec<(&'static str, Machine)> {
         let base = Machine { goal: Goal::Running, ..Machine::new(spec(RestartPolicy::OnFailure)) };
         let at = |phase: Phase| Machine { phase, ..base.clone() };
-        let starting =
-            |checks| Phase::Starting { since: now, deadline: now, checks, awaits_ready: false, adopted: false };
+        let starting = |checks, since: Instant| Phase::Starting {
+            since,
+            deadline: now,
+            checks,
+            awaits_ready: false,
+            adopted: false,
+            confirm_until: Some(since + CONFIRM_TIME),
+            passed: false,
+        };
         let stopping = |then| Phase::Stopping { kill_at: now, killed_at: None, stuck: false, then };
         vec![
             ("stopped", Machine { goal: Goal::Stopped, ..base.clone() }),
-            ("starting", at(starting(true))),
-            ("starting/nocheck", at(starting(false))),
+            ("starting", at(starting(true, now - CONFIRM_TIME))),
+            ("starting/nocheck", at(starting(false, now - CONFIRM_TIME))),
+            // Launched just now: a passing check is confirmed a moment later.
+            ("starting/fresh", at(starting(true, now))),
             ("running", at(Phase::Running { since: now })),
             ("unhealthy", at(Phase::Unhealthy { since: now })),
             ("stopping", Machine { goal: Goal::Stopped, ..at(stopping(Then::Converge)) }),
@@ -1027,6 +1132,7 @@ mod tests {
             ("stale-wish", Input::Want { goal: Goal::Running, on_busy: OnBusy::Refuse, if_current: Some(99) }),
             ("launched", Input::Launched(Launch::default())),
             ("gpu-busy", Input::Refused(Refusal::GpuBusy { holder: "h".into() })),
+            ("port-busy", Input::Refused(Refusal::PortBusy { port: 8090, holder: "pid 1".into() })),
             ("spawn-err", Input::Refused(Refusal::Spawn("no such file".into()))),
             ("no-engine", Input::Refused(Refusal::Unavailable("no engine".into()))),
             ("adopt-refused", Input::AdoptRefused { holder: "h".into() }),
@@ -1058,6 +1164,7 @@ mod tests {
                     "err:{}{}",
                     match &f.error {
                         StartError::GpuBusy { .. } => "gpu",
+                        StartError::PortInUse { .. } => "port",
                         StartError::Spawn { .. } => "spawn",
                         StartError::Exited { .. } => "exited",
                         StartError::HealthTimeout { .. } => "timeout",
@@ -1196,6 +1303,7 @@ mod tests {
             awaits_ready: true,
             adopted: false,
             automatic: false,
+            confirm: false,
         };
         let base = Machine { goal: Goal::Running, ..Machine::new(spec(RestartPolicy::Never)) };
         let (up, _) = base.step(Input::Launched(launch), now);
@@ -1216,6 +1324,30 @@ mod tests {
         });
         let expected = "service 'x' was not up within its start_timeout of 900s (still bringing it up)";
         assert_eq!(error.as_deref(), Some(expected), "{actions:?}");
+    }
+
+    #[test]
+    fn a_quick_pass_waits_for_the_process_to_stay_up_only_when_another_could_have_answered() {
+        let now = Instant::now() + T0;
+        let base = Machine { goal: Goal::Running, ..Machine::new(spec(RestartPolicy::Never)) };
+        let launch = |confirm| Input::Launched(Launch { checks: true, confirm, ..Launch::default() });
+        let ok = || Input::Probed { ok: true, message: "ok".into() };
+
+        // Its own port was free at launch: the first pass is enough.
+        let (own, _) = base.clone().step(launch(false), now);
+        assert_eq!(own.step(ok(), now).0.state(), Running);
+
+        // A health command (anyone could answer): running once up for CONFIRM_TIME ...
+        let (any, _) = base.step(launch(true), now);
+        let (passed, actions) = any.step(ok(), now + Duration::from_millis(10));
+        assert_eq!(passed.state(), Starting, "{actions:?}");
+        assert_eq!(passed.deadline(), Some(now + CONFIRM_TIME));
+        assert_eq!(passed.clone().step(Input::Timer, now + CONFIRM_TIME).0.state(), Running);
+        // ... and an exit before that is a failed start.
+        let exit = Input::Exited { exit: ExitInfo { code: Some(1), signal: None }, reason: None, unavailable: false };
+        let (after, actions) = passed.step(exit, now + Duration::from_millis(50));
+        assert_eq!(after.state(), Failed);
+        assert!(actions.iter().any(|a| matches!(a, Action::Started(Err(_)))), "{actions:?}");
     }
 
     #[test]

@@ -8,8 +8,8 @@
 //! from the runtime as they happen; probes run on their own tasks so a hung
 //! endpoint never blocks a stop.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -23,6 +23,7 @@ use crate::lifecycle::{Action, Goal, Input, Launch, Machine, Phase, Refusal, Rem
 use crate::logs::{LogStore, Stream};
 use crate::manifest::Manifest;
 use crate::metrics::Metrics;
+use crate::ports::health_port;
 use crate::runtime::{Ended, ExitInfo, Instance, LaunchError, Launched, Parts, Runtime};
 use crate::store::{Desired, RecordedProcess, Store};
 
@@ -36,7 +37,7 @@ pub const ADOPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// and how far apart.
 const ADOPT_TRIES: usize = 10;
 const ADOPT_RETRY: Duration = Duration::from_millis(300);
-/// How many log lines a failed start carries back to the caller.
+/// How many log lines (of this attempt) a failed start carries back to the caller.
 const FAILURE_LOG_LINES: usize = 20;
 
 #[derive(Debug, Clone, Serialize)]
@@ -73,12 +74,29 @@ pub struct Snapshot {
     /// While `starting`: what the start is doing (`pulling`, `creating`,
     /// `waiting for health`, …).
     pub stage: Option<&'static str>,
+    /// Whether the last stop needed SIGKILL (the stop signal was ignored).
+    pub stop_killed: bool,
 }
 
 impl Snapshot {
-    /// The configuration as it is on disk now.
+    /// The configuration as it is on disk now (what the next start uses).
     pub fn latest_manifest(&self) -> &Arc<Manifest> {
         self.pending.as_ref().unwrap_or(&self.manifest)
+    }
+
+    /// The configuration to show: the running instance's while one runs,
+    /// else the one the next start uses.
+    pub fn shown_manifest(&self) -> &Arc<Manifest> {
+        match self.state.has_process() {
+            true => &self.manifest,
+            false => self.latest_manifest(),
+        }
+    }
+
+    /// A newer manifest that waits for the next start while an instance
+    /// runs with the older one.
+    pub fn pending_change(&self) -> Option<&Arc<Manifest>> {
+        self.pending.as_ref().filter(|_| self.state.has_process())
     }
 }
 
@@ -151,6 +169,7 @@ impl ServiceHandle {
             wishes: 0,
             adopting: true,
             stage: None,
+            stop_killed: false,
         };
         let (status_tx, status) = watch::channel(snapshot.clone());
         let task = Task {
@@ -171,6 +190,7 @@ impl ServiceHandle {
             next_probe: None,
             probe_in_flight: false,
             runtime_stage: None,
+            attempt_at: None,
             outside: None,
             watch: 0,
             finished: false,
@@ -241,7 +261,12 @@ pub struct Shared {
     pub http: reqwest::Client,
     pub store: Store,
     pub metrics: Metrics,
+    pub groups: Groups,
 }
+
+/// Which service leads which process group (native services), to name the
+/// holder of a port another service wants.
+pub type Groups = Arc<Mutex<HashMap<u32, String>>>;
 
 /// An answer to send once the turn's snapshot is published.
 enum Answer {
@@ -272,6 +297,9 @@ struct Task {
     probe_in_flight: bool,
     /// What the runtime last said it is doing while it brings the instance up.
     runtime_stage: Option<&'static str>,
+    /// When the current instance was launched (not adopted): a failed start
+    /// carries only the log lines written since.
+    attempt_at: Option<jiff::Timestamp>,
     /// While at rest: the watch for a start outside the daemon, and its number.
     outside: Option<tokio::task::AbortHandle>,
     watch: u64,
@@ -430,10 +458,24 @@ impl Task {
             return Input::Refused(Refusal::GpuBusy { holder: held.holder });
         }
         let placement = manifest.gpu_required.then(|| self.shared.arbiter.placement());
+        self.attempt_at = Some(jiff::Timestamp::now());
         match self.shared.runtime.launch(&manifest, placement.as_ref(), self.logs.clone()) {
             Ok(launched) => Input::Launched(Launch { automatic, ..self.begin_instance(launched) }),
             Err(LaunchError::Spawn(message)) => Input::Refused(Refusal::Spawn(message)),
             Err(LaunchError::Unavailable(reason)) => Input::Refused(Refusal::Unavailable(reason)),
+            Err(LaunchError::PortInUse { port, pid, pgid }) => {
+                Input::Refused(Refusal::PortBusy { port, holder: self.port_holder(pid, pgid) })
+            }
+        }
+    }
+
+    /// `pid 4242 (service 'alpha')`: who holds a port, as far as we can see.
+    fn port_holder(&self, pid: Option<u32>, pgid: Option<u32>) -> String {
+        let groups = self.shared.groups.lock().unwrap_or_else(|p| p.into_inner());
+        match (pid, pgid.and_then(|g| groups.get(&g))) {
+            (Some(pid), Some(service)) => format!("pid {pid} (service '{service}')"),
+            (Some(pid), None) => format!("pid {pid}"),
+            (None, _) => "a process nanny cannot see (pid unknown)".into(),
         }
     }
 
@@ -441,6 +483,7 @@ impl Task {
     /// needs one, else held unclaimed so the machine can stop it.
     fn adopt(&mut self) -> Option<Input> {
         let launched = self.found.take()?;
+        self.attempt_at = None;
         let manifest = self.snap.manifest.clone();
         let claimed = match manifest.gpu_required {
             true => self.shared.arbiter.claim(&manifest.name),
@@ -494,6 +537,9 @@ impl Task {
             self.shared.store.record_process(RecordedProcess { service: self.snap.manifest.name.clone(), group });
         }
         let parts = instance.parts();
+        if let Some(pid) = parts.pid {
+            self.shared.groups.lock().unwrap_or_else(|p| p.into_inner()).insert(pid, self.snap.manifest.name.clone());
+        }
         self.instance = Some(instance);
         let now = Instant::now();
         let started = launched.started_at.unwrap_or_else(jiff::Timestamp::now);
@@ -501,6 +547,10 @@ impl Task {
         self.snap.pid = parts.pid;
         self.snap.containers = parts.containers.clone();
         self.snap.started_at = Some((now.checked_sub(age).unwrap_or(now), started));
+        // A native launch found the health endpoint's local port free, so
+        // only this process can answer there: no need to confirm a quick pass.
+        let m = &self.snap.manifest;
+        let own_port = matches!(m.runtime, crate::manifest::Runtime::Native { .. }) && health_port(m).is_some();
         Launch {
             pid: parts.pid,
             containers: parts.containers,
@@ -508,6 +558,7 @@ impl Task {
             awaits_ready,
             adopted: false,
             automatic: false,
+            confirm: !own_port,
         }
     }
 
@@ -522,7 +573,9 @@ impl Task {
         self.logs.push(Stream::Nanny, &format!("{what} {exit}"));
         self.snap.last_exit = Some(ExitRecord { exit, at: jiff::Timestamp::now() });
         self.snap.started_at = None;
-        self.snap.pid = None;
+        if let Some(pid) = self.snap.pid.take() {
+            self.shared.groups.lock().unwrap_or_else(|p| p.into_inner()).remove(&pid);
+        }
         self.snap.containers.clear();
         self.turn(Input::Exited { exit, reason, unavailable });
     }
@@ -605,6 +658,7 @@ impl Task {
         };
         self.snap.next = m.next.clone();
         self.snap.wishes = m.wishes;
+        self.snap.stop_killed = m.stop_killed;
         self.status.send_replace(self.snap.clone());
         for answer in self.answers.drain(..) {
             match answer {
@@ -691,8 +745,11 @@ impl Task {
         });
     }
 
+    /// The last lines of the current attempt (an older attempt's lines
+    /// would explain nothing about this one).
     fn recent_logs(&self) -> Vec<String> {
-        self.logs.tail(FAILURE_LOG_LINES).iter().map(|l| l.render()).collect()
+        let lines = self.logs.tail(FAILURE_LOG_LINES);
+        lines.iter().filter(|l| self.attempt_at.is_none_or(|at| l.ts >= at)).map(|l| l.render()).collect()
     }
 }
 
@@ -839,6 +896,7 @@ mod tests {
             http: crate::health::client(),
             store: Store::open(state.path()).unwrap(),
             metrics: Metrics::default(),
+            groups: Groups::default(),
         };
         let logs = Arc::new(LogStore::new(state.path().join("x.log")));
         let service = ServiceHandle::spawn(Arc::new(manifest), shared, logs);

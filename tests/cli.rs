@@ -176,6 +176,16 @@ fn new_scaffolds_a_valid_service() {
     let out = cli(None, &["validate", dir.to_str().unwrap()]);
     assert_eq!(out.code, 0, "scaffolded service validates: {out}");
 
+    // A second service gets a port the first one does not use.
+    let out = cli(None, &["new", "other-thing", "--dir", dir.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out}");
+    let port_of = |name: &str| {
+        let yaml = fs::read_to_string(dir.join(name).join("service.yaml")).unwrap();
+        yaml.lines().find_map(|l| l.strip_prefix("port: ").map(str::to_string)).expect("a port line")
+    };
+    assert_ne!(port_of("my-thing"), port_of("other-thing"));
+    fs::remove_dir_all(dir.join("other-thing")).unwrap();
+
     // Never overwrite an existing service.
     fs::write(dir.join("my-thing/server.py"), "# mine\n").unwrap();
     let out = cli(None, &["new", "my-thing", "--dir", dir.to_str().unwrap()]);
@@ -203,11 +213,12 @@ async fn scaffolded_service_runs() {
     let ws = Workspace::new();
     let out = cli(None, &["new", "fresh", "--dir", ws.services().to_str().unwrap()]);
     assert_eq!(out.code, 0, "{out}");
-    // Move it off the template's fixed port so parallel tests cannot collide.
-    let port = free_port();
+    // Move it off the port `new` chose (free then) so parallel tests cannot collide.
     let p = ws.services().join("fresh/service.yaml");
-    let yaml = fs::read_to_string(&p).unwrap().replace("8090", &port.to_string());
-    fs::write(&p, yaml).unwrap();
+    let yaml = fs::read_to_string(&p).unwrap();
+    let chosen = yaml.lines().find_map(|l| l.strip_prefix("port: ")).expect("a port line").to_string();
+    let port = free_port();
+    fs::write(&p, yaml.replace(&chosen, &port.to_string())).unwrap();
 
     let d = Daemon::start(&ws.services());
     d.start_ok("fresh").await;

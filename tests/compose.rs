@@ -191,7 +191,8 @@ async fn start_status_logs_and_stop_through_the_api() {
     // ---- stop: containers stopped, kept ----
     let after = d.last_event_id().await;
     let v = d.stop_ok("web").await;
-    assert_eq!(v["message"], "Service 'web' stopped successfully", "{v}");
+    // busybox httpd is PID 1 and ignores SIGTERM: the answer may say it was killed.
+    assert!(v["message"].as_str().unwrap().starts_with("Service 'web' stopped"), "{v}");
     let stopped = docker::inspect(&c.id).unwrap_or_else(|| panic!("stop must keep the container ({})", c.name));
     assert!(!stopped.running, "container after stop: {stopped:?}");
     assert_eq!(stopped.status, "exited", "{stopped:?}");

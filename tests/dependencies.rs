@@ -139,7 +139,8 @@ async fn a_dependency_cycle_makes_every_member_invalid() {
     assert!(err.contains("depends_on") && err.contains("'a'"), "a dependent of a cycle member is unusable: {err}");
 
     let (code, v) = dmn.start_svc("a").await;
-    assert_eq!(code, 404, "{v}");
+    assert_eq!(code, 422, "its manifest is invalid: {v}");
+    assert!(v["errors"][0].as_str().unwrap().contains("dependency cycle"), "{v}");
     let inv_events = dmn.all_events().await;
     let inv_events = of_kind(&inv_events, None, "invalid");
     assert!(
@@ -177,7 +178,7 @@ async fn an_unknown_dependency_makes_the_manifest_invalid() {
     let err = first_error(invalid_entry(&list, "/y/service.yaml"));
     assert!(err.contains("/y/service.yaml") && err.contains("'x'"), "y depends on an invalid service: {err}");
     let (code, v) = d.start_svc("y").await;
-    assert_eq!(code, 404, "{v}");
+    assert_eq!(code, 422, "its manifest is invalid: {v}");
 
     // Once the dependency exists, both become services.
     Svc::new("ghost").write(&ws.services());

@@ -102,8 +102,11 @@ async fn valid_and_invalid_manifests_are_reported_with_location() {
     assert_eq!(full["health_interval"].as_f64(), Some(10.0), "{full}");
     assert_eq!(full["tags"], serde_json::json!(["image-generation", "test"]));
 
-    // Invalid or skipped services are not addressable.
-    for name in ["typo", "my-service", "hidden", "empty-dir"] {
+    // Invalid services say so; skipped ones are not addressable.
+    let (code, v) = d.get("/services/typo").await;
+    assert_eq!(code, 422, "{v}");
+    assert!(v["errors"][0].as_str().unwrap().contains("gpu_requird"), "{v}");
+    for name in ["my-service", "hidden", "empty-dir"] {
         let (code, v) = d.get(&format!("/services/{name}")).await;
         assert_eq!(code, 404, "{name}: {v}");
         assert!(v["detail"].is_string(), "{v}");
@@ -128,8 +131,8 @@ async fn duplicate_names_are_both_invalid_and_others_survive() {
             "error should name the duplicate (name and other manifest): {t}"
         );
     }
-    let (code, _) = d.get("/services/twin").await;
-    assert_eq!(code, 404);
+    let (code, v) = d.get("/services/twin").await;
+    assert_eq!(code, 422, "a duplicate name is an invalid manifest: {v}");
     // The valid one still works.
     d.start_ok("solo").await;
     d.stop_ok("solo").await;

@@ -53,7 +53,9 @@ async fn an_unhealthy_service_is_restarted() {
         "unhealthy -> stopped -> restarted: {}",
         render(&evs)
     );
-    assert_eq!(evs[2]["expected"], false, "{}", render(&evs));
+    // Nanny stopped it: expected, and the event says why.
+    assert_eq!(evs[2]["expected"], true, "{}", render(&evs));
+    assert!(evs[2]["message"].as_str().unwrap().contains("stopped by nanny: judged unhealthy"), "{}", render(&evs));
     assert_eq!(evs[3]["attempt"], 1, "{}", render(&evs));
     assert_eq!(evs[4]["automatic"], true, "{}", render(&evs));
     assert!(evs[5]["startup_ms"].is_number(), "{}", render(&evs));

@@ -31,6 +31,9 @@ impl From<Error> for ApiError {
         let detail = e.to_string();
         match &e {
             Error::NotFound(_) | Error::NoSuchHook { .. } => ApiError::new(StatusCode::NOT_FOUND, detail),
+            Error::InvalidManifest { path, errors, .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, detail)
+                .with("path", path.as_str())
+                .with("errors", errors.clone()),
             Error::Dependency { source, .. } => {
                 // The dependency's own failure decides the status and extras.
                 let mut err = ApiError::from((**source).clone());
@@ -44,7 +47,9 @@ impl From<Error> for ApiError {
             }
             Error::Service { error, next } => {
                 let status = match error {
-                    StartError::GpuBusy { .. } | StartError::Interrupted { .. } => StatusCode::CONFLICT,
+                    StartError::GpuBusy { .. } | StartError::PortInUse { .. } | StartError::Interrupted { .. } => {
+                        StatusCode::CONFLICT
+                    }
                     StartError::HealthTimeout { .. } | StartError::StartTimeout { .. } | StartError::Stuck { .. } => {
                         StatusCode::GATEWAY_TIMEOUT
                     }
@@ -54,6 +59,9 @@ impl From<Error> for ApiError {
                 let mut err = ApiError::new(status, detail);
                 if let StartError::GpuBusy { holder } = error {
                     err = err.with("gpu_service_running", holder.as_str());
+                }
+                if let StartError::PortInUse { port, holder, .. } = error {
+                    err = err.with("port", *port).with("port_holder", holder.as_str());
                 }
                 if let StartError::Exited { exit, .. } = error {
                     err = err.with("exit", serde_json::to_value(exit).unwrap_or_default());

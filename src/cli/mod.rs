@@ -2,7 +2,8 @@
 //! work offline; everything else is a client of the daemon's HTTP API.
 //!
 //! Exit codes: 0 success, 1 the operation failed, 2 usage error, 3 daemon
-//! unreachable, 4 unknown service, 5 conflict (GPU busy).
+//! unreachable, 4 unknown service, 5 conflict (GPU busy, port in use), 6 the
+//! service's manifest is invalid.
 
 mod control;
 mod new;
@@ -135,6 +136,7 @@ impl From<ClientError> for Failure {
             ClientError::Unreachable { .. } => 3,
             ClientError::Api { status: 404, .. } => 4,
             ClientError::Api { status: 409, .. } => 5,
+            ClientError::Api { status: 422, body, .. } if body["errors"].is_array() => 6,
             _ => 1,
         };
         let mut message = format!("error: {e}");

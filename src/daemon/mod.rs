@@ -110,6 +110,7 @@ impl Daemon {
             http: crate::health::client(),
             store: store.clone(),
             metrics: metrics.clone(),
+            groups: Default::default(),
         };
         let registry =
             Registry::start(config.services_dir.clone(), config.paths, config.state_dir.join("logs"), shared).await;
@@ -163,8 +164,25 @@ impl Daemon {
         rx.await.unwrap_or(Err(Error::ShuttingDown))
     }
 
+    /// The service called `name`; when there is none, whether an invalid
+    /// manifest is meant to be it (by its directory, or its `name:` line).
     pub fn service(&self, name: &str) -> Result<ServiceHandle, Error> {
-        self.registry.snapshot().services.get(name).cloned().ok_or_else(|| Error::NotFound(name.to_string()))
+        let registry = self.registry.snapshot();
+        if let Some(service) = registry.services.get(name) {
+            return Ok(service.clone());
+        }
+        let invalid = registry.invalid.iter().find(|i| {
+            let dir = i.path.parent().and_then(|d| d.file_name()).and_then(|d| d.to_str());
+            dir == Some(name) || written_name(&i.path).as_deref() == Some(name)
+        });
+        Err(match invalid {
+            Some(i) => Error::InvalidManifest {
+                name: name.to_string(),
+                path: i.path.display().to_string(),
+                errors: i.errors.clone(),
+            },
+            None => Error::NotFound(name.to_string()),
+        })
     }
 
     /// Stop every service, dependents before their dependencies, and end
@@ -180,6 +198,14 @@ impl Daemon {
         self.registry.shutdown().await;
         self.store.flush().await;
     }
+}
+
+/// The `name:` a manifest that does not parse may still say it has.
+fn written_name(path: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let value = text.lines().find_map(|line| line.strip_prefix("name:"))?;
+    let value = value.split(" #").next()?.trim().trim_matches(['"', '\'']);
+    Some(value.to_string())
 }
 
 fn send<T>(reply: Reply<T>, result: Result<T, Error>) {

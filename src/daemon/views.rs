@@ -30,12 +30,15 @@ pub struct ServiceSummary {
     pub cpu_percent: Option<f64>,
     /// Resident memory (process group, or containers), where measured.
     pub memory_bytes: Option<u64>,
+    /// The manifest changed on disk; the fields above are the running
+    /// instance's until it is restarted.
+    pub pending_change: bool,
 }
 
 impl ServiceSummary {
     pub fn of(snap: &Snapshot, usage: Option<Usage>) -> Self {
         let usage = usage.filter(|_| snap.state.has_process());
-        let m = snap.latest_manifest();
+        let m = snap.shown_manifest();
         ServiceSummary {
             name: m.name.clone(),
             description: m.description.clone(),
@@ -50,6 +53,7 @@ impl ServiceSummary {
             last_http_code: snap.last_health.as_ref().filter(|_| snap.state.has_process()).and_then(|h| h.http_code),
             cpu_percent: usage.and_then(|u| u.cpu_percent),
             memory_bytes: usage.map(|u| u.memory_bytes),
+            pending_change: snap.pending_change().is_some(),
             runtime: match m.runtime {
                 crate::manifest::Runtime::Native { .. } => "native",
                 crate::manifest::Runtime::Compose { .. } => "compose",
@@ -118,20 +122,48 @@ impl StatusView {
             consecutive_health_failures: snap.consecutive_failures,
             last_error: snap.last_error.clone(),
             next: snap.next.clone(),
-            restart_pending: snap.pending.is_some(),
+            restart_pending: snap.pending_change().is_some(),
             cpu_percent: usage.and_then(|u| u.cpu_percent),
             memory_bytes: usage.map(|u| u.memory_bytes),
         }
     }
 }
 
-/// `GET /services/{name}`: the full configuration and the status.
+/// `GET /services/{name}`: the full configuration (the running instance's)
+/// and the status.
 #[derive(Debug, Clone, Serialize)]
 pub struct ServiceDetail {
     #[serde(flatten)]
     pub config: Manifest,
     pub status: State,
     pub state: StatusView,
+    /// The manifest changed on disk while an instance runs: each field that
+    /// differs, `{"old": …, "new": …}`, applied at the next start.
+    pub pending: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl ServiceDetail {
+    pub fn of(snap: &Snapshot, usage: Option<Usage>) -> Self {
+        let pending = snap.pending_change().map(|new| {
+            let (old, new) = (serde_json::to_value(&*snap.manifest), serde_json::to_value(&**new));
+            let (Ok(serde_json::Value::Object(old)), Ok(serde_json::Value::Object(new))) = (old, new) else {
+                return serde_json::Map::new();
+            };
+            new.into_iter()
+                .filter(|(field, value)| old.get(field) != Some(value))
+                .map(|(field, value)| {
+                    let was = old.get(&field).cloned().unwrap_or_default();
+                    (field, serde_json::json!({ "old": was, "new": value }))
+                })
+                .collect()
+        });
+        ServiceDetail {
+            config: (**snap.shown_manifest()).clone(),
+            status: snap.state,
+            state: StatusView::of(snap, usage),
+            pending,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -141,6 +173,10 @@ pub struct StartOutcome {
     pub health_endpoint: Option<String>,
     /// False when the service was already running.
     pub started: bool,
+    /// The process (a native service), once it runs.
+    pub pid: Option<u32>,
+    /// Dependencies that were not running and were started first.
+    pub also_started: Vec<String>,
     /// GPU services stopped to make room (`force`).
     pub preempted: Vec<String>,
 }

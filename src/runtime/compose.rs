@@ -485,8 +485,9 @@ impl Inner {
             Ok(list) => list,
             Err(e) => return (false, None, e),
         };
-        let mut healthchecked = 0;
+        let (mut healthchecked, mut running) = (0, 0);
         for c in containers.iter().filter(|c| !c.finished(one_shot)) {
+            running += 1;
             if !c.running {
                 return (false, None, format!("container {} is not running", c.name));
             }
@@ -499,7 +500,13 @@ impl Inner {
                 _ => {}
             }
         }
-        (true, None, format!("{} container(s) running, {healthchecked} reporting healthy", containers.len()))
+        // A container without a HEALTHCHECK counts as healthy while it runs.
+        let message = match healthchecked {
+            0 => format!("{running} container(s) running (no HEALTHCHECK: running counts as healthy)"),
+            n if n == running => format!("{running} container(s) running and healthy"),
+            n => format!("{running} container(s) running, {n} healthy by their HEALTHCHECK, the rest without one"),
+        };
+        (true, None, message)
     }
 
     /// Own one start of a project until it has ended.

@@ -135,6 +135,10 @@ pub enum LaunchError {
     /// tool): worth waiting for.
     #[error("{0}")]
     Unavailable(String),
+    /// Something already listens on one of its ports: the process (and its
+    /// group) when this user can see it.
+    #[error("port {port} is already in use")]
+    PortInUse { port: u16, pid: Option<u32>, pgid: Option<u32> },
 }
 
 impl From<String> for LaunchError {

@@ -33,6 +33,12 @@ impl Native {
             return Err(format!("service '{}' is not a native service", manifest.name).into());
         };
         let (program, args) = command.split_first().ok_or("empty command")?;
+        for port in crate::ports::of_manifest(manifest) {
+            if let Some(held) = crate::ports::listener(port) {
+                let pgid = held.pid.and_then(proc_stat).map(|s| s.pgrp);
+                return Err(LaunchError::PortInUse { port, pid: held.pid, pgid });
+            }
+        }
         let mut vars = BTreeMap::new();
         if let Some(gpu) = gpu {
             vars.extend(gpu.devices.native_env().into_iter().map(|(k, v)| (k.to_string(), v)));

@@ -1,5 +1,5 @@
 //! `POST /services/{name}/restart`, `nanny restart`: stop, then start
-//! (with the manifest as it is on disk now).
+//! (with the manifest as it is on disk now); the answer names the new pid.
 
 use crate::daemon::Daemon;
 use crate::daemon::views::StartOutcome;
@@ -7,5 +7,7 @@ use crate::error::Error;
 
 pub async fn run(d: &Daemon, name: &str, force: bool) -> Result<StartOutcome, Error> {
     d.service(name)?.stop().await?;
-    super::start::run(d, name, force).await
+    let outcome = super::start::run(d, name, force).await?;
+    let pid = outcome.pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default();
+    Ok(StartOutcome { message: format!("Service '{name}' restarted{pid}"), ..outcome })
 }

@@ -1,7 +1,8 @@
 //! `POST /services/{name}/start`, `nanny start [--force]`: starts the
 //! service's stopped dependencies first (waiting for each one's condition),
 //! then the service, and returns once it is running (healthy) or its start
-//! failed. With `force`, the GPU holder is stopped gracefully first (never a
+//! failed. The answer says whether it was already running, which
+//! dependencies it started (`also_started`) and the new process's pid. With `force`, the GPU holder is stopped gracefully first (never a
 //! `pinned` one). Also the daemon's own start-up restore.
 //!
 //! A start only says what it wants: each service's task converges on its
@@ -33,54 +34,81 @@ pub async fn run(d: &Daemon, name: &str, force: bool) -> Result<StartOutcome, Er
 async fn start(d: &Daemon, name: &str, force: bool, on_busy: OnBusy) -> Result<StartOutcome, Error> {
     let service = d.service(name)?;
     let was_running = matches!(service.snapshot().state, State::Running | State::Unhealthy);
-    let preempted = start_with_dependencies(d.clone(), name.to_string(), force, on_busy).await?;
+    let done = start_with_dependencies(d.clone(), name.to_string(), force, on_busy).await?;
     // The wish is written before the answer, so no answer is lost to a crash.
     d.store.flush().await;
     let snap = service.snapshot();
+    let message = match (was_running, &snap.last_health) {
+        (true, _) => format!("Service '{name}' is already running"),
+        (false, Some(_)) => format!("Service '{name}' started successfully"),
+        // No check (the manifest's or the runtime's) ever ran: it stayed up.
+        (false, None) => {
+            let up = snap.started_at.map(|(since, _)| since.elapsed().as_secs_f64().round()).unwrap_or_default();
+            format!("Service '{name}' started: running (no health check; up for {up} s)")
+        }
+    };
     Ok(StartOutcome {
-        message: format!("Service '{name}' started successfully"),
+        message,
         status: snap.state,
         health_endpoint: snap.manifest.health_endpoint_string(),
         started: !was_running,
-        preempted,
+        pid: snap.pid,
+        also_started: done.also_started,
+        preempted: done.preempted,
     })
 }
 
-type Started = Pin<Box<dyn Future<Output = Result<Vec<String>, Error>> + Send>>;
+/// What a start did besides starting the service asked for.
+#[derive(Default)]
+struct Done {
+    /// GPU services stopped to make room (`force`).
+    preempted: Vec<String>,
+    /// Dependencies that were not up and were started.
+    also_started: Vec<String>,
+}
 
-/// Start `name` after its dependencies; returns the GPU services preempted.
+type Started = Pin<Box<dyn Future<Output = Result<Done, Error>> + Send>>;
+
+/// Start `name` after its dependencies.
 fn start_with_dependencies(d: Daemon, name: String, force: bool, on_busy: OnBusy) -> Started {
     Box::pin(async move {
         let service = d.service(&name)?;
         let wish = service.snapshot().wishes;
         let manifest = service.snapshot().latest_manifest().clone();
-        let mut preempted = Vec::new();
+        let mut done = Done::default();
         for dep in &manifest.depends_on {
             let dep_service = d.service(&dep.name)?;
+            let was_up = dep_service.snapshot().state.has_process();
             let condition = deps::condition(dep_service.snapshot().latest_manifest(), dep.condition);
             let starting = start_with_dependencies(d.clone(), dep.name.clone(), force, on_busy);
             let result = match condition {
                 DependencyCondition::Healthy => starting.await,
                 DependencyCondition::Started => until_started(&dep_service, starting).await,
             };
-            preempted.extend(result.map_err(|e| Error::Dependency {
+            let dep_done = result.map_err(|e| Error::Dependency {
                 service: name.clone(),
                 dependency: dep.name.clone(),
                 source: Box::new(e),
-            })?);
+            })?;
+            done.preempted.extend(dep_done.preempted);
+            for started in dep_done.also_started.into_iter().chain((!was_up).then(|| dep.name.clone())) {
+                if !done.also_started.contains(&started) {
+                    done.also_started.push(started);
+                }
+            }
         }
-        preempted.extend(start_one(&d, &service, &name, force, on_busy, wish).await?);
-        Ok(preempted)
+        done.preempted.extend(start_one(&d, &service, &name, force, on_busy, wish).await?);
+        Ok(done)
     })
 }
 
 /// Drive `starting` until the dependency's process is up (or it failed);
 /// the rest of its start goes on in the background.
-async fn until_started(dep: &ServiceHandle, starting: Started) -> Result<Vec<String>, Error> {
+async fn until_started(dep: &ServiceHandle, starting: Started) -> Result<Done, Error> {
     let mut watch = dep.watch();
     let task = tokio::spawn(starting);
     tokio::select! {
-        _ = watch.wait_for(|s| matches!(s.state, State::Starting | State::Running | State::Unhealthy)) => Ok(Vec::new()),
+        _ = watch.wait_for(|s| matches!(s.state, State::Starting | State::Running | State::Unhealthy)) => Ok(Done::default()),
         result = task => result.unwrap_or(Err(Error::ShuttingDown)),
     }
 }
@@ -111,6 +139,11 @@ async fn start_one(
                 super::stop::stop_with_dependents(d, &holder).await?;
                 d.store.emit(Some(&holder), EventKind::GpuPreempted { by: name.to_string() });
                 preempted.push(holder);
+            }
+            // A forced start that lost the race says what it was doing.
+            Err(Failure { error: StartError::Interrupted { name, why }, next }) if !preempted.is_empty() => {
+                let why = format!("{why} (while it stopped '{}' to free the GPU)", preempted.join("', '"));
+                return Err(Failure { error: StartError::Interrupted { name, why }, next }.into());
             }
             Err(failure) => return Err(failure.into()),
         }
