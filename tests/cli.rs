@@ -345,6 +345,27 @@ async fn several_services_at_once_one_line_each() {
     let time = &first[4..28];
     assert!(time.ends_with('Z') && time.as_bytes()[19] == b'.', "UTC to the millisecond: {first}");
 
+    // -f with several: each stream's lines as they come, prefixed.
+    let mut follow = std::process::Command::new(NANNY)
+        .args(["logs", "-f", "-n", "5", "a", "b"])
+        .env("NANNY_URL", &url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn nanny logs -f");
+    let mut seen = std::collections::BTreeSet::new();
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(follow.stdout.take().unwrap()));
+    for line in lines.map_while(Result::ok) {
+        seen.extend(line.split_once(" | ").map(|(name, _)| name.to_string()));
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["a", "b"]);
+
     let out = cli_async(&url, &["stop", "all", "--json"]).await;
     assert_eq!(out.code, 0, "{out}");
     let results = out.json()["results"].as_array().unwrap().clone();
@@ -426,4 +447,32 @@ fn validate_runs_the_compose_tools_own_check() {
     assert_eq!(out.code, 1, "{out}");
     assert!(out.stdout.contains("INVALID  ") && out.stdout.contains("web/service.yaml"), "{out}");
     assert!(out.stdout.contains("docker-compose.yml: ") && out.stdout.contains("imagee"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_leaves_the_start_to_the_daemon() {
+    use std::io::{BufRead, BufReader};
+    let ws = Workspace::new();
+    ws.add(Svc::new("slow").args(["--health-after", "2"]));
+    let d = Daemon::start(&ws.services());
+    let mut start = std::process::Command::new(NANNY)
+        .args(["start", "slow"])
+        .env("NANNY_URL", &d.url)
+        .env_remove("NANNY_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn nanny start");
+    let mut stderr = BufReader::new(start.stderr.take().unwrap());
+    let mut line = String::new();
+    // The progress line says the start is under way, and the handler is installed.
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.starts_with("slow: waiting for "), "{line}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(start.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert_eq!(start.wait().unwrap().code(), Some(130), "{rest}");
+    assert!(rest.contains("slow: interrupted; the start goes on in the daemon"), "{rest}");
+    d.wait_state("slow", "running", std::time::Duration::from_secs(10)).await;
 }

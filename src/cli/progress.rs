@@ -92,3 +92,42 @@ pub fn describe(status: &Status, config: &Config, elapsed: Option<Duration>) -> 
         (state, _) => format!("{}{}", state.as_str(), running_for()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn at(state: &str, stage: Option<&str>) -> Status {
+        serde_json::from_value(json!({ "name": "a", "status": state, "stage": stage, "next": "restarting in 2.0 s" }))
+            .unwrap()
+    }
+
+    #[test]
+    fn each_stage_in_words_with_its_bound() {
+        let config: Config = serde_json::from_value(json!({
+            "health_endpoint": "http://127.0.0.1:8090/health", "health_timeout": 30.0, "start_timeout": 900.0,
+            "stop_signal": "SIGTERM", "stop_timeout": 10.0
+        }))
+        .unwrap();
+        let s = |secs| Some(Duration::from_secs(secs));
+        let cases = [
+            (
+                at("starting", Some("waiting for health")),
+                s(12),
+                "waiting for http://127.0.0.1:8090/health (12 s of 30 s)",
+            ),
+            (at("starting", Some("waiting for health")), None, "waiting for http://127.0.0.1:8090/health (up to 30 s)"),
+            (at("starting", Some("pulling")), s(40), "pulling (40 s of 900 s)"),
+            (at("starting", Some("confirming it stays up")), s(1), "confirming it stays up (1 s)"),
+            (at("stopping", None), s(3), "stopping: SIGTERM sent (3 s of 10 s)"),
+            (at("stopping", None), s(12), "stopping: SIGKILL sent after 10 s (12 s)"),
+            (at("backoff", None), s(1), "backoff: restarting in 2.0 s"),
+            (at("stopped", None), None, "stopped"),
+        ];
+        for (status, elapsed, text) in cases {
+            assert_eq!(describe(&status, &config, elapsed), text);
+        }
+    }
+}
