@@ -1,14 +1,15 @@
-//! The CLI's HTTP client of the daemon's API.
+//! The CLI's HTTP client of the daemon's API. Its errors are in words: a
+//! transport failure says what happened ("connection refused"), an API
+//! error carries the daemon's `detail` and its whole body.
 
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error(
-        "cannot reach the nanny daemon at {url}: {cause}\n(is `nanny serve` running? set --url or NANNY_URL to point elsewhere)"
-    )]
+    #[error("cannot connect to the daemon at {url}: {cause}. Is `nanny serve` running? Set --url or NANNY_URL.")]
     Unreachable { url: String, cause: String },
     #[error("{detail}")]
     Api { status: u16, detail: String, body: Value },
@@ -19,7 +20,7 @@ pub enum ClientError {
 pub struct Client {
     base: String,
     http: reqwest::Client,
-    /// Sent as `Authorization: Bearer` when the daemon wants one.
+    /// `NANNY_TOKEN` (or `NANNY_TOKEN_FILE`'s), sent as `Authorization: Bearer`.
     token: Option<String>,
 }
 
@@ -55,7 +56,7 @@ impl Client {
         self.send(request).await
     }
 
-    /// A streaming GET (log follow): the response, once its status is OK.
+    /// A streaming GET (log follow, event stream): the response, once its status is OK.
     pub async fn stream(&self, path: &str) -> Result<reqwest::Response, ClientError> {
         let response = self.request(reqwest::Method::GET, path).send().await.map_err(|e| self.unreachable(&e))?;
         if response.status().is_success() {
@@ -79,9 +80,14 @@ impl Client {
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
         let response = request.send().await.map_err(|e| self.unreachable(&e))?;
         let status = response.status();
-        let body: Value = response.json().await.map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let body: Value = response.json().await.map_err(|e| ClientError::Protocol(crate::health::error_chain(&e)))?;
         if status.is_success() { Ok(body) } else { Err(api_error(status.as_u16(), body)) }
     }
+}
+
+/// An answer read as the type the CLI expects of it.
+pub fn typed<T: DeserializeOwned>(answer: Value) -> Result<T, ClientError> {
+    serde_json::from_value(answer).map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
 fn api_error(status: u16, body: Value) -> ClientError {

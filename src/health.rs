@@ -73,7 +73,7 @@ impl Probe {
             },
             Probe::Tcp { host, port } => match TcpStream::connect((host.as_str(), *port)).await {
                 Ok(_) => (true, None, format!("connected to {host}:{port}")),
-                Err(e) => (false, None, format!("cannot connect to {host}:{port}: {e}")),
+                Err(e) => (false, None, format!("cannot connect to {host}:{port}: {}", io_words(&e))),
             },
             Probe::Command { argv, working_dir } => {
                 let Some((program, args)) = argv.split_first() else {
@@ -103,15 +103,57 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().expect("a client without TLS always builds")
 }
 
-/// `e` and its sources, so "connection refused" is not hidden behind
-/// "error sending request".
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
+/// What went wrong, in words: the innermost I/O cause ("connection
+/// refused", "timed out") rather than the HTTP library's chain of wrappers.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut innermost = e;
     let mut source = e.source();
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return io_words(io);
+        }
+        innermost = s;
         source = s.source();
     }
-    text
+    if let Some(re) = e.downcast_ref::<reqwest::Error>()
+        && re.is_timeout()
+    {
+        return "timed out".into();
+    }
+    innermost.to_string()
+}
+
+/// An I/O error as people say it: `connection refused`, without `(os error 111)`.
+fn io_words(e: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectionRefused => "connection refused".into(),
+        ConnectionReset => "connection reset".into(),
+        ConnectionAborted => "connection aborted".into(),
+        TimedOut => "timed out".into(),
+        AddrNotAvailable => "address not available".into(),
+        _ => {
+            let text = e.to_string();
+            match text.find(" (os error") {
+                Some(at) => text[..at].to_string(),
+                None => text,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refused_probe_says_connection_refused() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let http = Probe::Http(format!("http://127.0.0.1:{port}/health"));
+        let (ok, code, message) = http.check(&client(), Duration::from_secs(2)).await;
+        assert_eq!((ok, code, message.as_str()), (false, None, "connection refused"));
+        let tcp = Probe::Tcp { host: "127.0.0.1".into(), port };
+        let (_, _, message) = tcp.check(&client(), Duration::from_secs(2)).await;
+        assert_eq!(message, format!("cannot connect to 127.0.0.1:{port}: connection refused"));
+    }
 }

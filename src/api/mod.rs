@@ -275,6 +275,8 @@ struct EventsQuery {
     since: Option<String>,
     service: Option<String>,
     limit: Option<String>,
+    /// `GET /events` only: the oldest `limit` after `since` instead of the newest.
+    forward: Option<String>,
 }
 
 impl EventsQuery {
@@ -306,12 +308,17 @@ impl EventsQuery {
     }
 }
 
-/// `GET /events?since=ID&service=NAME&limit=N`: the newest `limit` matching
-/// events after `since`, oldest first.
+/// `GET /events?since=ID&service=NAME&limit=N[&forward=true]`: the newest
+/// `limit` matching events after `since` (with `forward`, the oldest: the
+/// next page), oldest first.
 async fn events(State(d): State<Daemon>, query: Result<Query<EventsQuery>, QueryRejection>) -> ApiResult {
     let Query(query) = query.map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, r.body_text()))?;
     let filter = query.filter(None)?;
-    let events = d.ask(|reply| Command::Events { filter, reply }).await?;
+    let events = if parse_flag("forward", query.forward.as_deref())? {
+        d.ask(|reply| Command::EventPage { filter, reply }).await?
+    } else {
+        d.ask(|reply| Command::Events { filter, reply }).await?
+    };
     let last_id = events.last().map(|e| e.id);
     ok(json!({ "events": events, "last_id": last_id }))
 }

@@ -1,8 +1,6 @@
-//! Printing for people: aligned tables and `key: value` lines.
+//! Printing for people and scripts: aligned tables, pretty JSON.
 
 use serde_json::Value;
-
-use super::control::text;
 
 pub fn print_json(value: &Value) {
     println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
@@ -24,40 +22,6 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         out.push('\n');
     }
     out
-}
-
-/// Top-level fields as `key: value`; nested objects indented below.
-pub fn print_fields(value: &Value) {
-    print_object(value, 0);
-}
-
-fn print_object(value: &Value, indent: usize) {
-    let Some(map) = value.as_object() else {
-        println!("{:indent$}{}", "", text(value));
-        return;
-    };
-    let width = map.keys().map(String::len).max().unwrap_or(0);
-    for (key, v) in map {
-        match v {
-            Value::Object(inner) if !inner.is_empty() => {
-                println!("{:indent$}{key}:", "");
-                print_object(v, indent + 2);
-            }
-            Value::Array(items) => {
-                let all_scalar = items.iter().all(|i| !i.is_object() && !i.is_array());
-                if all_scalar {
-                    let joined: Vec<String> = items.iter().map(text).collect();
-                    println!("{:indent$}{key:<width$}  {}", "", joined.join(", "));
-                } else {
-                    println!("{:indent$}{key}:", "");
-                    for item in items {
-                        print_object(item, indent + 2);
-                    }
-                }
-            }
-            other => println!("{:indent$}{key:<width$}  {}", "", text(other)),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! `nanny serve`: run the daemon until SIGTERM or SIGINT, then stop every
 //! service (dependents first) before exiting.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -120,6 +121,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("NANNY_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(super::render::colors(std::io::stderr().is_terminal()))
         .init();
     let fail = |m: String| Failure::new(1, format!("error: {m}"));
     if !args.services.is_dir() {

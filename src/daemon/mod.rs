@@ -37,19 +37,61 @@ pub type Reply<T> = oneshot::Sender<Result<T, Error>>;
 /// Everything a client can ask of the daemon.
 pub enum Command {
     List(Reply<ServiceList>),
-    Show { name: String, reply: Reply<ServiceDetail> },
-    Status { name: String, reply: Reply<StatusView> },
-    Start { name: String, force: bool, reply: Reply<StartOutcome> },
-    Stop { name: String, reply: Reply<StopOutcome> },
-    Restart { name: String, force: bool, reply: Reply<StartOutcome> },
-    Logs { name: String, tail: usize, reply: Reply<Vec<LogLine>> },
-    FollowLogs { name: String, tail: usize, reply: Reply<(Vec<LogLine>, Follower)> },
+    Show {
+        name: String,
+        reply: Reply<ServiceDetail>,
+    },
+    Status {
+        name: String,
+        reply: Reply<StatusView>,
+    },
+    Start {
+        name: String,
+        force: bool,
+        reply: Reply<StartOutcome>,
+    },
+    Stop {
+        name: String,
+        reply: Reply<StopOutcome>,
+    },
+    Restart {
+        name: String,
+        force: bool,
+        reply: Reply<StartOutcome>,
+    },
+    Logs {
+        name: String,
+        tail: usize,
+        reply: Reply<Vec<LogLine>>,
+    },
+    FollowLogs {
+        name: String,
+        tail: usize,
+        reply: Reply<(Vec<LogLine>, Follower)>,
+    },
     Rediscover(Reply<RediscoverReport>),
     Health(Reply<DaemonHealth>),
-    TestHook { name: String, reply: Reply<HookTest> },
-    Remove { name: String, reply: Reply<RemoveOutcome> },
-    Events { filter: Filter, reply: Reply<Vec<Event>> },
-    SubscribeEvents { filter: Filter, reply: Reply<EventFeed> },
+    TestHook {
+        name: String,
+        reply: Reply<HookTest>,
+    },
+    Remove {
+        name: String,
+        reply: Reply<RemoveOutcome>,
+    },
+    Events {
+        filter: Filter,
+        reply: Reply<Vec<Event>>,
+    },
+    /// The oldest `filter.limit` events after `filter.since`: the next page forward.
+    EventPage {
+        filter: Filter,
+        reply: Reply<Vec<Event>>,
+    },
+    SubscribeEvents {
+        filter: Filter,
+        reply: Reply<EventFeed>,
+    },
 }
 
 /// Settings fixed for the life of the daemon.
@@ -150,6 +192,7 @@ impl Daemon {
                 Command::TestHook { name, reply } => send(reply, commands::hook::test(&d, &name).await),
                 Command::Remove { name, reply } => send(reply, commands::remove::run(&d, &name).await),
                 Command::Events { filter, reply } => send(reply, commands::events::history(&d, filter).await),
+                Command::EventPage { filter, reply } => send(reply, commands::events::page(&d, filter).await),
                 Command::SubscribeEvents { filter, reply } => {
                     send(reply, commands::events::subscribe(&d, filter).await)
                 }

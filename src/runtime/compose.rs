@@ -88,8 +88,9 @@ struct Inner {
 }
 
 #[derive(Debug, Clone)]
-struct Tool {
-    argv: Vec<String>,
+pub struct Tool {
+    /// `["docker", "compose"]` or `["docker-compose"]`.
+    pub argv: Vec<String>,
     version: String,
 }
 
@@ -767,7 +768,8 @@ fn stage_of(line: &str) -> Option<&'static str> {
     }
 }
 
-async fn detect_tool() -> Result<Tool, String> {
+/// The Compose tool on this machine: the `docker compose` plugin, else `docker-compose`.
+pub async fn detect_tool() -> Result<Tool, String> {
     let candidates: [&[&str]; 2] = [&["docker", "compose"], &["docker-compose"]];
     let mut tried = Vec::new();
     for argv in candidates {

@@ -18,6 +18,10 @@ pub async fn history(d: &Daemon, filter: Filter) -> Result<Vec<Event>, Error> {
     Ok(d.store.events(filter).await)
 }
 
+pub async fn page(d: &Daemon, filter: Filter) -> Result<Vec<Event>, Error> {
+    Ok(d.store.page(filter).await)
+}
+
 /// A stream of the newest `filter.limit` stored events after `filter.since`
 /// (all of them if the limit is 0), then the live ones.
 pub async fn subscribe(d: &Daemon, filter: Filter) -> Result<EventFeed, Error> {
