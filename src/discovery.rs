@@ -9,18 +9,62 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::deps;
-use crate::manifest::{self, MANIFEST_FILES, Manifest, ManifestError, Paths};
+use crate::manifest::{self, MANIFEST_FILES, Manifest, ManifestError, Paths, Problem};
 
 /// A manifest that could not be used, with every reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Invalid {
     pub path: PathBuf,
-    pub errors: Vec<String>,
+    pub errors: Vec<InvalidProblem>,
+}
+
+/// One reason, as data (`line` and `column` are 0 when not known) and as
+/// one line of text (`path:line:col: field `x`: message`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InvalidProblem {
+    pub path: PathBuf,
+    pub line: u64,
+    pub column: u64,
+    pub field: Option<String>,
+    pub message: String,
+    pub text: String,
+}
+
+impl Invalid {
+    /// A file with one problem found outside the parser (a duplicate name,
+    /// a dependency).
+    pub fn one(path: PathBuf, field: Option<&str>, message: String) -> Invalid {
+        Invalid::new(path, field, vec![message])
+    }
+
+    /// A file with problems found outside the parser (the Compose tool's complaints).
+    pub fn new(path: PathBuf, field: Option<&str>, messages: Vec<String>) -> Invalid {
+        let problem = |message| Problem { field: field.map(str::to_string), line: 0, column: 0, message };
+        ManifestError { path, problems: messages.into_iter().map(problem).collect() }.into()
+    }
+
+    /// Each problem as one line of text.
+    pub fn texts(&self) -> Vec<String> {
+        self.errors.iter().map(|e| e.text.clone()).collect()
+    }
 }
 
 impl From<ManifestError> for Invalid {
     fn from(e: ManifestError) -> Self {
-        Invalid { errors: e.lines(), path: e.path }
+        let errors = e
+            .problems
+            .iter()
+            .zip(e.lines())
+            .map(|(p, text)| InvalidProblem {
+                path: e.path.clone(),
+                line: p.line,
+                column: p.column,
+                field: p.field.clone(),
+                message: p.message.clone(),
+                text,
+            })
+            .collect();
+        Invalid { errors, path: e.path }
     }
 }
 
@@ -40,10 +84,7 @@ pub fn scan(dir: &Path, paths: Paths) -> Catalog {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
-            catalog.invalid.push(Invalid {
-                path: dir.to_path_buf(),
-                errors: vec![format!("{}: cannot read services directory: {e}", dir.display())],
-            });
+            catalog.invalid.push(Invalid::one(dir.to_path_buf(), None, format!("cannot read services directory: {e}")));
             return catalog;
         }
     };
@@ -74,22 +115,16 @@ pub fn scan(dir: &Path, paths: Paths) -> Catalog {
         for m in manifests {
             let others: Vec<&str> =
                 paths.iter().map(String::as_str).filter(|p| *p != m.manifest_path.display().to_string()).collect();
-            catalog.invalid.push(Invalid {
-                errors: vec![format!(
-                    "{}: field `name`: service name '{name}' is also used by {}; names must be unique, so neither is loaded",
-                    m.manifest_path.display(),
-                    others.join(", ")
-                )],
-                path: m.manifest_path,
-            });
+            let message = format!(
+                "service name '{name}' is also used by {}; names must be unique, so neither is loaded",
+                others.join(", ")
+            );
+            catalog.invalid.push(Invalid::one(m.manifest_path, Some("name"), message));
         }
     }
     for (name, problem) in deps::problems(&catalog.services) {
         if let Some(m) = catalog.services.remove(&name) {
-            let path = m.manifest_path.clone();
-            catalog
-                .invalid
-                .push(Invalid { errors: vec![format!("{}: field `depends_on`: {problem}", path.display())], path });
+            catalog.invalid.push(Invalid::one(m.manifest_path.clone(), Some("depends_on"), problem.to_string()));
         }
     }
     catalog.invalid.sort_by(|a, b| a.path.cmp(&b.path));
@@ -141,9 +176,9 @@ mod tests {
         let c = scan(d, Paths::Confined);
         assert_eq!(c.services.keys().collect::<Vec<_>>(), vec!["a"]);
         assert_eq!(c.invalid.len(), 3, "{:?}", c.invalid);
-        assert!(c.invalid[0].errors[0].contains("bogus"));
-        assert!(c.invalid[1].errors[0].contains("dup2/service.yaml"), "{:?}", c.invalid[1]);
-        assert!(c.invalid[2].errors[0].contains("dup1/service.yaml"), "{:?}", c.invalid[2]);
+        assert!(c.invalid[0].errors[0].text.contains("bogus"));
+        assert!(c.invalid[1].errors[0].text.contains("dup2/service.yaml"), "{:?}", c.invalid[1]);
+        assert!(c.invalid[2].errors[0].text.contains("dup1/service.yaml"), "{:?}", c.invalid[2]);
     }
 
     #[test]
@@ -176,7 +211,7 @@ mod tests {
         assert_eq!(c.invalid.len(), 1, "{:?}", c.invalid);
         assert_eq!(c.invalid[0].path, d.join("chat/service.yaml"));
         assert_eq!(
-            c.invalid[0].errors,
+            c.invalid[0].texts(),
             vec![format!(
                 "{}: field `depends_on`: 'chat' needs the GPU and depends on 'llm' (through chat -> proxy -> llm), \
                  which also needs the GPU: under the one-GPU-service-at-a-time policy they can never run together",
@@ -193,8 +228,8 @@ mod tests {
         write(d, "b", "name: b\ncommand: [true]\n");
         let c = scan(d, Paths::Confined);
         assert_eq!(c.services.keys().collect::<Vec<_>>(), vec!["b"]);
-        assert!(c.invalid[0].errors[0].contains("field `working_dir`: `../b`"), "{:?}", c.invalid);
-        assert!(c.invalid[0].errors[0].contains("--allow-outside-paths"), "{:?}", c.invalid);
+        assert!(c.invalid[0].errors[0].text.contains("field `working_dir`: `../b`"), "{:?}", c.invalid);
+        assert!(c.invalid[0].errors[0].text.contains("--allow-outside-paths"), "{:?}", c.invalid);
         let c = scan(d, Paths::Anywhere);
         assert_eq!(c.services.keys().collect::<Vec<_>>(), vec!["a", "b"], "{:?}", c.invalid);
     }

@@ -10,9 +10,9 @@ pub enum Error {
     /// A service by that name has a manifest that cannot be used.
     #[error(
         "Service '{name}' has an invalid manifest ({path}): {}; fix it and run `nanny rediscover`",
-        errors.join("; ")
+        errors.iter().map(|e| e.text.as_str()).collect::<Vec<_>>().join("; ")
     )]
-    InvalidManifest { name: String, path: String, errors: Vec<String> },
+    InvalidManifest { name: String, path: String, errors: Vec<crate::discovery::InvalidProblem> },
     /// A start or stop of the service did not end as asked; `next` says
     /// what the service does now (`restarting in 1.0 s …`), if anything.
     #[error("{error}")]

@@ -115,7 +115,10 @@ async fn acting_on_a_service_with_an_invalid_manifest_says_so() {
         assert_eq!(code, 422, "{method} {path}: {v}");
         assert!(v["detail"].as_str().unwrap().contains("has an invalid manifest"), "{method} {path}: {v}");
         let errors = v["errors"].as_array().unwrap_or_else(|| panic!("{method} {path}: no errors: {v}"));
-        assert!(!errors.is_empty() && errors.iter().all(|e| e.as_str().unwrap().contains("service.yaml:")), "{v}");
+        assert!(
+            !errors.is_empty() && errors.iter().all(|e| e["text"].as_str().unwrap().contains("service.yaml:")),
+            "{v}"
+        );
     }
 
     let out = cli(Some(&d.url), &["status", "broken"]);

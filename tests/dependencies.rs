@@ -18,7 +18,7 @@ fn before(evs: &[Value], a: (&str, &str), b: (&str, &str)) {
 }
 
 fn first_error(inv: &Value) -> String {
-    inv["errors"][0].as_str().unwrap_or_else(|| panic!("no errors: {inv}")).to_string()
+    inv["errors"][0]["text"].as_str().unwrap_or_else(|| panic!("no errors: {inv}")).to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -140,7 +140,7 @@ async fn a_dependency_cycle_makes_every_member_invalid() {
 
     let (code, v) = dmn.start_svc("a").await;
     assert_eq!(code, 422, "its manifest is invalid: {v}");
-    assert!(v["errors"][0].as_str().unwrap().contains("dependency cycle"), "{v}");
+    assert!(v["errors"][0]["text"].as_str().unwrap().contains("dependency cycle"), "{v}");
     let inv_events = dmn.all_events().await;
     let inv_events = of_kind(&inv_events, None, "invalid");
     assert!(

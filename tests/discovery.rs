@@ -11,7 +11,7 @@ use serde_json::Value;
 fn errors_text(entry: &Value) -> String {
     let errs = entry["errors"].as_array().unwrap_or_else(|| panic!("no errors array in {entry}"));
     assert!(!errs.is_empty(), "invalid entry without errors: {entry}");
-    errs.iter().map(|e| e.as_str().expect("errors are strings").to_string()).collect::<Vec<_>>().join("\n")
+    errs.iter().map(|e| e["text"].as_str().expect("each error has its text").to_string()).collect::<Vec<_>>().join("\n")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -105,7 +105,7 @@ async fn valid_and_invalid_manifests_are_reported_with_location() {
     // Invalid services say so; skipped ones are not addressable.
     let (code, v) = d.get("/services/typo").await;
     assert_eq!(code, 422, "{v}");
-    assert!(v["errors"][0].as_str().unwrap().contains("gpu_requird"), "{v}");
+    assert!(v["errors"][0]["text"].as_str().unwrap().contains("gpu_requird"), "{v}");
     for name in ["my-service", "hidden", "empty-dir"] {
         let (code, v) = d.get(&format!("/services/{name}")).await;
         assert_eq!(code, 404, "{name}: {v}");

@@ -33,7 +33,7 @@ impl From<Error> for ApiError {
             Error::NotFound(_) | Error::NoSuchHook { .. } => ApiError::new(StatusCode::NOT_FOUND, detail),
             Error::InvalidManifest { path, errors, .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, detail)
                 .with("path", path.as_str())
-                .with("errors", errors.clone()),
+                .with("errors", serde_json::to_value(errors).unwrap_or_default()),
             Error::Dependency { source, .. } => {
                 // The dependency's own failure decides the status and extras.
                 let mut err = ApiError::from((**source).clone());

@@ -42,7 +42,13 @@ pub struct Summary {
 pub struct Invalid {
     pub path: String,
     #[serde(default)]
-    pub errors: Vec<String>,
+    pub errors: Vec<Problem>,
+}
+
+/// One problem of an invalid manifest; the CLI shows its one-line `text`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Problem {
+    pub text: String,
 }
 
 /// `GET /services/{name}/status`.

@@ -316,7 +316,7 @@ impl From<ClientError> for Failure {
         if code == 5 && body["gpu_service_running"].is_string() && !message.contains("pinned") {
             message.push_str(": use --force to stop it first");
         }
-        for error in body["errors"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        for error in body["errors"].as_array().into_iter().flatten().filter_map(|e| e["text"].as_str()) {
             message.push_str("\n  ");
             message.push_str(error);
         }

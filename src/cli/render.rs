@@ -346,7 +346,7 @@ pub fn invalid_text(invalid: &[Invalid]) -> String {
     for entry in invalid {
         out.push_str(&format!("  {}\n", entry.path));
         for error in &entry.errors {
-            out.push_str(&format!("    {error}\n"));
+            out.push_str(&format!("    {}\n", error.text));
         }
     }
     out

@@ -158,7 +158,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         daemon.config.services_dir.display()
     );
     for invalid in &catalog.invalid {
-        for error in &invalid.errors {
+        for error in invalid.texts() {
             tracing::warn!("invalid manifest: {error}");
         }
     }

@@ -51,7 +51,7 @@ pub async fn run(dir: &Path, paths: Paths, json: bool) -> Result<(), Failure> {
         }
         for invalid in &catalog.invalid {
             println!("INVALID  {}", invalid.path.display());
-            for error in &invalid.errors {
+            for error in invalid.texts() {
                 println!("  {error}");
             }
         }
@@ -95,5 +95,5 @@ async fn check_compose_file(tool: &Tool, manifest: &Manifest) -> Option<Invalid>
             vec![format!("{file}: `{} config -q` took longer than {} s", tool.argv.join(" "), CONFIG_TIMEOUT.as_secs())]
         }
     };
-    Some(Invalid { path: manifest.manifest_path.clone(), errors })
+    Some(Invalid::new(manifest.manifest_path.clone(), Some("compose_file"), errors))
 }

@@ -124,10 +124,7 @@ impl Owner {
         let mut report = Rescan { added: diff.added.clone(), removed: diff.removed.clone(), changed: Vec::new() };
         let store = &self.shared.store;
         for invalid in catalog.invalid.iter().filter(|i| !self.catalog.invalid.contains(i)) {
-            store.emit(
-                None,
-                EventKind::Invalid { path: invalid.path.display().to_string(), errors: invalid.errors.clone() },
-            );
+            store.emit(None, EventKind::Invalid { path: invalid.path.display().to_string(), errors: invalid.texts() });
         }
         for name in &diff.added {
             store.emit(Some(name), EventKind::Discovered);

@@ -282,6 +282,7 @@ impl Paths {
 pub fn parse(path: &Path, text: &str, paths: Paths, resolve: Resolve) -> Result<Manifest, ManifestError> {
     let raw: RawManifest = serde_saphyr::from_str(text).map_err(|e| yaml_error(path, &e))?;
     let mut c = Checker::new(path.parent().unwrap_or(Path::new(".")), paths, resolve);
+    c.problems.extend(unknown_fields(text));
     let name = sections::name(&mut c, &raw);
     let runtime = sections::runtime(&mut c, &raw);
     let vram_gb = sections::vram_gb(&mut c, &raw);
@@ -330,6 +331,32 @@ pub fn load(path: &Path, paths: Paths) -> Result<Manifest, ManifestError> {
     let text =
         std::fs::read_to_string(path).map_err(|e| ManifestError::single(path, None, format!("cannot read: {e}")))?;
     parse(path, &text, paths, &|p| p.canonicalize().ok())
+}
+
+/// Every top-level field the manifest format does not have, where it is
+/// written, with the known field it most looks like.
+fn unknown_fields(text: &str) -> Vec<Problem> {
+    let Ok(keys) = serde_saphyr::from_str::<BTreeMap<String, serde::de::IgnoredAny>>(text) else { return Vec::new() };
+    keys.into_keys()
+        .filter(|key| !FIELDS.contains(&key.as_str()))
+        .map(|key| {
+            // Block style (`key: value` at the start of a line) is located; flow style is not.
+            let line = text
+                .lines()
+                .position(|l| l.strip_prefix(key.as_str()).is_some_and(|rest| rest.trim_start().starts_with(':')));
+            let closest = FIELDS
+                .iter()
+                .map(|field| (strsim::jaro_winkler(&key, field), *field))
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .filter(|(likeness, _)| *likeness >= 0.85);
+            let message = match closest {
+                Some((_, field)) => format!("unknown field; did you mean `{field}`?"),
+                None => "unknown field (the fields are listed in docs/manifest.md)".to_string(),
+            };
+            let (line, column) = line.map_or((0, 0), |l| (l as u64 + 1, 1));
+            Problem { field: Some(key), line, column, message }
+        })
+        .collect()
 }
 
 fn yaml_error(path: &Path, error: &serde_saphyr::Error) -> ManifestError {

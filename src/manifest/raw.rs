@@ -36,8 +36,10 @@ pub(super) struct RawDependencySpec {
     pub condition: Option<DependencyCondition>,
 }
 
+/// Unknown top-level fields are not refused here but found by
+/// [`super::unknown_fields`], so that every one of them is reported along
+/// with every other problem.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawManifest {
     pub name: Option<S<String>>,
     pub description: Option<String>,
