@@ -358,9 +358,9 @@ async fn post(
 }
 
 async fn run(argv: &[String], body: &str, timeout: Duration) -> Result<(), String> {
-    let mut child = tokio::process::Command::new(&argv[0])
+    let mut command = tokio::process::Command::new(&argv[0]);
+    let mut child = crate::runtime::scrub_env(&mut command)
         .args(&argv[1..])
-        .env_remove("NANNY_TOKEN")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -22,4 +22,5 @@ pub mod ports;
 pub mod runtime;
 pub mod service;
 pub mod store;
+pub mod systemd;
 pub mod usage;

@@ -33,7 +33,9 @@ pub async fn run(command: Sub) -> Result<(), Failure> {
             let query = events::Query { service, since, limit };
             events::run(&conn.client()?, &query, follow, conn.json, &style(utc)).await
         }
-        Sub::Serve(_) | Sub::Validate { .. } | Sub::New { .. } => unreachable!("handled without a daemon"),
+        Sub::Serve(_) | Sub::Validate { .. } | Sub::New { .. } | Sub::SystemdUnit { .. } => {
+            unreachable!("handled without a daemon")
+        }
     }
 }
 

@@ -181,6 +181,23 @@ enum Sub {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Print a systemd unit that runs `nanny serve` (Type=notify, watchdog,
+    /// restart on failure); install it under /etc/systemd/system, or with
+    /// --user under ~/.config/systemd/user.
+    SystemdUnit {
+        /// A unit for the user's service manager (`systemctl --user`).
+        #[arg(long)]
+        user: bool,
+        /// Services directory [default: $NANNY_SERVICES_DIR or ./services], made absolute.
+        #[arg(long)]
+        services: Option<PathBuf>,
+        /// State directory, made absolute.
+        #[arg(long, default_value = ".nanny")]
+        state_dir: PathBuf,
+        /// Address the daemon listens on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
     /// Webhooks and command hooks of the daemon's config file.
     Webhook {
         #[command(subcommand)]
@@ -234,7 +251,7 @@ impl Sub {
     /// Whether the command prints JSON, failures included.
     fn json(&self) -> bool {
         match self {
-            Sub::Serve(_) | Sub::New { .. } => false,
+            Sub::Serve(_) | Sub::New { .. } | Sub::SystemdUnit { .. } => false,
             Sub::Validate { json, .. } => *json,
             Sub::Ls { conn, .. }
             | Sub::Show { conn, .. }
@@ -383,6 +400,13 @@ pub fn main() -> ExitCode {
                 validate::run(&dir.unwrap_or_else(default_services_dir), paths, json).await
             }
             Sub::New { name, dir } => new::run(&name, &dir.unwrap_or_else(default_services_dir)),
+            Sub::SystemdUnit { user, services, state_dir, listen } => {
+                let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+                let exe = std::env::current_exe().map_err(|e| Failure::new(1, format!("error: where am I? {e}")))?;
+                let services = absolute(&services.unwrap_or_else(default_services_dir));
+                print!("{}", crate::systemd::unit(user, &exe, &services, &absolute(&state_dir), &listen));
+                Ok(())
+            }
             other => {
                 // A reader that goes away (`nanny logs x | head`) ends the command quietly.
                 // SAFETY: restoring the default disposition of SIGPIPE has no preconditions.

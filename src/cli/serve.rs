@@ -166,6 +166,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         tokio::spawn(crate::api::serve(listener, crate::api::router(daemon.clone(), access), args.request_timeout));
     println!("nanny listening on http://{addr}");
     daemon.restore();
+    crate::systemd::ready(&daemon);
 
     let reason = tokio::select! {
         _ = terminate.recv() => "SIGTERM",
@@ -173,6 +174,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         result = server => return Err(fail(format!("the HTTP server stopped: {result:?}"))),
     };
     tracing::info!("{reason}: stopping every service (a second signal exits at once)");
+    crate::systemd::stopping(reason);
     let forget = args.on_shutdown == OnShutdown::Forget;
     tokio::select! {
         _ = daemon.shutdown(reason, forget) => tracing::info!("all services stopped; exiting"),

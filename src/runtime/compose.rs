@@ -691,7 +691,7 @@ impl Inner {
         progress: Option<&mpsc::UnboundedSender<&'static str>>,
     ) -> Result<String, String> {
         let mut command = tokio::process::Command::new(&tool.argv[0]);
-        command.env_remove("NANNY_TOKEN");
+        super::scrub_env(&mut command);
         command.args(&tool.argv[1..]).arg("-p").arg(&project.name);
         for file in &project.files {
             command.arg("-f").arg(file);
@@ -773,7 +773,7 @@ pub async fn detect_tool() -> Result<Tool, String> {
     let candidates: [&[&str]; 2] = [&["docker", "compose"], &["docker-compose"]];
     let mut tried = Vec::new();
     for argv in candidates {
-        let output = tokio::process::Command::new(argv[0])
+        let output = super::scrub_env(&mut tokio::process::Command::new(argv[0]))
             .args(&argv[1..])
             .args(["version", "--short"])
             .stdin(Stdio::null())

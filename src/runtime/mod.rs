@@ -153,6 +153,19 @@ impl From<&str> for LaunchError {
     }
 }
 
+/// The daemon's own environment that no service or tool it runs may see:
+/// its API token, and systemd's notification, watchdog and socket variables.
+pub const DAEMON_ONLY_ENV: [&str; 7] =
+    ["NANNY_TOKEN", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"];
+
+/// Leave [`DAEMON_ONLY_ENV`] out of what `command` inherits.
+pub fn scrub_env(command: &mut tokio::process::Command) -> &mut tokio::process::Command {
+    for name in DAEMON_ONLY_ENV {
+        command.env_remove(name);
+    }
+    command
+}
+
 /// GPU placement chosen by the arbiter, handed to the instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {

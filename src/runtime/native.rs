@@ -55,10 +55,10 @@ impl Native {
         vars.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
 
         let mut cmd = Command::new(program);
-        // The daemon's API token is not the service's to see.
-        cmd.args(args)
+        // The daemon's token and systemd variables are not the service's to see.
+        super::scrub_env(&mut cmd)
+            .args(args)
             .current_dir(working_dir)
-            .env_remove("NANNY_TOKEN")
             .envs(&vars)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
