@@ -16,6 +16,7 @@ pub mod lifecycle;
 pub mod lock;
 pub mod logs;
 pub mod manifest;
+pub mod mcp;
 pub mod runtime;
 pub mod service;
 pub mod store;

@@ -67,12 +67,18 @@ fn endpoints() -> Vec<Endpoint> {
     ]
 }
 
+/// Services mounted whole, with the methods they answer: the MCP endpoint.
+const NESTED: &[(Method, &str)] = &[(Method::POST, MCP_PATH), (Method::GET, MCP_PATH)];
+const MCP_PATH: &str = "/mcp";
+
 /// Every method and path the API answers.
 pub fn routes() -> Vec<(Method, &'static str)> {
-    endpoints().into_iter().map(|e| (e.method, e.path)).collect()
+    endpoints().into_iter().map(|e| (e.method, e.path)).chain(NESTED.iter().cloned()).collect()
 }
 
-pub fn router(daemon: Daemon, access: Access) -> Router {
+/// The API behind the access guard; `mcp_hosts` are the `Host` names `/mcp`
+/// answers for (empty: any).
+pub fn router(daemon: Daemon, access: Access, mcp_hosts: Vec<String>) -> Router {
     let cors = (!access.cors_origins.is_empty()).then(|| {
         let origins: Vec<HeaderValue> = access.cors_origins.iter().filter_map(|o| o.parse().ok()).collect();
         CorsLayer::new().allow_origin(origins).allow_methods([Method::GET, Method::POST]).allow_headers([
@@ -86,6 +92,7 @@ pub fn router(daemon: Daemon, access: Access) -> Router {
         router = router.route(endpoint.path, endpoint.handler);
     }
     let router = router
+        .route_service(MCP_PATH, crate::mcp::http_service(daemon.clone(), mcp_hosts))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")

@@ -38,7 +38,7 @@ pub async fn run(command: Sub, url: &str, json: bool) -> Result<(), Failure> {
         Sub::Logs { name, lines, follow: false } => {
             client.get(&format!("{}?tail={lines}", service_path(name, "/logs"))).await?
         }
-        Sub::Serve(_) | Sub::Validate { .. } | Sub::New { .. } => {
+        Sub::Serve(_) | Sub::Validate { .. } | Sub::New { .. } | Sub::Mcp => {
             unreachable!("handled without a daemon")
         }
     };

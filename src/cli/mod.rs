@@ -97,6 +97,8 @@ enum Sub {
         #[arg(long, env = "NANNY_ALLOW_OUTSIDE_PATHS")]
         allow_outside_paths: bool,
     },
+    /// Serve MCP (for AI assistants) on stdin/stdout, bridged to the daemon's `/mcp`.
+    Mcp,
     /// Create a new service directory from the template.
     New {
         name: String,
@@ -155,6 +157,7 @@ pub fn main() -> ExitCode {
                 let paths = Paths::outside_allowed(allow_outside_paths);
                 validate::run(&dir.unwrap_or_else(default_services_dir), paths, cli.json)
             }
+            Sub::Mcp => crate::mcp::stdio::run(&cli.url).await,
             Sub::New { name, dir } => new::run(&name, &dir.unwrap_or_else(default_services_dir)),
             other => {
                 // A reader that goes away (`nanny logs x | head`) ends the command quietly.
