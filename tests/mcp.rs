@@ -237,6 +237,9 @@ async fn the_token_and_host_guard_protect_mcp() {
     assert_eq!(post(None, None).await.unwrap().status(), 401);
     assert_eq!(post(Some("0123456789abcdef-wrong-token"), None).await.unwrap().status(), 401);
     assert_eq!(post(Some(TOKEN), Some("evil.example")).await.unwrap().status(), 403, "DNS rebinding");
+    let huge = json!({"jsonrpc": "2.0", "id": 0, "method": "ping", "params": {"pad": "x".repeat(70_000)}});
+    let request = d.client.post(d.u("/mcp")).header("accept", "application/json, text/event-stream");
+    assert_eq!(request.bearer_auth(TOKEN).json(&huge).send().await.unwrap().status(), 413, "64 KiB at most");
     let mut mcp = Mcp::connect(&d, Some(TOKEN)).await;
     let list = mcp.ok("list_services", json!({})).await;
     assert_eq!(list["total"], 4, "{list}");

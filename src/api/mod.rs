@@ -92,7 +92,7 @@ pub fn router(daemon: Daemon, access: Access, mcp_hosts: Vec<String>) -> Router 
         router = router.route(endpoint.path, endpoint.handler);
     }
     let router = router
-        .route_service(MCP_PATH, crate::mcp::http_service(daemon.clone(), mcp_hosts))
+        .route_service(MCP_PATH, crate::mcp::http_service(daemon.clone(), mcp_hosts, BODY_LIMIT))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")

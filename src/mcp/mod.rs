@@ -77,9 +77,14 @@ impl Nanny {
 
 /// The Streamable HTTP endpoint. `allowed_hosts` is the SDK's own `Host`
 /// check; empty means any host (the daemon's guard has already checked the
-/// `Host`, the `Origin` and the token).
-pub fn http_service(daemon: Daemon, allowed_hosts: Vec<String>) -> StreamableHttpService<Nanny, LocalSessionManager> {
-    let config = StreamableHttpServerConfig::default().with_allowed_hosts(allowed_hosts);
+/// `Host`, the `Origin` and the token). Bodies over `body_limit` get 413.
+pub fn http_service(
+    daemon: Daemon,
+    allowed_hosts: Vec<String>,
+    body_limit: usize,
+) -> StreamableHttpService<Nanny, LocalSessionManager> {
+    let config =
+        StreamableHttpServerConfig::default().with_allowed_hosts(allowed_hosts).with_max_request_body_bytes(body_limit);
     StreamableHttpService::new(move || Ok(Nanny::new(daemon.clone())), Arc::default(), config)
 }
 
