@@ -32,18 +32,22 @@ const LOG_LINES: usize = 200;
 const RECENT_EVENTS: usize = 100;
 
 pub async fn list(d: &Daemon) -> Result<ListResourcesResult, ErrorData> {
-    let json = |uri: &str, name: &str, description: &str| {
+    let resource = |uri: &str, name: &str, description: &str| {
         Resource::new(uri, name).with_description(description).with_mime_type("application/json")
     };
     let mut resources = vec![
-        json(STATUS, "status", "Every service with its state, the GPU holder and invalid manifests (GET /services)"),
-        json(METRICS, "metrics", "CPU and memory of every running service, restarts, and the daemon's health"),
-        json(EVENTS, "events", "The 100 most recent lifecycle events, oldest first"),
+        resource(
+            STATUS,
+            "status",
+            "Every service with its state, the GPU holder and invalid manifests (GET /services)",
+        ),
+        resource(METRICS, "metrics", "CPU and memory of every running service, restarts, and the daemon's health"),
+        resource(EVENTS, "events", "The 100 most recent lifecycle events, oldest first"),
     ];
     let services = d.ask(Command::List).await.map_err(internal)?;
     for s in &services.services {
         let about = format!("{}: configuration and full status ({})", s.name, s.status.as_str());
-        resources.push(json(&format!("{SERVICE_PREFIX}{}", s.name), &s.name, &about));
+        resources.push(resource(&format!("{SERVICE_PREFIX}{}", s.name), &s.name, &about));
     }
     Ok(ListResourcesResult::with_all_items(resources))
 }
@@ -142,6 +146,16 @@ fn affected(event: &Event) -> (Vec<String>, bool) {
     (uris, matches!(event.kind, EventKind::Discovered | EventKind::Removed))
 }
 
+/// What the next broadcast item changes (`None` once the daemon is gone);
+/// after falling behind, whatever was subscribed may have changed.
+fn changes(item: Result<Event, RecvError>, subscribed: &[String]) -> Option<(Vec<String>, bool)> {
+    match item {
+        Ok(event) => Some(affected(&event)),
+        Err(RecvError::Lagged(_)) => Some((subscribed.to_vec(), true)),
+        Err(RecvError::Closed) => None,
+    }
+}
+
 /// A `subscriptions/listen` stream (protocol 2026-07-28): the accepted
 /// notifications for every event, until the client closes it.
 pub async fn listen(d: &Daemon, context: SubscriptionContext) {
@@ -151,16 +165,11 @@ pub async fn listen(d: &Daemon, context: SubscriptionContext) {
             _ = context.cancelled() => return,
             event = live.recv() => event,
         };
-        let (uris, list_changed) = match event {
-            Ok(event) => affected(&event),
-            // Fell behind: whatever was subscribed may have changed.
-            Err(RecvError::Lagged(_)) => (context.accepted().resource_subscriptions.clone().unwrap_or_default(), true),
-            Err(RecvError::Closed) => return,
-        };
+        let subscribed = context.accepted().resource_subscriptions.as_deref().unwrap_or_default();
+        let Some((uris, list_changed)) = changes(event, subscribed) else { return };
         let sink = context.sink();
-        let wanted = |uri: &String| context.accepted().resource_subscriptions.as_ref().is_some_and(|s| s.contains(uri));
-        for uri in uris.iter().filter(|u| wanted(u)) {
-            if gone(sink.notify_resource_updated(uri.clone()).await) {
+        for uri in uris.into_iter().filter(|u| subscribed.contains(u)) {
+            if gone(sink.notify_resource_updated(uri).await) {
                 return;
             }
         }
@@ -188,19 +197,10 @@ pub fn subscribe(d: &Daemon, subscribed: &Arc<Mutex<Subscribed>>, uri: String, p
     let (mut live, subscribed) = (d.store.subscribe(), subscribed.clone());
     tokio::spawn(async move {
         loop {
-            let (uris, list_changed) = match live.recv().await {
-                Ok(event) => affected(&event),
-                Err(RecvError::Lagged(_)) => (Vec::new(), true),
-                Err(RecvError::Closed) => return,
-            };
-            let wanted: Vec<String> = {
-                let state = subscribed.lock().unwrap_or_else(|e| e.into_inner());
-                match list_changed && uris.is_empty() {
-                    true => state.uris.iter().cloned().collect(),
-                    false => uris.into_iter().filter(|u| state.uris.contains(u)).collect(),
-                }
-            };
-            for uri in wanted {
+            let item = live.recv().await;
+            let uris: Vec<String> = subscribed.lock().unwrap_or_else(|e| e.into_inner()).uris.iter().cloned().collect();
+            let Some((changed, list_changed)) = changes(item, &uris) else { return };
+            for uri in changed.into_iter().filter(|u| uris.contains(u)) {
                 if peer.notify_resource_updated(ResourceUpdatedNotificationParam::new(uri)).await.is_err() {
                     return;
                 }
