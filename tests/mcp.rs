@@ -307,6 +307,21 @@ async fn the_stdio_bridge_carries_the_session_and_the_token_and_ends_with_stdin(
         let status = bridge.answer();
         assert_eq!(status["id"], 2, "{status}");
         assert_eq!(status["result"]["structuredContent"]["status"], "stopped", "{status}");
+
+        // The session's notifications come through the bridge's GET stream.
+        bridge.send(json!({"jsonrpc": "2.0", "id": 3, "method": "resources/subscribe",
+                           "params": {"uri": "service://embeddings"}}));
+        assert_eq!(bridge.answer()["id"], 3);
+        let start = json!({"name": "start_service", "arguments": {"name": "embeddings"}});
+        bridge.send(json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": start}));
+        let mut seen = Vec::new();
+        while !seen.iter().any(|m: &Value| m["params"]["uri"] == "service://embeddings") {
+            let message = bridge.answer();
+            assert!(message["id"].is_null() || message["id"] == 4, "{message}");
+            seen.push(message);
+        }
+        let updated = seen.iter().find(|m| m["params"]["uri"] == "service://embeddings").unwrap();
+        assert_eq!(updated["method"], "notifications/resources/updated", "{updated}");
         drop(bridge.child.stdin.take());
         wait_until_sync(Duration::from_secs(10), "nanny mcp exits once stdin closes", || {
             bridge.child.try_wait().unwrap().is_some_and(|s| s.success())

@@ -110,7 +110,7 @@ pub async fn run(url: &str) -> Result<(), Failure> {
         }
         if method == "notifications/initialized" {
             let _ = task.await;
-            bridge.clone().open_get_stream();
+            bridge.clone().open_get_stream().await;
         }
     }
     // The client is done: what is still in flight is of no use to it.
@@ -258,21 +258,24 @@ impl Bridge {
         }
     }
 
-    /// Open the session's GET stream (server notifications), if it has one.
-    fn open_get_stream(self: Arc<Self>) {
-        let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
-        if session.id.is_none() || std::mem::replace(&mut session.listening, true) {
+    /// Open the session's GET stream (server notifications), if it has one,
+    /// before reading on: no notification is sent before it is there.
+    async fn open_get_stream(self: Arc<Self>) {
+        let first = {
+            let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+            session.id.is_some() && !std::mem::replace(&mut session.listening, true)
+        };
+        if !first {
             return;
         }
-        drop(session);
-        let bridge = self.clone();
-        self.spawn(async move {
-            match bridge.request(reqwest::Method::GET).header(ACCEPT, "text/event-stream").send().await {
-                Ok(r) if r.status().is_success() => bridge.forward_sse(r).await,
-                Ok(r) => eprintln!("nanny mcp: no notification stream (HTTP {})", r.status()),
-                Err(e) => eprintln!("nanny mcp: no notification stream: {e}"),
+        match self.request(reqwest::Method::GET).header(ACCEPT, "text/event-stream").send().await {
+            Ok(r) if r.status().is_success() => {
+                let bridge = self.clone();
+                self.spawn(async move { bridge.forward_sse(r).await });
             }
-        });
+            Ok(r) => eprintln!("nanny mcp: no notification stream (HTTP {})", r.status()),
+            Err(e) => eprintln!("nanny mcp: no notification stream: {e}"),
+        }
     }
 
     /// End the session on the daemon (best effort).
