@@ -222,7 +222,17 @@ async fn subscribers_are_told_when_a_service_changes_state() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_token_and_host_guard_protect_mcp() {
     let ws = workspace();
-    let d = Daemon::start_with(&ws.services(), &ws.path("state"), &[], &[("NANNY_TOKEN", TOKEN)]);
+    let cors = ["--cors-origin", "https://dash.example"];
+    let d = Daemon::start_with(&ws.services(), &ws.path("state"), &cors, &[("NANNY_TOKEN", TOKEN)]);
+    // A page of an allowed origin may use MCP's own headers.
+    let preflight = d.client.request(reqwest::Method::OPTIONS, d.u("/mcp")).header("origin", "https://dash.example");
+    let preflight = preflight.header("access-control-request-method", "POST");
+    let preflight =
+        preflight.header("access-control-request-headers", "authorization,mcp-session-id,mcp-protocol-version");
+    let allowed = preflight.send().await.unwrap();
+    assert_eq!(allowed.status(), 200);
+    let headers = allowed.headers()["access-control-allow-headers"].to_str().unwrap().to_string();
+    assert!(headers.contains("mcp-session-id") && headers.contains("mcp-protocol-version"), "{headers}");
     let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {}});
     let post = |token: Option<&str>, host: Option<&str>| {
         let mut r = d.client.post(d.u("/mcp")).header("accept", "application/json, text/event-stream");

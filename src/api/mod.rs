@@ -68,7 +68,7 @@ fn endpoints() -> Vec<Endpoint> {
 }
 
 /// Services mounted whole, with the methods they answer: the MCP endpoint.
-const NESTED: &[(Method, &str)] = &[(Method::POST, MCP_PATH), (Method::GET, MCP_PATH)];
+const NESTED: &[(Method, &str)] = &[(Method::POST, MCP_PATH), (Method::GET, MCP_PATH), (Method::DELETE, MCP_PATH)];
 const MCP_PATH: &str = "/mcp";
 
 /// Every method and path the API answers.
@@ -81,11 +81,20 @@ pub fn routes() -> Vec<(Method, &'static str)> {
 pub fn router(daemon: Daemon, access: Access, mcp_hosts: Vec<String>) -> Router {
     let cors = (!access.cors_origins.is_empty()).then(|| {
         let origins: Vec<HeaderValue> = access.cors_origins.iter().filter_map(|o| o.parse().ok()).collect();
-        CorsLayer::new().allow_origin(origins).allow_methods([Method::GET, Method::POST]).allow_headers([
-            header::AUTHORIZATION,
-            header::CONTENT_TYPE,
-            header::HeaderName::from_static("last-event-id"),
-        ])
+        let mcp_session = header::HeaderName::from_static("mcp-session-id");
+        CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::HeaderName::from_static("last-event-id"),
+                mcp_session.clone(),
+                header::HeaderName::from_static("mcp-protocol-version"),
+                header::HeaderName::from_static("mcp-method"),
+                header::HeaderName::from_static("mcp-name"),
+            ])
+            .expose_headers([mcp_session])
     });
     let mut router = Router::new();
     for endpoint in endpoints() {
