@@ -26,7 +26,7 @@ pub struct Client {
 
 /// The daemon's token as the CLI finds it: `NANNY_TOKEN`, else the first
 /// line of the file `NANNY_TOKEN_FILE` names.
-fn token_from_env() -> Option<String> {
+pub(crate) fn token_from_env() -> Option<String> {
     let token = std::env::var("NANNY_TOKEN").ok().or_else(|| {
         let path = std::env::var_os("NANNY_TOKEN_FILE")?;
         Some(std::fs::read_to_string(path).ok()?.lines().next()?.to_string())

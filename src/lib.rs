@@ -17,6 +17,7 @@ pub mod lifecycle;
 pub mod lock;
 pub mod logs;
 pub mod manifest;
+pub mod mcp;
 pub mod metrics;
 pub mod ports;
 pub mod runtime;

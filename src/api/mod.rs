@@ -71,25 +71,41 @@ fn endpoints() -> Vec<Endpoint> {
     ]
 }
 
+/// Services mounted whole, with the methods they answer: the MCP endpoint.
+const NESTED: &[(Method, &str)] = &[(Method::POST, MCP_PATH), (Method::GET, MCP_PATH), (Method::DELETE, MCP_PATH)];
+const MCP_PATH: &str = "/mcp";
+
 /// Every method and path the API answers.
 pub fn routes() -> Vec<(Method, &'static str)> {
-    endpoints().into_iter().map(|e| (e.method, e.path)).collect()
+    endpoints().into_iter().map(|e| (e.method, e.path)).chain(NESTED.iter().cloned()).collect()
 }
 
-pub fn router(daemon: Daemon, access: Access) -> Router {
+/// The API behind the access guard; `mcp_hosts` are the `Host` names `/mcp`
+/// answers for (empty: any).
+pub fn router(daemon: Daemon, access: Access, mcp_hosts: Vec<String>) -> Router {
     let cors = (!access.cors_origins.is_empty()).then(|| {
         let origins: Vec<HeaderValue> = access.cors_origins.iter().filter_map(|o| o.parse().ok()).collect();
-        CorsLayer::new().allow_origin(origins).allow_methods([Method::GET, Method::POST]).allow_headers([
-            header::AUTHORIZATION,
-            header::CONTENT_TYPE,
-            header::HeaderName::from_static("last-event-id"),
-        ])
+        let mcp_session = header::HeaderName::from_static("mcp-session-id");
+        CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::HeaderName::from_static("last-event-id"),
+                mcp_session.clone(),
+                header::HeaderName::from_static("mcp-protocol-version"),
+                header::HeaderName::from_static("mcp-method"),
+                header::HeaderName::from_static("mcp-name"),
+            ])
+            .expose_headers([mcp_session])
     });
     let mut router = Router::new();
     for endpoint in endpoints() {
         router = router.route(endpoint.path, endpoint.handler);
     }
     let router = router
+        .route_service(MCP_PATH, crate::mcp::http_service(daemon.clone(), mcp_hosts, BODY_LIMIT))
         .route_layer(axum::middleware::from_fn_with_state(daemon.metrics.clone(), count_request))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {

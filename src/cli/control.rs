@@ -33,7 +33,7 @@ pub async fn run(command: Sub) -> Result<(), Failure> {
             let query = events::Query { service, since, limit };
             events::run(&conn.client()?, &query, follow, conn.json, &style(utc)).await
         }
-        Sub::Serve(_) | Sub::Validate { .. } | Sub::New { .. } | Sub::SystemdUnit { .. } => {
+        Sub::Serve(_) | Sub::Validate { .. } | Sub::New { .. } | Sub::SystemdUnit { .. } | Sub::Mcp { .. } => {
             unreachable!("handled without a daemon")
         }
     }

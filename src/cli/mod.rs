@@ -216,6 +216,12 @@ enum Sub {
         #[arg(long)]
         json: bool,
     },
+    /// Serve MCP (for AI assistants) on stdin/stdout, bridged to the daemon's `/mcp`.
+    Mcp {
+        /// The daemon's address, `http://HOST:PORT` [env: NANNY_URL] [default: http://127.0.0.1:8080].
+        #[arg(long, value_parser = parse_url)]
+        url: Option<String>,
+    },
     /// Create a new service directory from the template.
     New {
         /// The new service's name (lowercase letters, digits, '.', '_', '-').
@@ -236,22 +242,26 @@ impl Conn {
     /// A client of `--url`, else `NANNY_URL`, else the default; a malformed
     /// address is a usage error.
     fn client(&self) -> Result<crate::client::Client, Failure> {
-        let url = match (&self.url, std::env::var("NANNY_URL")) {
-            (Some(url), _) => url.clone(),
-            (None, Ok(url)) if !url.is_empty() => {
-                parse_url(&url).map_err(|e| Failure::new(2, format!("error: invalid NANNY_URL `{url}`: {e}")))?
-            }
-            _ => DEFAULT_URL.into(),
-        };
-        Ok(crate::client::Client::new(&url))
+        Ok(crate::client::Client::new(&daemon_url(&self.url)?))
     }
+}
+
+/// `--url`, else `NANNY_URL`, else the default; a malformed address is a usage error.
+fn daemon_url(url: &Option<String>) -> Result<String, Failure> {
+    Ok(match (url, std::env::var("NANNY_URL")) {
+        (Some(url), _) => url.clone(),
+        (None, Ok(url)) if !url.is_empty() => {
+            parse_url(&url).map_err(|e| Failure::new(2, format!("error: invalid NANNY_URL `{url}`: {e}")))?
+        }
+        _ => DEFAULT_URL.into(),
+    })
 }
 
 impl Sub {
     /// Whether the command prints JSON, failures included.
     fn json(&self) -> bool {
         match self {
-            Sub::Serve(_) | Sub::New { .. } | Sub::SystemdUnit { .. } => false,
+            Sub::Serve(_) | Sub::New { .. } | Sub::SystemdUnit { .. } | Sub::Mcp { .. } => false,
             Sub::Validate { json, .. } => *json,
             Sub::Ls { conn, .. }
             | Sub::Show { conn, .. }
@@ -399,6 +409,7 @@ pub fn main() -> ExitCode {
                 let paths = Paths::outside_allowed(allow_outside_paths);
                 validate::run(&dir.unwrap_or_else(default_services_dir), paths, json).await
             }
+            Sub::Mcp { url } => crate::mcp::stdio::run(&daemon_url(&url)?).await,
             Sub::New { name, dir } => new::run(&name, &dir.unwrap_or_else(default_services_dir)),
             Sub::SystemdUnit { user, services, state_dir, listen } => {
                 let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());

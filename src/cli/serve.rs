@@ -63,6 +63,11 @@ pub struct ServeArgs {
     /// `https://dash.example`; repeat for more. None by default.
     #[arg(long = "cors-origin", env = "NANNY_CORS_ORIGINS", value_delimiter = ',')]
     cors_origins: Vec<String>,
+    /// A `Host` name (or `host:port`) the MCP endpoint `/mcp` answers for when the daemon
+    /// listens beyond loopback (by default it answers any, like the rest of the API, the
+    /// token guarding it); repeat for more. On loopback only local names are answered.
+    #[arg(long = "mcp-allowed-host", env = "NANNY_MCP_ALLOWED_HOSTS", value_delimiter = ',')]
+    mcp_allowed_hosts: Vec<String>,
     /// Time a client has to send a request's head, and its body.
     #[arg(long, env = "NANNY_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_age)]
     request_timeout: Duration,
@@ -162,8 +167,9 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
             tracing::warn!("invalid manifest: {error}");
         }
     }
-    let server =
-        tokio::spawn(crate::api::serve(listener, crate::api::router(daemon.clone(), access), args.request_timeout));
+    let mcp_hosts = crate::mcp::allowed_hosts(access.loopback, &args.mcp_allowed_hosts);
+    let router = crate::api::router(daemon.clone(), access, mcp_hosts);
+    let server = tokio::spawn(crate::api::serve(listener, router, args.request_timeout));
     println!("nanny listening on http://{addr}");
     daemon.restore();
     crate::systemd::ready(&daemon);
