@@ -12,16 +12,18 @@ use crate::deps;
 use crate::manifest::{self, MANIFEST_FILES, Manifest, ManifestError, Paths, Problem};
 
 /// A manifest that could not be used, with every reason.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Invalid {
+    #[schema(value_type = String)]
     pub path: PathBuf,
     pub errors: Vec<InvalidProblem>,
 }
 
 /// One reason, as data (`line` and `column` are 0 when not known) and as
 /// one line of text (`path:line:col: field `x`: message`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct InvalidProblem {
+    #[schema(value_type = String)]
     pub path: PathBuf,
     pub line: u64,
     pub column: u64,

@@ -5,9 +5,10 @@
 use serde::{Deserialize, Serialize};
 
 /// One thing that happened. `id`s are strictly increasing.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     pub id: u64,
+    #[schema(value_type = String, format = DateTime)]
     pub ts: jiff::Timestamp,
     pub service: Option<String>,
     #[serde(flatten)]
@@ -15,7 +16,7 @@ pub struct Event {
     pub message: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EventKind {
     DaemonStarted {

@@ -12,8 +12,9 @@ use tokio::process::Command;
 use crate::manifest::{HealthEndpoint, Manifest};
 
 /// The outcome of one probe, as the status endpoint reports it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ProbeResult {
+    #[schema(value_type = String, format = DateTime)]
     pub at: jiff::Timestamp,
     pub ok: bool,
     pub http_code: Option<u16>,

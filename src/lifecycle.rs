@@ -36,7 +36,7 @@ pub const WAIT_RETRY: Duration = Duration::from_secs(1);
 pub const CONFIRM_TIME: Duration = Duration::from_millis(300);
 
 /// The state every client sees (SPEC §4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     Stopped,

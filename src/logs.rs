@@ -28,7 +28,7 @@ pub const MAX_LINE_BYTES: usize = 16 * 1024;
 /// The most lines a follower takes from the ring at a time.
 const FOLLOW_BATCH: usize = 256;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Stream {
     Stdout,
@@ -37,8 +37,9 @@ pub enum Stream {
     Nanny,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LogLine {
+    #[schema(value_type = String, format = DateTime)]
     pub ts: jiff::Timestamp,
     pub stream: Stream,
     pub line: String,

@@ -40,10 +40,11 @@ const ADOPT_RETRY: Duration = Duration::from_millis(300);
 /// How many log lines (of this attempt) a failed start carries back to the caller.
 const FAILURE_LOG_LINES: usize = 20;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ExitRecord {
     #[serde(flatten)]
     pub exit: ExitInfo,
+    #[schema(value_type = String, format = DateTime)]
     pub at: jiff::Timestamp,
 }
 

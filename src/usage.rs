@@ -25,7 +25,7 @@ pub struct Reading {
 }
 
 /// A service's resource use, as shown by `status` and `ls`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Usage {
     /// Over the last interval; 100 is one core. `None` until two readings exist.
     pub cpu_percent: Option<f64>,

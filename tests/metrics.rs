@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -13,33 +11,9 @@ use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(60);
 
-/// The Python that has `prometheus_client`: the test venv's (`NANNY_TEST_PYTHON`), else
-/// `python3`. `None` (the test is skipped) when it lacks the library, except in CI.
-fn python() -> Option<String> {
-    let python = std::env::var("NANNY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&python).args(["-c", "import prometheus_client"]).status().is_ok_and(|s| s.success());
-    if !ok && std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{python} has no prometheus_client: .ci/run installs it in the test venv");
-    }
-    if !ok {
-        eprintln!("skipped: {python} has no prometheus_client (pip install prometheus-client)");
-        return None;
-    }
-    Some(python)
-}
-
 /// Every sample of the exposition, as the real parser reads it.
 fn parse(python: &str, text: &str) -> (Value, Vec<Value>) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/metrics/parse.py");
-    let mut child = Command::new(python)
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_script(python, "metrics/parse.py", text);
     assert!(
         out.status.success(),
         "the parser refused the exposition: {}\n{text}",
@@ -59,7 +33,7 @@ fn value(samples: &[Value], name: &str, labels: &[(&str, &str)]) -> Option<f64> 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_parse_and_tell_what_the_services_are_doing() {
-    let Some(python) = python() else { return };
+    let Some(python) = python_with("prometheus_client") else { return };
     let ws = Workspace::new();
     Svc::new("web").write(&ws.services());
     Svc::new("idle").write(&ws.services());

@@ -9,6 +9,18 @@ use serde_json::{Value, json};
 use crate::error::Error;
 use crate::service::StartError;
 
+/// Every error answer: `detail` in words, plus what the error adds (for a
+/// GPU conflict `gpu_service_running`, for a failed start `logs`, `exit` and
+/// `next`, for an invalid manifest `path` and `errors`, for a port in use
+/// `port` and `port_holder`).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub detail: String,
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub more: serde_json::Map<String, Value>,
+}
+
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,

@@ -3,6 +3,7 @@
 
 mod access;
 mod error;
+mod openapi;
 mod server;
 
 use std::sync::Arc;
@@ -19,15 +20,20 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde::Deserialize;
-use serde_json::{Value, json};
 use tower_http::cors::CorsLayer;
 
+use crate::daemon::views::{
+    DaemonHealth, EventsAnswer, HookTest, LogsAnswer, RediscoverReport, RemoveOutcome, SeedService, SeedStatus,
+    ServiceDetail, ServiceList, StartOutcome, StatusView, StopOutcome,
+};
 use crate::daemon::{Command, Daemon};
+use crate::events::Event;
 use crate::events::Filter;
 use crate::logs::{Followed, Follower, LogLine, RING_LINES, Stream};
 use crate::metrics::Metrics;
 pub use access::Access;
-pub use error::ApiError;
+pub use error::{ApiError, ErrorBody};
+pub use openapi::document;
 pub use server::serve;
 
 /// Request bodies are tiny (`{"force": true}`); anything larger is refused.
@@ -67,6 +73,7 @@ fn endpoints() -> Vec<Endpoint> {
         Endpoint::new(Method::GET, "/events/stream", event_stream),
         Endpoint::new(Method::GET, "/api/services/status", seed_status),
         Endpoint::new(Method::GET, "/metrics", metrics),
+        Endpoint::new(Method::GET, "/openapi.json", openapi::serve),
         Endpoint::new(Method::POST, "/hooks/{name}/test", test_hook),
     ]
 }
@@ -135,6 +142,7 @@ async fn count_request(State(metrics): State<Metrics>, request: Request, next: N
 
 /// `GET /metrics`: the Prometheus text format, or OpenMetrics when the
 /// scraper asks for it.
+#[utoipa::path(get, path = "/metrics", tag = "daemon", responses((status = 200, description = "Prometheus text format, or OpenMetrics with `Accept: application/openmetrics-text`", content_type = "text/plain", body = String), (status = 401, description = "Token missing or wrong", body = ErrorBody)))]
 async fn metrics(State(d): State<Daemon>, headers: HeaderMap) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()).unwrap_or_default();
     let openmetrics = accept.contains("application/openmetrics-text");
@@ -160,23 +168,28 @@ fn ok(value: impl serde::Serialize) -> ApiResult {
     Ok(Json(value).into_response())
 }
 
+#[utoipa::path(get, path = "/health", tag = "daemon", responses((status = 200, description = "The daemon's own health (never needs the token)", body = DaemonHealth)))]
 async fn health(State(d): State<Daemon>) -> ApiResult {
     ok(d.ask(Command::Health).await?)
 }
 
+#[utoipa::path(get, path = "/services", tag = "services", responses((status = 200, description = "Every service, and the invalid manifests", body = ServiceList), (status = 401, description = "Token missing or wrong", body = ErrorBody)))]
 async fn list(State(d): State<Daemon>) -> ApiResult {
     ok(d.ask(Command::List).await?)
 }
 
+#[utoipa::path(get, path = "/services/{name}", tag = "services", params(("name" = String, Path, description = "The service's name")), responses((status = 200, description = "Configuration and state", body = ServiceDetail), (status = 404, description = "Unknown service", body = ErrorBody), (status = 422, description = "The service's manifest is invalid", body = ErrorBody), (status = 401, description = "Token missing or wrong", body = ErrorBody)))]
 async fn show(State(d): State<Daemon>, Name(name): Name) -> ApiResult {
     ok(d.ask(|reply| Command::Show { name, reply }).await?)
 }
 
+#[utoipa::path(get, path = "/services/{name}/status", tag = "services", params(("name" = String, Path, description = "The service's name")), responses((status = 200, description = "The service's state", body = StatusView), (status = 404, description = "Unknown service", body = ErrorBody), (status = 422, description = "The service's manifest is invalid", body = ErrorBody), (status = 401, description = "Token missing or wrong", body = ErrorBody)))]
 async fn status(State(d): State<Daemon>, Name(name): Name) -> ApiResult {
     ok(d.ask(|reply| Command::Status { name, reply }).await?)
 }
 
-#[derive(Deserialize, Default)]
+/// The body of a start or restart.
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StartBody {
     #[serde(default)]
@@ -199,20 +212,24 @@ fn start_body(body: Result<Bytes, BytesRejection>) -> Result<StartBody, ApiError
     })
 }
 
+#[utoipa::path(post, path = "/services/{name}/start", tag = "services", params(("name" = String, Path, description = "The service's name")), request_body(content = Option<StartBody>, description = "Optional; read as JSON whatever the Content-Type"), responses((status = 200, description = "Started: running (healthy)", body = StartOutcome), (status = 409, description = "GPU busy (`gpu_service_running`), pinned, or port in use", body = ErrorBody), (status = 500, description = "Exited or could not be spawned", body = ErrorBody), (status = 504, description = "Not healthy within health_timeout", body = ErrorBody), (status = 404, description = "Unknown service", body = ErrorBody), (status = 422, description = "The service's manifest is invalid", body = ErrorBody), (status = 401, description = "Token missing or wrong", body = ErrorBody)))]
 async fn start(State(d): State<Daemon>, Name(name): Name, body: Result<Bytes, BytesRejection>) -> ApiResult {
     let force = start_body(body)?.force;
     ok(d.ask(|reply| Command::Start { name, force, reply }).await?)
 }
 
+#[utoipa::path(post, path = "/services/{name}/restart", tag = "services", params(("name" = String, Path, description = "The service's name")), request_body(content = Option<StartBody>), responses((status = 200, description = "Restarted", body = StartOutcome), (status = 409, description = "GPU busy", body = ErrorBody), (status = 404, description = "Unknown service", body = ErrorBody), (status = 422, description = "The service's manifest is invalid", body = ErrorBody), (status = 401, description = "Token missing or wrong", body = ErrorBody)))]
 async fn restart(State(d): State<Daemon>, Name(name): Name, body: Result<Bytes, BytesRejection>) -> ApiResult {
     let force = start_body(body)?.force;
     ok(d.ask(|reply| Command::Restart { name, force, reply }).await?)
 }
 
+#[utoipa::path(post, path = "/services/{name}/remove", tag = "services", params(("name" = String, Path, description = "The service's name")), responses((status = 200, description = "Stopped, then `compose down`", body = RemoveOutcome), (status = 502, description = "Removal failed", body = ErrorBody), (status = 404, description = "Unknown service", body = ErrorBody), (status = 422, description = "The service's manifest is invalid", body = ErrorBody), (status = 401, description = "Token missing or wrong", body = ErrorBody)))]
 async fn remove(State(d): State<Daemon>, Name(name): Name) -> ApiResult {
     ok(d.ask(|reply| Command::Remove { name, reply }).await?)
 }
 
+#[utoipa::path(post, path = "/services/{name}/stop", tag = "services", params(("name" = String, Path, description = "The service's name")), responses((status = 200, description = "No process is left", body = StopOutcome), (status = 504, description = "Processes outlived SIGKILL", body = ErrorBody), (status = 404, description = "Unknown service", body = ErrorBody), (status = 422, description = "The service's manifest is invalid", body = ErrorBody), (status = 401, description = "Token missing or wrong", body = ErrorBody)))]
 async fn stop(State(d): State<Daemon>, Name(name): Name) -> ApiResult {
     ok(d.ask(|reply| Command::Stop { name, reply }).await?)
 }
@@ -247,6 +264,7 @@ fn parse_flag(name: &str, value: Option<&str>) -> Result<bool, ApiError> {
     }
 }
 
+#[utoipa::path(get, path = "/services/{name}/logs", tag = "services", params(("name" = String, Path, description = "The service's name"), ("tail" = Option<usize>, Query, description = "Lines, 1-10000 (default 100)"), ("follow" = Option<bool>, Query, description = "Stream NDJSON lines as they come")), responses((status = 200, description = "The last lines (or, with follow, an NDJSON stream of LogLine)", body = LogsAnswer), (status = 400, description = "Bad query", body = ErrorBody), (status = 404, description = "Unknown service", body = ErrorBody), (status = 422, description = "The service's manifest is invalid", body = ErrorBody), (status = 401, description = "Token missing or wrong", body = ErrorBody)))]
 async fn logs(State(d): State<Daemon>, Name(name): Name, query: Result<Query<LogsQuery>, QueryRejection>) -> ApiResult {
     let Query(query) = query.map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, r.body_text()))?;
     let tail = parse_tail(query.tail.as_deref())?;
@@ -255,7 +273,7 @@ async fn logs(State(d): State<Daemon>, Name(name): Name, query: Result<Query<Log
         return Ok(follow_response(lines, live));
     }
     let lines = d.ask(|reply| Command::Logs { name: name.clone(), tail, reply }).await?;
-    ok(json!({ "service": name, "tail": tail, "lines": lines }))
+    ok(LogsAnswer { service: name, tail, lines })
 }
 
 /// Newline-delimited JSON: the tail, then every new line as it comes.
@@ -327,6 +345,7 @@ impl EventsQuery {
 /// `GET /events?since=ID&service=NAME&limit=N[&forward=true]`: the newest
 /// `limit` matching events after `since` (with `forward`, the oldest: the
 /// next page), oldest first.
+#[utoipa::path(get, path = "/events", tag = "events", params(("since" = Option<u64>, Query, description = "Only events after this id"), ("service" = Option<String>, Query), ("limit" = Option<usize>, Query), ("forward" = Option<bool>, Query, description = "The oldest `limit` after `since` (the next page)")), responses((status = 200, description = "The events, oldest first", body = EventsAnswer), (status = 400, description = "Bad query", body = ErrorBody), (status = 401, description = "Token missing or wrong", body = ErrorBody)))]
 async fn events(State(d): State<Daemon>, query: Result<Query<EventsQuery>, QueryRejection>) -> ApiResult {
     let Query(query) = query.map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, r.body_text()))?;
     let filter = query.filter(None)?;
@@ -336,11 +355,12 @@ async fn events(State(d): State<Daemon>, query: Result<Query<EventsQuery>, Query
         d.ask(|reply| Command::Events { filter, reply }).await?
     };
     let last_id = events.last().map(|e| e.id);
-    ok(json!({ "events": events, "last_id": last_id }))
+    ok(EventsAnswer { events, last_id })
 }
 
 /// `GET /events/stream`: Server-Sent Events, each with its id, so a client
 /// that reconnects with `Last-Event-ID` misses nothing.
+#[utoipa::path(get, path = "/events/stream", tag = "events", params(("since" = Option<u64>, Query), ("service" = Option<String>, Query), ("limit" = Option<usize>, Query), ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event")), responses((status = 200, description = "Server-Sent Events, each an Event with its id", content_type = "text/event-stream", body = Event), (status = 401, description = "Token missing or wrong", body = ErrorBody)))]
 async fn event_stream(
     State(d): State<Daemon>,
     headers: HeaderMap,
@@ -363,28 +383,29 @@ async fn event_stream(
     Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
 }
 
+#[utoipa::path(post, path = "/hooks/{name}/test", tag = "daemon", params(("name" = String, Path, description = "The hook's name")), responses((status = 200, description = "How the test delivery went", body = HookTest), (status = 404, description = "No such hook", body = ErrorBody), (status = 401, description = "Token missing or wrong", body = ErrorBody)))]
 async fn test_hook(State(d): State<Daemon>, Name(name): Name) -> ApiResult {
     ok(d.ask(|reply| Command::TestHook { name, reply }).await?)
 }
 
+#[utoipa::path(post, path = "/rediscover", tag = "daemon", responses((status = 200, description = "What changed", body = RediscoverReport), (status = 401, description = "Token missing or wrong", body = ErrorBody)))]
 async fn rediscover(State(d): State<Daemon>) -> ApiResult {
     ok(d.ask(Command::Rediscover).await?)
 }
 
 /// The service-manager seed's `GET /api/services/status`.
+#[utoipa::path(get, path = "/api/services/status", tag = "services", responses((status = 200, description = "The service-manager seed's status list", body = SeedStatus), (status = 401, description = "Token missing or wrong", body = ErrorBody)))]
 async fn seed_status(State(d): State<Daemon>) -> ApiResult {
     let list = d.ask(Command::List).await?;
-    let services: Vec<Value> = list
+    let services = list
         .services
         .iter()
-        .map(|s| {
-            json!({
-                "id": s.name,
-                "name": if s.description.is_empty() { &s.name } else { &s.description },
-                "status": s.status.seed_status(),
-                "statusCode": s.last_http_code,
-            })
+        .map(|s| SeedService {
+            id: s.name.clone(),
+            name: if s.description.is_empty() { s.name.clone() } else { s.description.clone() },
+            status: s.status.seed_status(),
+            status_code: s.last_http_code,
         })
         .collect();
-    ok(json!({ "services": services, "timestamp": jiff::Timestamp::now() }))
+    ok(SeedStatus { services, timestamp: jiff::Timestamp::now() })
 }

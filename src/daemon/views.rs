@@ -11,7 +11,7 @@ use crate::service::{ExitRecord, Snapshot};
 use crate::usage::Usage;
 
 /// One row of `GET /services`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ServiceSummary {
     pub name: String,
     pub description: String,
@@ -62,7 +62,7 @@ impl ServiceSummary {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ServiceList {
     pub total: usize,
     pub services: Vec<ServiceSummary>,
@@ -71,7 +71,7 @@ pub struct ServiceList {
 }
 
 /// `GET /services/{name}/status`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StatusView {
     pub name: String,
     pub status: State,
@@ -82,6 +82,7 @@ pub struct StatusView {
     pub is_healthy: bool,
     pub uptime: Option<String>,
     pub uptime_seconds: Option<f64>,
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub started_at: Option<jiff::Timestamp>,
     pub pid: Option<u32>,
     pub containers: Vec<String>,
@@ -131,7 +132,7 @@ impl StatusView {
 
 /// `GET /services/{name}`: the full configuration (the running instance's)
 /// and the status.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ServiceDetail {
     #[serde(flatten)]
     pub config: Manifest,
@@ -166,7 +167,7 @@ impl ServiceDetail {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StartOutcome {
     pub message: String,
     pub status: State,
@@ -182,7 +183,7 @@ pub struct StartOutcome {
 }
 
 /// `GET /health`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DaemonHealth {
     pub status: &'static str,
     pub version: &'static str,
@@ -194,8 +195,43 @@ pub struct DaemonHealth {
     pub runtimes: crate::runtime::RuntimeInfo,
 }
 
+/// `GET /services/{name}/logs`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct LogsAnswer {
+    pub service: String,
+    pub tail: usize,
+    pub lines: Vec<crate::logs::LogLine>,
+}
+
+/// `GET /events`: oldest first, and the last id (for `since=` next time).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct EventsAnswer {
+    pub events: Vec<crate::events::Event>,
+    pub last_id: Option<u64>,
+}
+
+/// The service-manager seed's `GET /api/services/status`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SeedStatus {
+    pub services: Vec<SeedService>,
+    #[schema(value_type = String, format = DateTime)]
+    pub timestamp: jiff::Timestamp,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SeedService {
+    pub id: String,
+    /// The description, else the name.
+    pub name: String,
+    /// `online`, `offline` or `starting`, as the seed names them.
+    pub status: &'static str,
+    /// The last health check's HTTP code.
+    #[serde(rename = "statusCode")]
+    pub status_code: Option<u16>,
+}
+
 /// The answer to a test delivery (`nanny webhook test NAME`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct HookTest {
     pub hook: String,
     pub delivered: bool,
@@ -204,7 +240,7 @@ pub struct HookTest {
     pub message: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RemoveOutcome {
     pub message: String,
     /// What the runtime did (Compose's own output).
@@ -212,7 +248,7 @@ pub struct RemoveOutcome {
     pub also_stopped: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StopOutcome {
     pub message: String,
     pub status: State,
@@ -220,14 +256,14 @@ pub struct StopOutcome {
     pub also_stopped: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ChangedService {
     pub name: String,
     pub running: bool,
     pub note: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RediscoverReport {
     pub added: Vec<String>,
     pub removed: Vec<String>,

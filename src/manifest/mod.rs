@@ -65,7 +65,7 @@ pub const FIELDS: [&str; 32] = [
 
 /// A validated service manifest. Paths are absolute (resolved against the
 /// manifest's directory).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Manifest {
     pub name: String,
     pub description: String,
@@ -77,49 +77,62 @@ pub struct Manifest {
     pub ports: Vec<String>,
     pub port: Option<u16>,
     #[serde(serialize_with = "ser_health_endpoint")]
+    #[schema(value_type = Option<String>)]
     pub health_endpoint: Option<HealthEndpoint>,
     pub health_command: Option<Vec<String>>,
     /// Compose only: the time `up -d` (pull, build, create) may take before
     /// health checks begin. Accepted, and without effect, for native services.
     #[serde(with = "secs")]
+    #[schema(value_type = f64)]
     pub start_timeout: Duration,
     #[serde(with = "secs")]
+    #[schema(value_type = f64)]
     pub health_timeout: Duration,
     #[serde(with = "secs")]
+    #[schema(value_type = f64)]
     pub health_interval: Duration,
     pub health_failures: u32,
     pub tags: Vec<String>,
     pub autostart: bool,
     pub restart: RestartPolicy,
     #[serde(with = "secs")]
+    #[schema(value_type = f64)]
     pub restart_delay: Duration,
     #[serde(with = "secs")]
+    #[schema(value_type = f64)]
     pub restart_delay_max: Duration,
     pub max_restarts: u32,
     #[serde(with = "secs")]
+    #[schema(value_type = f64)]
     pub restart_window: Duration,
     #[serde(serialize_with = "ser_signal")]
+    #[schema(value_type = String)]
     pub stop_signal: Signal,
     #[serde(with = "secs")]
+    #[schema(value_type = f64)]
     pub stop_timeout: Duration,
     pub depends_on: Vec<Dependency>,
     pub priority: i32,
     pub pinned: bool,
     /// The manifest file itself.
+    #[schema(value_type = String)]
     pub manifest_path: PathBuf,
 }
 
 /// How the service's processes come to exist.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "runtime", rename_all = "lowercase")]
 pub enum Runtime {
     Native {
         command: Vec<String>,
+        #[schema(value_type = String)]
         working_dir: PathBuf,
         env: BTreeMap<String, String>,
+        #[schema(value_type = Option<String>)]
         env_file: Option<PathBuf>,
     },
     Compose {
+        #[schema(value_type = String)]
         compose_file: PathBuf,
         /// `compose_project`, when set; else Compose's own default is used.
         project: Option<String>,
@@ -141,7 +154,7 @@ impl fmt::Display for HealthEndpoint {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
     Always,
@@ -149,14 +162,14 @@ pub enum RestartPolicy {
     Never,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DependencyCondition {
     Started,
     Healthy,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Dependency {
     pub name: String,
     /// `None`: healthy when the dependency has a check, else started.
@@ -175,7 +188,7 @@ impl Manifest {
 }
 
 /// One thing wrong with a manifest, located as precisely as the YAML allows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     pub field: Option<String>,
     pub line: u64,

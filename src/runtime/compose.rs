@@ -55,7 +55,7 @@ fn not_answering(what: &str) -> String {
 }
 
 /// The Compose tool found on this machine.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ToolInfo {
     /// `docker compose` or `docker-compose`; `null` when neither works.
     pub tool: Option<String>,
@@ -64,7 +64,7 @@ pub struct ToolInfo {
 }
 
 /// The Docker engine, as seen through its API.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EngineInfo {
     /// `available`, `unavailable` (it refused or is not there) or
     /// `not answering` (no reply within 800 ms).

@@ -25,10 +25,11 @@ use crate::usage::Reading;
 pub use native::Native;
 
 /// How an instance ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ExitInfo {
     pub code: Option<i32>,
     #[serde(serialize_with = "ser_signal")]
+    #[schema(value_type = Option<String>)]
     pub signal: Option<Signal>,
 }
 
@@ -68,7 +69,7 @@ impl Ended {
 }
 
 /// What a running instance is made of, for status answers.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Parts {
     /// The process (and process group) id of a native service.
     pub pid: Option<u32>,
@@ -262,7 +263,7 @@ pub trait Runtime: Send + Sync + 'static {
 }
 
 /// What the daemon reports about its runtimes.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RuntimeInfo {
     pub docker: compose::EngineInfo,
     pub compose: compose::ToolInfo,

@@ -22,12 +22,13 @@ pub mod daemon;
 pub mod events;
 pub mod manifest;
 pub mod process;
+pub mod python;
 pub mod sse;
 
 // One flat namespace for the tests (`use common::*;`); a test binary that needs nothing from
 // one of the submodules leaves its re-export unused.
 #[allow(unused_imports)]
-pub use self::{checks::*, cli::*, daemon::*, events::*, manifest::*, process::*, sse::*};
+pub use self::{checks::*, cli::*, daemon::*, events::*, manifest::*, process::*, python::*, sse::*};
 
 /// Absolute path of the `nanny` binary under test.
 pub const NANNY: &str = env!("CARGO_BIN_EXE_nanny");

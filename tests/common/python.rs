@@ -1,0 +1,32 @@
+//! The test venv's Python (`NANNY_TEST_PYTHON`, made by `.ci/run`), for the third-party checkers
+//! the tests run: the Prometheus text parser, the OpenAPI validator, the MCP client.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+/// The Python that can `import module`: the test venv's, else `python3`. `None` (the caller
+/// skips) when it cannot, except in CI (`CI=true`), where that is a failure.
+pub fn python_with(module: &str) -> Option<String> {
+    let python = std::env::var("NANNY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&python).args(["-c", &format!("import {module}")]).status().is_ok_and(|s| s.success());
+    if !ok {
+        let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
+        assert!(!in_ci, "{python} cannot import {module}: .ci/run installs it in the test venv");
+        eprintln!("skipped: {python} cannot import {module}");
+        return None;
+    }
+    Some(python)
+}
+
+/// Run `tests/SCRIPT` with `input` on stdin.
+pub fn run_script(python: &str, script: &str, input: &str) -> Output {
+    let mut child = Command::new(python)
+        .arg(format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR")))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{python} {script}: {e}"));
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
