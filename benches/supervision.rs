@@ -210,12 +210,12 @@ fn main() {
     std::fs::create_dir_all(services.join("looper")).unwrap();
     std::fs::write(
         services.join("crashy/service.yaml"),
-        "name: crashy\ncommand: [sleep, '1000']\nrestart: always\nrestart_delay: 0\nmax_restarts: 1000000\nhealth_timeout: 0.05\n",
+        "name: crashy\ncommand: [sleep, '1000']\nrestart: always\nrestart_delay: 0\nmax_restarts: 10000\nhealth_timeout: 0.05\n",
     )
     .unwrap();
     std::fs::write(
         services.join("looper/service.yaml"),
-        "name: looper\ncommand: [sh, -c, 'sleep 0.05; exit 3']\nrestart: always\nrestart_delay: 0\nmax_restarts: 100000\n",
+        "name: looper\ncommand: [sh, -c, 'sleep 0.05; exit 3']\nrestart: always\nrestart_delay: 0\nmax_restarts: 10000\n",
     )
     .unwrap();
     std::fs::write(services.join("ready/server.py"), READY_SERVER).unwrap();
