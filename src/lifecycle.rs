@@ -24,6 +24,9 @@ pub const SETTLE_TIME: Duration = Duration::from_secs(1);
 /// After SIGKILL, how long a stop waits for the processes to be gone before
 /// it answers that they are not (a process stuck in the kernel).
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
+/// The same for a Compose project, whose kill goes through the Compose tool
+/// (a Python program for v1, slow to start on a loaded machine) and the engine.
+pub const COMPOSE_STOP_GRACE: Duration = Duration::from_secs(30);
 /// How often a service that waits for the GPU or for its runtime (the
 /// Docker engine) tries again. Waiting spends none of the restart budget.
 pub const WAIT_RETRY: Duration = Duration::from_secs(1);
@@ -305,6 +308,9 @@ pub struct Spec {
     pub health_failures: u32,
     pub stop_timeout: Duration,
     pub stop_signal: String,
+    /// After SIGKILL, how long the stop waits before it answers that
+    /// something outlived it ([`STOP_GRACE`], [`COMPOSE_STOP_GRACE`]).
+    pub stop_grace: Duration,
 }
 
 impl Spec {
@@ -318,6 +324,10 @@ impl Spec {
             health_failures: m.health_failures,
             stop_timeout: m.stop_timeout,
             stop_signal: m.stop_signal.to_string(),
+            stop_grace: match m.runtime {
+                crate::manifest::Runtime::Native { .. } => STOP_GRACE,
+                crate::manifest::Runtime::Compose { .. } => COMPOSE_STOP_GRACE,
+            },
         }
     }
 }
@@ -477,13 +487,13 @@ impl Machine {
         self.phase.state()
     }
 
-    /// While a stop's processes outlive SIGKILL by [`STOP_GRACE`]: the error
+    /// While a stop's processes outlive SIGKILL by the spec's `stop_grace`: the error
     /// that says so (what is still alive is for the task to fill in).
     pub fn stuck_error(&self) -> Option<StartError> {
         matches!(self.phase, Phase::Stopping { stuck: true, .. }).then(|| StartError::Stuck {
             name: self.spec.name.clone(),
             alive: String::new(),
-            grace: STOP_GRACE.as_secs(),
+            grace: self.spec.stop_grace.as_secs(),
         })
     }
 
@@ -492,7 +502,7 @@ impl Machine {
         match &self.phase {
             Phase::Starting { deadline, .. } => Some(*deadline),
             Phase::Stopping { stuck: true, .. } => None,
-            Phase::Stopping { killed_at: Some(at), .. } => Some(*at + STOP_GRACE),
+            Phase::Stopping { killed_at: Some(at), .. } => Some(*at + self.spec.stop_grace),
             Phase::Stopping { kill_at, .. } => Some(*kill_at),
             Phase::Backoff { until, .. } => Some(*until),
             _ => None,
@@ -946,7 +956,7 @@ impl Machine {
                 let error = self.stuck_error().expect("the stop is stuck");
                 self.last_error = Some(error.to_string());
                 out.push(Action::Log(error.to_string()));
-                out.push(Action::Emit(EventKind::StopTimedOut { grace_s: STOP_GRACE.as_secs() }));
+                out.push(Action::Emit(EventKind::StopTimedOut { grace_s: self.spec.stop_grace.as_secs() }));
                 out.push(Action::Stopped(Err(error.clone())));
                 out.push(Action::Started(Err(Failure { error, next: None })));
             }
@@ -1077,6 +1087,7 @@ mod tests {
             health_failures: 1,
             stop_timeout: Duration::from_secs(10),
             stop_signal: "SIGTERM".into(),
+            stop_grace: STOP_GRACE,
         }
     }
 
