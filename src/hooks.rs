@@ -19,8 +19,8 @@ use sha2::Sha256;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::daemon::Daemon;
 use crate::daemon::views::StatusView;
-use crate::daemon::{Daemon, EventFeed};
 use crate::events::{Event, EventKind};
 use crate::manifest::parse_duration;
 
@@ -241,20 +241,11 @@ impl Hooks {
         self.hooks.keys().cloned().collect()
     }
 
-    /// Hand every event from now on to the hooks that want it.
-    pub fn follow(&self, d: Daemon, mut feed: EventFeed) {
+    /// Hand `event` to the hooks that want it.
+    pub fn dispatch(&self, d: &Daemon, event: &Event) {
         if self.hooks.is_empty() {
             return;
         }
-        let hooks = self.clone();
-        tokio::spawn(async move {
-            while let Some(event) = feed.next().await {
-                hooks.dispatch(&d, &event);
-            }
-        });
-    }
-
-    fn dispatch(&self, d: &Daemon, event: &Event) {
         let snap = event.service.as_deref().and_then(|s| d.service(s).ok()).map(|h| h.snapshot());
         let tags = snap.as_ref().map(|s| s.manifest.tags.clone()).unwrap_or_default();
         let mut payload = None;

@@ -227,13 +227,3 @@ fn now(d: &Daemon, registry: &mut Registry) {
     registry.register("gpu_holder", "1 for the service holding the GPU", gpu_holder);
     registry.register_with_unit("gpu_reserved", "GPU memory the holder declared (vram_gb)", Unit::Bytes, gpu_reserved);
 }
-
-/// Count every event from now on, from the store's feed (which catches up
-/// from the database if it falls behind, so none is missed).
-pub fn follow_events(metrics: Metrics, mut feed: crate::daemon::EventFeed) {
-    tokio::spawn(async move {
-        while let Some(event) = feed.next().await {
-            metrics.event(&event);
-        }
-    });
-}

@@ -19,7 +19,7 @@ use crate::gpu::Arbiter;
 use crate::hooks::{Hooks, HooksFile};
 use crate::logs::{Follower, LogLine};
 use crate::manifest::Paths;
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use crate::runtime::{Devices, Runtime};
 use crate::service::{ServiceHandle, Shared};
 use crate::store::{Desired, Retention, Store, StoreError};
@@ -129,12 +129,10 @@ impl Daemon {
     /// discover the services and start supervising them.
     pub async fn start(config: Config, runtime: Arc<dyn Runtime>) -> Result<Daemon, StoreError> {
         let store = Store::open_with(&config.state_dir, config.events)?;
-        // Metrics count the events of this daemon's life: those after the history's last.
+        // Metrics and hooks see the events of this daemon's life: those after the history's last.
         let metrics = Metrics::default();
         let last = store.events(Filter { limit: 1, ..Filter::default() }).await.last().map_or(0, |e| e.id);
-        let from_now = Filter { since: last, ..Filter::default() };
-        metrics::follow_events(metrics.clone(), EventFeed::new(store.clone(), from_now.clone()).await);
-        let hooks_feed = EventFeed::new(store.clone(), from_now).await;
+        let feed = EventFeed::new(store.clone(), Filter { since: last, ..Filter::default() }).await;
         store.emit(
             None,
             EventKind::DaemonStarted { version: env!("CARGO_PKG_VERSION").into(), pid: std::process::id() },
@@ -163,8 +161,20 @@ impl Daemon {
         let config = Arc::new(config);
         let mut d = Daemon { config, registry, arbiter, store, runtime, usage, metrics, hooks, started };
         d.hooks = Hooks::start(d.config.hooks.clone(), &d);
-        d.hooks.follow(d.clone(), hooks_feed);
+        d.follow_events(feed);
         Ok(d)
+    }
+
+    /// Count every event and hand it to the hooks, from one feed of the store
+    /// (which catches up from the database if it falls behind, so none is missed).
+    fn follow_events(&self, mut feed: EventFeed) {
+        let d = self.clone();
+        tokio::spawn(async move {
+            while let Some(event) = feed.next().await {
+                d.metrics.event(&event);
+                d.hooks.dispatch(&d, &event);
+            }
+        });
     }
 
     /// Start what should be running: `autostart` services, and those that

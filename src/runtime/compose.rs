@@ -50,8 +50,12 @@ const OUTPUT_KEEP: usize = 64 * 1024;
 const INFO_TIMEOUT: Duration = Duration::from_millis(800);
 
 fn not_answering(what: &str) -> String {
-    let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
-    format!("{what} did not answer within {} ms (DOCKER_HOST {host})", INFO_TIMEOUT.as_millis())
+    format!("{what} did not answer within {} ms (DOCKER_HOST {})", INFO_TIMEOUT.as_millis(), docker_host())
+}
+
+/// The engine's address, as the Docker client finds it.
+fn docker_host() -> String {
+    std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into())
 }
 
 /// The Compose tool found on this machine.
@@ -801,8 +805,7 @@ fn working_set(memory: bollard::models::ContainerMemoryStats) -> u64 {
 }
 
 fn engine_error(e: &bollard::errors::Error) -> String {
-    let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
-    format!("the Docker engine at {host} is not reachable: {}", crate::health::error_chain(e))
+    format!("the Docker engine at {} is not reachable: {}", docker_host(), crate::health::error_chain(e))
 }
 
 async fn list_project(docker: &Docker, project: &str) -> Result<Vec<Container>, String> {

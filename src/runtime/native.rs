@@ -167,14 +167,18 @@ const GROUP_EXIT_WAIT: Duration = Duration::from_secs(5);
 const GROUP_EXIT_POLL_FIRST: Duration = Duration::from_millis(1);
 const GROUP_EXIT_POLL_MAX: Duration = Duration::from_millis(100);
 
-/// The live (not zombie) processes of group `pgid`.
-fn group_members(pgid: u32) -> Vec<(u32, ProcStat)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
+/// Every process the kernel lists now, with its `/proc/PID/stat` fields.
+fn processes() -> impl Iterator<Item = (u32, ProcStat)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(|pid| Some((pid, proc_stat(pid)?)))
-        .filter(|(_, stat)| stat.pgrp == pgid && stat.state != 'Z')
-        .collect()
+}
+
+/// The live (not zombie) processes of group `pgid`.
+fn group_members(pgid: u32) -> Vec<(u32, ProcStat)> {
+    processes().filter(|(_, stat)| stat.pgrp == pgid && stat.state != 'Z').collect()
 }
 
 /// Wait until no process of group `pgid` is left, or `until`. Processes
@@ -277,13 +281,10 @@ pub fn measure(groups: &[(String, u32)]) -> HashMap<String, Reading> {
     let page_bytes = sysconf(SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as u64;
     let by_group: HashMap<u32, &str> = groups.iter().map(|(name, pgid)| (*pgid, name.as_str())).collect();
     let mut totals: HashMap<u32, (u64, u64)> = HashMap::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return HashMap::new() };
-    for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
-        if let Some(stat) = proc_stat(pid).filter(|s| by_group.contains_key(&s.pgrp)) {
-            let total = totals.entry(stat.pgrp).or_default();
-            total.0 += stat.cpu_ticks;
-            total.1 += stat.rss_pages;
-        }
+    for (_, stat) in processes().filter(|(_, s)| by_group.contains_key(&s.pgrp)) {
+        let total = totals.entry(stat.pgrp).or_default();
+        total.0 += stat.cpu_ticks;
+        total.1 += stat.rss_pages;
     }
     totals
         .into_iter()
