@@ -126,6 +126,6 @@ async fn screenshots() {
     drive(
         &python,
         &d,
-        json!({"scenario": "screenshots", "out": out, "running": ["image-gen", "embeddings"], "failed": ["vision-ocr"]}),
+        json!({"scenario": "screenshots", "out": out, "running": ["image-gen", "embeddings"], "failed": ["vision-ocr"], "conflict": "llm-chat"}),
     );
 }

@@ -335,7 +335,11 @@ def screenshots(cfg):
             p.wait_status(name, "running", 60)
         p.wait("failures are shown", lambda: all(p.one(p.row(n) + " .message") for n in cfg.get("failed", [])))
         p.wait("health checks are shown", lambda: all("ms" in p.text(p.row(n) + " .health") for n in cfg.get("running", [])))
-        p.wait("memory is measured", lambda: all(p.text(p.row(n) + " td.mem") != "—" for n in cfg.get("running", [])))
+        p.wait("CPU and memory are measured", lambda: all(p.text(p.row(n) + " td.mem") != "—" and p.text(p.row(n) + " td.cpu") != "—"
+                                                          for n in cfg.get("running", [])), 60)
+        if cfg.get("conflict"):
+            p.action(cfg["conflict"], "start")
+            p.wait("the conflict is explained", lambda: p.one(p.row(cfg["conflict"]) + " .message.conflict"))
         shots = [("dashboard-wide.png", 1400, 900, "light"), ("dashboard-wide-dark.png", 1400, 900, "dark"),
                  ("dashboard-narrow.png", 390, 844, "light")]
         for file, width, height, scheme in shots:
