@@ -1,6 +1,7 @@
 //! The web dashboard (issue #19) in a real headless Chromium, driven by Selenium from
-//! `tests/web/dashboard.py`: the page lists the services, a click starts one and its row turns
-//! running without a reload, a GPU conflict is explained and forced in one click, a process
+//! `tests/web/dashboard.py`: the page lists the services and filters them, a click starts one,
+//! shows its progress and its row turns running without a reload, a failed start shows why and
+//! the last lines, a GPU conflict is explained and forced in one click, a process
 //! killed by pid shows its restart in the row and the timeline, the log view shows a new line,
 //! a dropped event stream says "reconnecting" and resumes with nothing missed, an invalid
 //! manifest appears with its error, and with a token the page asks for it, keeps it out of
@@ -53,7 +54,16 @@ async fn the_dashboard_is_live_and_drives_services() {
     let Some(python) = browser_python() else { return };
     let ws = Workspace::new();
     ws.add_examples();
-    ws.add(Svc::new("alpha").description("a fast test service").extra("tags: [test]\nrestart_delay: 0.2\n"));
+    ws.add(
+        Svc::new("alpha")
+            .description("a test service, healthy after 1 s")
+            .args(["--health-after", "1"])
+            .extra("tags: [test]\nrestart_delay: 0.2\n"),
+    );
+    ws.write_manifest(
+        "crasher",
+        "name: crasher\nrestart: never\ncommand: [sh, -c, 'echo loading weights; echo CUDA out of memory >&2; exit 3']\n",
+    );
     ws.add(Svc::new("gpu-a").gpu());
     ws.add(Svc::new("gpu-b").gpu());
     ws.write_manifest("talker", talker());

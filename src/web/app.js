@@ -725,7 +725,10 @@ for (const b of document.querySelectorAll('button.sort')) {
     arrange();
   });
 }
-for (const id of ['f-status', 'f-tag', 'f-gpu', 'f-text']) $(id).addEventListener('input', arrange);
+for (const id of ['f-status', 'f-tag', 'f-gpu', 'f-text']) {
+  $(id).addEventListener('input', arrange);
+  $(id).addEventListener('change', arrange);
+}
 
 // ---------------------------------------------------------------------------------------------
 // GPU panel: `GET /gpus` when the daemon has it, else the holder from the service list
@@ -733,21 +736,22 @@ for (const id of ['f-status', 'f-tag', 'f-gpu', 'f-text']) $(id).addEventListene
 
 async function refreshGpu() {
   let gpus = null;
-  if (state.gpuShape !== 'fallback') {
-    try {
+  try {
+    if (state.gpuShape !== 'fallback') {
       const { status, body } = await api('/gpus');
-      if (status === 200) {
-        gpus = body;
-        state.gpuShape = 'gpus';
-      } else if (status === 404) {
-        state.gpuShape = 'fallback';
-      }
-    } catch (err) {
-      if (err instanceof NeedToken) return;
+      if (status === 200) gpus = body;
+      state.gpuShape = status === 404 ? 'fallback' : 'gpus';
     }
+    // The holder the rows mark: from `GET /gpus`, else (a daemon without it) from `GET /health`.
+    const holder = gpus ? gpus.holder : (await getJson('/health')).gpu_service_running;
+    if (holder !== state.gpuHolder) {
+      state.gpuHolder = holder;
+      for (const name of state.services.keys()) renderRow(name);
+    }
+  } catch (err) {
+    if (err instanceof NeedToken) return;
   }
-  const root = $('gpu-body');
-  root.replaceChildren(...(gpus ? gpuPanel(gpus) : gpuFallback()));
+  $('gpu-body').replaceChildren(...(gpus ? gpuPanel(gpus) : gpuFallback()));
 }
 
 function gpuPanel(g) {

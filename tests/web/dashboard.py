@@ -22,7 +22,7 @@ from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 WAIT = 30  # seconds for any one condition on a loaded machine
 CHROMIUM = os.environ.get("NANNY_CHROMIUM", "/usr/bin/chromium")
@@ -179,7 +179,7 @@ def live(cfg):
     p = Page(d)
     try:
         d.get(page_url)
-        for name in ["alpha", "gpu-a", "gpu-b", "talker", "image-gen", "llm-chat", "embeddings"]:
+        for name in ["alpha", "crasher", "gpu-a", "gpu-b", "talker", "image-gen", "llm-chat", "embeddings"]:
             p.wait(f"{name} is listed", lambda: name in p.rows())
         p.wait("the event stream is live", lambda: p.text("#conn") == "live")
         assert "image-generation" in p.text(p.row("image-gen") + " .meta"), "tags are shown"
@@ -187,13 +187,30 @@ def live(cfg):
         d.execute_script("window.__noReload = 1")
         log("ok: the page lists the example and test services")
 
-        # Start by a click: the row turns running without a reload.
+        # Filters: only the GPU services, then all again.
+        Select(d.find_element(By.ID, "f-gpu")).select_by_value("gpu")
+        shown = lambda: sorted(e.get_attribute("data-name") for e in p.q("tbody.svc") if e.is_displayed())
+        p.wait(f"only the GPU services are shown ({shown()})", lambda: shown() == ["gpu-a", "gpu-b", "image-gen", "llm-chat"])
+        Select(d.find_element(By.ID, "f-gpu")).select_by_value("")
+        p.wait("every service is shown again", lambda: len(shown()) == 8)
+
+        # Start by a click: its progress, then the row turns running without a reload.
         p.wait_status("alpha", "stopped")
         p.action("alpha", "start")
+        p.wait("the start shows it waits for health",
+               lambda: p.text(p.row("alpha") + " .message.progress .steps li.current") == "waiting for health")
         p.wait_status("alpha", "running")
         assert d.execute_script("return window.__noReload") == 1, "the page was reloaded"
         p.wait("alpha's health shows its HTTP code", lambda: p.text(p.row("alpha") + " .health .code").startswith("200"))
-        log("ok: start by a click, row running, health 200, no reload")
+        log("ok: filter by GPU; start by a click with its progress, row running, health 200, no reload")
+
+        # A start that fails says why and shows the last lines of output.
+        p.action("crasher", "start")
+        failure = p.row("crasher") + " .message.failure"
+        p.wait("the failure is explained", lambda: "exited with code 3" in p.text(failure))
+        assert "CUDA out of memory" in p.text(failure + " pre"), p.text(failure)
+        p.wait_status("crasher", "failed")
+        log("ok: a failed start shows the reason and the last log lines")
 
         # Two GPU services: the conflict in words, then the one-click force.
         p.action("gpu-a", "start")
