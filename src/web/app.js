@@ -9,6 +9,7 @@ const HAS_PROCESS = new Set(['starting', 'running', 'unhealthy', 'stopping', 'ba
 const LIST_KINDS = new Set(['discovered', 'removed', 'manifest_changed', 'invalid', 'daemon_started']);
 const LOG_LIMIT = 2000;
 const POLL_MS = 5000;
+const STREAM_SILENCE_MS = 40000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -73,6 +74,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 function askForToken(message) {
   state.epoch++;
+  if (state.streamCtrl) state.streamCtrl.abort();
   stopDetailStream();
   $('app').hidden = true;
   $('rediscover').hidden = true;
@@ -169,7 +171,7 @@ async function streamEvents(epoch) {
         loadList().catch(() => {});
         health();
       }
-      await readEvents(res.body, epoch);
+      await readEvents(res.body, epoch, ctrl);
       throw new Error('the stream ended');
     } catch (err) {
       if (epoch !== state.epoch) return;
@@ -182,11 +184,21 @@ async function streamEvents(epoch) {
 }
 
 /** Server-Sent Events from a response body: `id:`, `event:`, `data:` lines, blank-line ended. */
-async function readEvents(body, epoch) {
+async function readEvents(body, epoch, ctrl) {
   const reader = body.pipeThrough(new TextDecoderStream()).getReader();
   let buf = '';
+  let silent = null;
   for (;;) {
-    const { value, done } = await reader.read();
+    // The daemon sends a comment every 15 s: a stream silent for 40 s is dead, though not closed.
+    clearTimeout(silent);
+    silent = setTimeout(() => ctrl.abort(), STREAM_SILENCE_MS);
+    let chunk;
+    try {
+      chunk = await reader.read();
+    } finally {
+      clearTimeout(silent);
+    }
+    const { value, done } = chunk;
     if (done || epoch !== state.epoch) return;
     buf += value.replace(/\r/g, '');
     let end;
@@ -901,14 +913,15 @@ function showTab(tab) {
   if (tab === 'manifest' && state.detail) loadManifest(state.detail.name);
 }
 
-/** `GET /services/NAME/logs?follow=true`: NDJSON, read line by line; resumed after a drop. */
+/** `GET /services/NAME/logs?follow=true`: NDJSON, read line by line. After a drop it asks for
+ * the last 1000 lines again and shows only those after the last one it had shown. */
 async function followLogs(detail) {
   const epoch = state.epoch;
-  let first = true;
+  let last = null; // the last line received: `ts` and text
   while (state.detail === detail && epoch === state.epoch) {
     detail.ctrl = new AbortController();
     try {
-      const res = await fetch(`/services/${enc(detail.name)}/logs?follow=true&tail=${first ? 200 : 1}`, {
+      const res = await fetch(`/services/${enc(detail.name)}/logs?follow=true&tail=${last ? 1000 : 200}`, {
         headers: headers(), cache: 'no-store', signal: detail.ctrl.signal,
       });
       if (res.status === 401) return askForToken('The token was refused. Paste the current one.');
@@ -916,29 +929,39 @@ async function followLogs(detail) {
       setText($('log-state'), 'following');
       const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
       let buf = '';
-      let skipOne = !first; // a resumed follow repeats the last line it had shown
-      first = false;
+      let skipping = !!last; // a resumed follow repeats lines already shown
       for (;;) {
         const { value, done } = await reader.read();
         if (done) break;
         buf += value;
         let nl;
-        const batch = [];
+        let batch = [];
         while ((nl = buf.indexOf('\n')) >= 0) {
-          const line = buf.slice(0, nl);
+          const text = buf.slice(0, nl);
           buf = buf.slice(nl + 1);
-          if (!line) continue;
-          if (skipOne) {
-            skipOne = false;
-            continue;
-          }
+          if (!text) continue;
           try {
-            batch.push(JSON.parse(line));
+            batch.push(JSON.parse(text));
           } catch (_) {
             /* not a log line */
           }
         }
-        if (batch.length) addLogLines(detail, batch);
+        if (skipping) {
+          // The repeated tail: skip up to the last line seen, or to the first one newer than it.
+          const lastMs = Date.parse(last.ts);
+          const from = batch.findIndex((l) => (l.ts === last.ts && l.line === last.line) || Date.parse(l.ts) > lastMs);
+          if (from >= 0) {
+            skipping = false;
+            const b = batch[from];
+            batch = batch.slice(b.ts === last.ts && b.line === last.line ? from + 1 : from);
+          } else {
+            batch = [];
+          }
+        }
+        if (batch.length) {
+          last = batch[batch.length - 1];
+          addLogLines(detail, batch);
+        }
       }
       throw new Error('the log stream ended');
     } catch (err) {

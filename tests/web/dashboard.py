@@ -266,7 +266,12 @@ def live(cfg):
         p.wait("the timeline got every event sent while disconnected",
                lambda: all(p.one(f'#timeline li[data-id="{i}"]') for i in missed))
         assert d.execute_script("return window.__noReload") == 1, "the page was reloaded"
-        log(f"ok: reconnected and resumed: events {missed} arrived")
+        # The log view resumed too: the lines written meanwhile, and none shown twice.
+        said = api(url, "/services/talker/logs?tail=1")["lines"][-1]["line"]
+        lines = lambda: [e.get_attribute("textContent") for e in p.q("#log-lines li.line .text")]
+        p.wait(f"the log view shows {said!r}, written while disconnected", lambda: said in lines())
+        assert lines().count("hello from the dashboard test") == 1, lines()
+        log(f"ok: reconnected and resumed: events {missed} arrived, log lines too ({said!r}), none twice")
 
         # An invalid manifest dropped in and rediscovered is shown with file, line and column.
         os.makedirs(os.path.join(services, "broken"))
