@@ -41,15 +41,7 @@ fn template_documents_every_manifest_field() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bundled_examples_run_under_the_daemon() {
     let ws = Workspace::new();
-    copy_tree(&examples_dir(), &ws.services());
-    let mut ports = std::collections::HashMap::new();
-    for (name, old) in [("image-gen", 8101u16), ("llm-chat", 8102), ("embeddings", 8103)] {
-        let p = ws.services().join(name).join("service.yaml");
-        let new = free_port();
-        let y = fs::read_to_string(&p).unwrap().replace(&old.to_string(), &new.to_string());
-        fs::write(&p, y).unwrap();
-        ports.insert(name, new);
-    }
+    let ports = ws.add_examples();
     let d = Daemon::start(&ws.services());
     let list = d.services().await;
     assert_eq!(list["total"], 3, "_template is skipped: {list}");

@@ -24,12 +24,7 @@ const LEGACY: &str = "2025-11-25";
 /// exits with code 3 under `restart: never`.
 fn workspace() -> Workspace {
     let ws = Workspace::new();
-    copy_tree(&examples_dir(), &ws.services());
-    for (name, old) in [("image-gen", 8101u16), ("llm-chat", 8102), ("embeddings", 8103)] {
-        let p = ws.services().join(name).join("service.yaml");
-        let yaml = fs::read_to_string(&p).unwrap().replace(&old.to_string(), &free_port().to_string());
-        fs::write(&p, yaml).unwrap();
-    }
+    ws.add_examples();
     ws.write_manifest(
         "crasher",
         "name: crasher\ndescription: a model server that runs out of memory\nrestart: never\n\

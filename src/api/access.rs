@@ -1,5 +1,5 @@
 //! Who may use the API. With a token (`NANNY_TOKEN`, `--token-file`), every
-//! endpoint but `GET /health` wants `Authorization: Bearer TOKEN`, compared
+//! endpoint but `GET /health` and the dashboard's static page wants `Authorization: Bearer TOKEN`, compared
 //! in constant time. Whatever the token, a browser page from another origin
 //! is refused (it could otherwise make a visitor's browser start and stop
 //! services on their machine), and on a loopback address so is a `Host` that
@@ -13,10 +13,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
-use super::ApiError;
+use super::{ApiError, web};
 
-/// The endpoints anyone may call: liveness probes carry no secret.
-const OPEN: &[&str] = &["/health"];
+/// The endpoints anyone may call, exact paths: liveness probes carry no
+/// secret, and neither do the dashboard's page and assets (`web::PATHS`;
+/// every piece of data the page shows comes from a guarded endpoint).
+pub(super) const OPEN: &[&str] = &["/health", web::INDEX_PATH, web::SCRIPT_PATH, web::STYLE_PATH];
 
 /// The daemon's access policy, fixed at start.
 #[derive(Debug, Clone, Default)]

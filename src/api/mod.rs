@@ -5,6 +5,7 @@ mod access;
 mod error;
 mod openapi;
 mod server;
+mod web;
 
 use std::sync::Arc;
 
@@ -75,7 +76,16 @@ fn endpoints() -> Vec<Endpoint> {
         Endpoint::new(Method::GET, "/metrics", metrics),
         Endpoint::new(Method::GET, "/openapi.json", openapi::serve),
         Endpoint::new(Method::POST, "/hooks/{name}/test", test_hook),
+        Endpoint::new(Method::GET, web::INDEX_PATH, web::index),
+        Endpoint::new(Method::GET, web::SCRIPT_PATH, web::script),
+        Endpoint::new(Method::GET, web::STYLE_PATH, web::style),
     ]
+}
+
+/// The paths anyone may GET, token or not: `/health` and the dashboard's page
+/// and assets (they hold no data).
+pub fn open_paths() -> Vec<&'static str> {
+    access::OPEN.to_vec()
 }
 
 /// Services mounted whole, with the methods they answer: the MCP endpoint.

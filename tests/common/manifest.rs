@@ -81,6 +81,21 @@ impl Workspace {
         fs::remove_dir_all(self.services().join(dir)).unwrap();
     }
 
+    /// Copies the bundled examples into `services/`, each on a free port instead of its own
+    /// (8101-8103); returns the ports by service name.
+    pub fn add_examples(&self) -> std::collections::HashMap<&'static str, u16> {
+        super::copy_tree(&examples_dir(), &self.services());
+        let mut ports = std::collections::HashMap::new();
+        for (name, old) in [("image-gen", 8101u16), ("llm-chat", 8102), ("embeddings", 8103)] {
+            let p = self.services().join(name).join("service.yaml");
+            let new = free_port();
+            let yaml = fs::read_to_string(&p).unwrap().replace(&old.to_string(), &new.to_string());
+            fs::write(&p, yaml).unwrap();
+            ports.insert(name, new);
+        }
+        ports
+    }
+
     /// Writes a fixture service; returns the spec back (with its port).
     pub fn add(&self, spec: Svc) -> Svc {
         self.write_manifest(&spec.name, &spec.yaml());

@@ -9,13 +9,18 @@ use std::process::{Command, Output, Stdio};
 pub fn python_with(module: &str) -> Option<String> {
     let python = std::env::var("NANNY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let ok = Command::new(&python).args(["-c", &format!("import {module}")]).status().is_ok_and(|s| s.success());
-    if !ok {
+    needed(ok, &format!("{python} cannot import {module}")).then_some(python)
+}
+
+/// Whether what a test needs is `present`: `false` (the caller skips, saying `missing`) when it
+/// is not, except in CI (`CI=true`), where that is a failure.
+pub fn needed(present: bool, missing: &str) -> bool {
+    if !present {
         let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
-        assert!(!in_ci, "{python} cannot import {module}: .ci/run installs it in the test venv");
-        eprintln!("skipped: {python} cannot import {module}");
-        return None;
+        assert!(!in_ci, "{missing}: .ci/run installs it");
+        eprintln!("skipped: {missing}");
     }
-    Some(python)
+    present
 }
 
 /// Run `tests/SCRIPT` with `input` on stdin.
