@@ -135,7 +135,7 @@ async fn concurrent_starts_stops_forces_and_waits_never_overbook_a_gpu() {
                             "a refusal says what force would do: {body}"
                         );
                     }
-                    answered.push(code);
+                    answered.push((what, code));
                 }
                 answered
             })
@@ -146,9 +146,19 @@ async fn concurrent_starts_stops_forces_and_waits_never_overbook_a_gpu() {
         answered.extend(t.await.unwrap());
     }
     fleet.assert_never_overbooked();
-    let ok = answered.iter().filter(|c| **c == 200).count();
+    let count = |what: &str, code: u16| answered.iter().filter(|a| **a == (what, code)).count();
+    let tally: Vec<String> = ["start", "force", "wait", "stop"]
+        .iter()
+        .flat_map(|w| [200, 409, 503].map(|c| format!("{w} {c}: {}", count(w, c))))
+        .collect();
+    eprintln!("{} requests: {}", answered.len(), tally.join(", "));
     assert!(answered.len() >= 100, "only {} requests in 20 s", answered.len());
-    assert!(ok > answered.len() / 4, "most requests did something: {answered:?}");
+    for what in ["start", "force", "wait", "stop"] {
+        assert!(count(what, 200) > 0, "no {what} succeeded: {tally:?}");
+    }
+    assert!(count("start", 409) > 0, "the GPUs were never full: {tally:?}");
+    let preempted = d.all_events().await.iter().filter(|e| e["kind"] == "gpu_preempted").count();
+    assert!(preempted > 0, "no forced start had to stop anyone");
 
     // At rest, what the services saw (CUDA_VISIBLE_DEVICES) is what the daemon says they hold.
     let gpus = d.get_ok("/gpus").await;
