@@ -129,11 +129,13 @@ async fn concurrent_starts_stops_forces_and_waits_never_overbook_a_gpu() {
                         matches!((what, code), (_, 200) | ("start" | "force", 409) | ("wait", 409 | 503) | (_, 409)),
                         "{what} {name}: {code} {body}"
                     );
-                    if code == 409 && body["would_stop"].is_array() && what == "start" {
-                        assert!(
-                            body["detail"].as_str().unwrap().contains("start it with force"),
-                            "a refusal says what force would do: {body}"
-                        );
+                    if let (409, Some(stop)) = (code, body["would_stop"].as_array()) {
+                        // Either who would have to stop, or why nobody it may stop is enough.
+                        let (detail, blocked) = (body["detail"].as_str().unwrap(), &body["blocked"]);
+                        match stop.is_empty() {
+                            false => assert!(detail.contains("start it with force"), "{body}"),
+                            true => assert!(detail.contains("even with force") && blocked[0].is_string(), "{body}"),
+                        }
                     }
                     answered.push((what, code));
                 }
@@ -212,8 +214,20 @@ async fn force_stops_the_fewest_lowest_priority_oldest_and_never_a_pinned_or_hig
     );
     assert_eq!(d.state_of("old").await, "running", "a refusal stops nothing");
 
+    let asked = Instant::now();
     let (code, v) = d.start_forced("big").await;
+    let swap = asked.elapsed();
     assert_eq!(code, 200, "{v}");
+    // The swap's own cost: its time less the services' own stops and start (from their events).
+    let all = d.all_events().await;
+    let span = |service: &str, from: &str, to: &str| {
+        let last = |kind: &str| all.iter().rev().find(|e| e["service"] == service && e["kind"] == kind).map(ts);
+        let (a, b) = (last(from).unwrap(), last(to).unwrap());
+        Duration::from_secs_f64(b.duration_since(a).as_secs_f64().max(0.0))
+    };
+    let own =
+        span("old", "stopping", "stopped") + span("young", "stopping", "stopped") + span("big", "starting", "healthy");
+    eprintln!("forced swap: {swap:?} in all, {:?} beyond the services' own stops and start", swap.saturating_sub(own));
     let preempted: BTreeSet<String> =
         v["preempted"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
     assert_eq!(preempted, BTreeSet::from(["old".to_string(), "young".to_string()]), "{v}");
@@ -312,4 +326,43 @@ async fn waiting_starts_queue_by_priority_then_arrival_and_time_out_with_retry_a
     }
     assert_eq!(d.state_of("quitter").await, "stopped", "the hung-up start never ran");
     fleet.assert_never_overbooked();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_nvml_or_declared_gpus_the_vram_policy_falls_back_to_exclusive_and_says_so() {
+    let ws = Workspace::new();
+    ws.add(Svc::new("gpu-a").gpu());
+    ws.add(Svc::new("gpu-b").gpu());
+    let d = Daemon::start_with(&ws.services(), &ws.path("state"), &["--gpu-policy", "vram"], &[]);
+    let health = d.get_ok("/health").await;
+    // No driver on the machines that run the tests.
+    assert_eq!(health["gpu"]["policy"], "exclusive", "{health}");
+    assert_eq!(health["gpu"]["source"], "none", "{health}");
+    let detail = health["gpu"]["detail"].as_str().unwrap();
+    assert!(detail.contains("NVML not available") && detail.contains("exclusive policy"), "{health}");
+
+    // The exclusive rule, answered as ever; /gpus names the one holder.
+    d.start_ok("gpu-a").await;
+    let (code, v) = d.start_svc("gpu-b").await;
+    assert_eq!((code, &v["detail"]), (409, &json!("GPU service 'gpu-a' is already running")), "{v}");
+    let gpus = d.get_ok("/gpus").await;
+    assert_eq!(gpus["holder"], "gpu-a", "{gpus}");
+    assert_eq!(gpus["gpus"], json!([]), "{gpus}");
+    assert_eq!(gpus["queue"], json!([]), "{gpus}");
+
+    let out = cli_async(&d.url, &["gpus", "--json"]).await;
+    assert_eq!(out.json()["holder"], "gpu-a", "{}", out.all());
+    let out = cli_async(&d.url, &["gpus"]).await;
+    assert!(out.stdout.contains("policy: exclusive") && out.stdout.contains("holder: gpu-a"), "{}", out.all());
+    // `nanny start --wait` queues until the holder lets go.
+    let url = d.url.clone();
+    let waiting = tokio::spawn(async move { cli_async(&url, &["start", "gpu-b", "--wait", "--timeout", "60"]).await });
+    wait_until(Duration::from_secs(10), "gpu-b to queue", || async {
+        d.get_ok("/gpus").await["queue"].to_string().contains("gpu-b")
+    })
+    .await;
+    d.stop_ok("gpu-a").await;
+    let out = waiting.await.unwrap();
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(d.state_of("gpu-b").await, "running");
 }

@@ -564,6 +564,36 @@ mod tests {
     }
 
     #[test]
+    fn measured_use_over_the_declared_is_flagged_once_and_packed_by() {
+        let arbiter = vram_arbiter();
+        let Ok(placed) = arbiter.claim(&ask("a", 4)) else { panic!("a fits") };
+        assert_eq!(placed.devices, Devices::Listed(vec!["0".into()]), "the tightest fit: GPU 0 first");
+        let reading = |index: u32, processes: Vec<(u32, u64)>| {
+            let used: u64 = processes.iter().map(|p| p.1).sum();
+            Reading {
+                index,
+                uuid: Some(format!("GPU-{index}")),
+                name: "test".into(),
+                total: 24 * GIB,
+                used: Some(used),
+                free: Some(24 * GIB - used),
+                processes,
+            }
+        };
+        // Pid 10 is a's, pid 99 nobody's: 16 GiB for a (4 declared), 2 GiB foreign.
+        let owner = |pid: u32| (pid == 10).then(|| "a".to_string());
+        let readings = vec![reading(0, vec![(10, 16 * GIB), (99, 2 * GIB)]), reading(1, vec![])];
+        assert_eq!(arbiter.refresh(readings.clone(), owner), vec![("a".to_string(), 4 * GIB, 16 * GIB)]);
+        assert!(arbiter.refresh(readings, owner).is_empty(), "said once");
+        let board = arbiter.board();
+        assert!(board.holders[0].1.over);
+        assert_eq!(board.gpus[0].2, 2 * GIB, "foreign use");
+        assert_eq!(board.gpus[0].1, 24 * GIB - 16 * GIB - 2 * GIB - GIB, "free counts a at its measured use");
+        // 6 GiB would fit beside a by its declared 4 GiB, not by its measured 16: GPU 1, by UUID.
+        assert_eq!(arbiter.claim(&ask("b", 6)), Ok(Placement { devices: Devices::Listed(vec!["GPU-1".into()]) }));
+    }
+
+    #[test]
     fn the_queue_orders_by_priority_then_arrival_and_tickets_leave_it() {
         let arbiter = vram_arbiter();
         let deadline = jiff::Timestamp::now();
