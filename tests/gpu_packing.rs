@@ -366,3 +366,19 @@ async fn without_nvml_or_declared_gpus_the_vram_policy_falls_back_to_exclusive_a
     assert_eq!(out.code, 0, "{}", out.all());
     assert_eq!(d.state_of("gpu-b").await, "running");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gpus_can_be_declared_in_the_config_file() {
+    let ws = Workspace::new();
+    let config = ws.path("nanny.yaml");
+    std::fs::write(&config, "gpus: [\"0:24GiB\", \"1:80GiB\"]\n").unwrap();
+    let args = ["--gpu-policy", "vram", "--config", config.to_str().unwrap()];
+    let d = Daemon::start_with(&ws.services(), &ws.path("state"), &args, &[]);
+    let gpus = d.get_ok("/gpus").await;
+    assert_eq!((&gpus["policy"], &gpus["source"]), (&json!("vram"), &json!("declared")), "{gpus}");
+    let totals: Vec<u64> =
+        gpus["gpus"].as_array().unwrap().iter().map(|g| g["total_bytes"].as_u64().unwrap()).collect();
+    assert_eq!(totals, [24 * GIB, 80 * GIB]);
+    let out = cli_async(&d.url, &["gpus"]).await;
+    assert!(out.stdout.contains("policy: vram") && out.stdout.contains("80.0 GiB"), "{}", out.all());
+}

@@ -167,17 +167,20 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     let events = Retention { keep: args.events_keep, max_age: args.events_max_age };
     let hooks_path = args.config.clone().unwrap_or_else(|| crate::hooks::default_path(&state_dir));
     let hooks = HooksFile::load(&hooks_path).map_err(|m| Failure::new(2, format!("error: {m}")))?;
-    let mut indices: Vec<u32> = args.gpus.iter().map(|g| g.index).collect();
+    // `--gpu` / NANNY_GPUS, else the config file's `gpus:` (checked when it was loaded).
+    let declared = match args.gpus.is_empty() {
+        true => hooks.gpus.iter().filter_map(|g| Declared::parse(g).ok()).collect(),
+        false => args.gpus,
+    };
+    let mut indices: Vec<u32> = declared.iter().map(|g| g.index).collect();
     indices.sort_unstable();
     if let Some(twice) = indices.windows(2).find(|w| w[0] == w[1]) {
-        return Err(Failure::new(2, format!("error: GPU {} is declared twice (--gpu, NANNY_GPUS)", twice[0])));
+        return Err(Failure::new(
+            2,
+            format!("error: GPU {} is declared twice (--gpu, NANNY_GPUS or the config file's gpus:)", twice[0]),
+        ));
     }
-    let gpu = Settings {
-        policy: args.gpu_policy,
-        headroom: args.gpu_headroom,
-        devices: args.gpu_devices,
-        declared: args.gpus,
-    };
+    let gpu = Settings { policy: args.gpu_policy, headroom: args.gpu_headroom, devices: args.gpu_devices, declared };
     let config = Config { services_dir, state_dir, gpu, paths, events, hooks };
     let daemon = Daemon::start(config, Arc::new(runtime)).await.map_err(|e| fail(e.to_string()))?;
     let catalog = daemon.registry.snapshot();
