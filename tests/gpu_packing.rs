@@ -341,6 +341,15 @@ async fn without_nvml_or_declared_gpus_the_vram_policy_falls_back_to_exclusive_a
     let detail = health["gpu"]["detail"].as_str().unwrap();
     assert!(detail.contains("NVML not available") && detail.contains("exclusive policy"), "{health}");
 
+    // A bad wait is a clear 422 naming the problem.
+    for (body, says) in
+        [(json!({"timeout": 5}), "`timeout` needs"), (json!({"wait": true, "timeout": -1}), "from 0 to 86400")]
+    {
+        let (code, v) = start_with(&d, "gpu-a", body).await;
+        assert_eq!(code, 422, "{v}");
+        assert!(v["detail"].as_str().unwrap().contains(says), "{v}");
+    }
+
     // The exclusive rule, answered as ever; /gpus names the one holder.
     d.start_ok("gpu-a").await;
     let (code, v) = d.start_svc("gpu-b").await;
