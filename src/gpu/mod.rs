@@ -165,6 +165,8 @@ struct State {
     holders: BTreeMap<String, Holding>,
     gpus: Vec<Reading>,
     queue: Vec<Queued>,
+    /// Per GPU: memory used by processes that are not our services' (NVML).
+    foreign: BTreeMap<u32, u64>,
     next: u64,
     /// When a holder last let go on a GPU whose memory the driver reports.
     released: Option<Instant>,
@@ -339,13 +341,18 @@ impl Arbiter {
     pub fn refresh(&self, readings: Vec<Reading>, owner: impl Fn(u32) -> Option<String>) -> Vec<(String, u64, u64)> {
         let mut state = self.lock();
         let mut used: BTreeMap<String, u64> = BTreeMap::new();
+        state.foreign.clear();
         for gpu in &readings {
             let mut per_service: BTreeMap<String, u64> = BTreeMap::new();
+            let mut ours = 0;
             for (pid, bytes) in &gpu.processes {
                 if let Some(service) = owner(*pid) {
                     *per_service.entry(service).or_default() += bytes;
+                    ours += bytes;
                 }
             }
+            // What the driver counts as used that is not our processes'.
+            state.foreign.insert(gpu.index, gpu.used.unwrap_or(0).saturating_sub(ours));
             for (service, bytes) in per_service {
                 let entry = used.entry(service).or_default();
                 *entry = (*entry).max(bytes);
@@ -353,9 +360,11 @@ impl Arbiter {
         }
         let mut newly_over = Vec::new();
         for (name, holding) in state.holders.iter_mut() {
-            holding.measured = used.get(name).copied();
+            let now = used.get(name).copied();
             let was = holding.over;
-            holding.over = holding.measured.is_some_and(|m| over(holding.vram, m));
+            holding.over = was || now.is_some_and(|m| over(holding.vram, m));
+            // Once over, it is packed by the most it was seen using, from then on.
+            holding.measured = if holding.over { now.max(holding.measured) } else { now };
             if holding.over && !was {
                 newly_over.push((name.clone(), holding.vram, holding.measured.unwrap_or(0)));
             }
@@ -429,11 +438,11 @@ impl Arbiter {
         state
             .gpus
             .iter()
-            .map(|r| {
-                let ours: u64 =
-                    state.holders.values().filter(|h| h.gpus.contains(&r.index)).map(|h| h.measured.unwrap_or(0)).sum();
-                let foreign = r.used.map_or(0, |used| used.saturating_sub(ours));
-                plan::Gpu { index: r.index, total: r.total, reported_free: r.free, foreign }
+            .map(|r| plan::Gpu {
+                index: r.index,
+                total: r.total,
+                reported_free: r.free,
+                foreign: state.foreign.get(&r.index).copied().unwrap_or(0),
             })
             .collect()
     }
@@ -591,6 +600,11 @@ mod tests {
         assert_eq!(board.gpus[0].1, 24 * GIB - 16 * GIB - 2 * GIB - GIB, "free counts a at its measured use");
         // 6 GiB would fit beside a by its declared 4 GiB, not by its measured 16: GPU 1, by UUID.
         assert_eq!(arbiter.claim(&ask("b", 6)), Ok(Placement { devices: Devices::Listed(vec!["GPU-1".into()]) }));
+        // Using less for a moment does not make it count for less; others' use is read anew.
+        arbiter.refresh(vec![reading(0, vec![(10, GIB), (99, 3 * GIB)]), reading(1, vec![])], owner);
+        let board = arbiter.board();
+        assert_eq!(board.holders[0].1.measured, Some(16 * GIB));
+        assert_eq!(board.gpus[0].2, 3 * GIB);
     }
 
     #[test]
