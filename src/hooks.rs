@@ -91,7 +91,7 @@ fn default_retries() -> u32 {
 /// Aliases users reach for, and the kinds they stand for.
 const ALIASES: [(&str, &str); 2] = [("restarted", "starting"), ("preempted", "gpu_preempted")];
 
-const KINDS: [&str; 19] = [
+const KINDS: [&str; 20] = [
     "daemon_started",
     "daemon_stopping",
     "discovered",
@@ -108,6 +108,7 @@ const KINDS: [&str; 19] = [
     "stopping",
     "stopped",
     "gpu_preempted",
+    "gpu_over_use",
     "waiting",
     "stop_timed_out",
     "orphan_killed",
