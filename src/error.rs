@@ -23,6 +23,12 @@ pub enum Error {
     Dependency { service: String, dependency: String, source: Box<Error> },
     #[error("{0}")]
     Runtime(String),
+    /// `{"wait": true}`: the GPUs had no room for it within the timeout.
+    #[error("service '{service}' waited {waited:.0} s for room on the GPUs and did not get it; try again later")]
+    GpuWaitTimeout { service: String, waited: f64 },
+    /// The client that asked went away while its start waited in the queue.
+    #[error("the client went away")]
+    ClientGone,
     #[error("the daemon is shutting down")]
     ShuttingDown,
     #[error("no hook named '{name}' (configured: {})", if known.is_empty() { "none".to_string() } else { known.join(", ") })]

@@ -77,6 +77,12 @@ pub enum EventKind {
     GpuPreempted {
         by: String,
     },
+    /// It uses more GPU memory than its `vram_gb` says (NVML); packing
+    /// counts the measured figure from now on.
+    GpuOverUse {
+        declared_bytes: u64,
+        measured_bytes: u64,
+    },
     /// Meant to be running but waiting: for the GPU, or for its runtime.
     Waiting {
         reason: String,
@@ -144,6 +150,11 @@ impl EventKind {
             EventKind::Stopping { signal } => format!("stopping ({signal})"),
             EventKind::Stopped => "stopped".into(),
             EventKind::GpuPreempted { by } => format!("stopped to free the GPU for '{by}'"),
+            EventKind::GpuOverUse { declared_bytes, measured_bytes } => format!(
+                "uses {} of GPU memory, more than the {} it declares (vram_gb); counted as used",
+                crate::gpu::plan::gib(*measured_bytes),
+                crate::gpu::plan::gib(*declared_bytes)
+            ),
             EventKind::Waiting { reason } => reason.clone(),
             EventKind::StopTimedOut { grace_s } => format!("still running {grace_s}s after SIGKILL"),
             EventKind::OrphanKilled { pid } => format!("killed process {pid} left over from a previous daemon"),

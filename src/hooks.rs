@@ -29,7 +29,8 @@ const QUEUE: usize = 1000;
 /// The header carrying `sha256=HEX`, the HMAC-SHA256 of the body.
 pub const SIGNATURE_HEADER: &str = "X-Nanny-Signature";
 
-/// The daemon's config file: `webhooks:` and `commands:` lists.
+/// The daemon's config file: `webhooks:` and `commands:` lists, and the
+/// declared GPUs (`gpus: ["0:24GiB"]`, used when `--gpu` gives none).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HooksFile {
@@ -37,6 +38,8 @@ pub struct HooksFile {
     pub webhooks: Vec<WebhookSpec>,
     #[serde(default)]
     pub commands: Vec<CommandSpec>,
+    #[serde(default)]
+    pub gpus: Vec<String>,
 }
 
 /// Which events a hook wants; every list empty (or absent) means all.
@@ -88,7 +91,7 @@ fn default_retries() -> u32 {
 /// Aliases users reach for, and the kinds they stand for.
 const ALIASES: [(&str, &str); 2] = [("restarted", "starting"), ("preempted", "gpu_preempted")];
 
-const KINDS: [&str; 19] = [
+const KINDS: [&str; 20] = [
     "daemon_started",
     "daemon_stopping",
     "discovered",
@@ -105,6 +108,7 @@ const KINDS: [&str; 19] = [
     "stopping",
     "stopped",
     "gpu_preempted",
+    "gpu_over_use",
     "waiting",
     "stop_timed_out",
     "orphan_killed",
@@ -127,6 +131,9 @@ impl HooksFile {
     }
 
     fn check(&self) -> Result<(), String> {
+        for gpu in &self.gpus {
+            crate::gpu::inventory::Declared::parse(gpu).map_err(|e| format!("gpus: {e}"))?;
+        }
         let mut names = std::collections::BTreeSet::new();
         let wanted = self
             .webhooks

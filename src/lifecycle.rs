@@ -111,6 +111,9 @@ pub enum OnBusy {
 pub enum StartError {
     #[error("GPU service '{holder}' is already running")]
     GpuBusy { holder: String },
+    /// `vram` policy: not enough GPU memory free; who would have to stop.
+    #[error("{}", describe_full(name, shortfall))]
+    GpuFull { name: String, shortfall: crate::gpu::Shortfall },
     /// Something already listens on a port the service is meant to use.
     #[error("cannot start service '{name}': port {port} is already in use by {holder}")]
     PortInUse { name: String, port: u16, holder: String },
@@ -131,6 +134,25 @@ pub enum StartError {
     Removed { name: String },
     #[error("service '{name}' did not stop: {alive} still alive {grace}s after SIGKILL")]
     Stuck { name: String, alive: String, grace: u64 },
+}
+
+/// `cannot start service 'x': it needs 20.0 GiB on 1 GPU; it fits once 'a'
+/// (frees 12.0 GiB) stops (start it with force to stop them)`.
+fn describe_full(name: &str, s: &crate::gpu::Shortfall) -> String {
+    use crate::gpu::plan::gib;
+    let need = format!("it needs {} on {} GPU{}", gib(s.need), s.gpus, if s.gpus == 1 { "" } else { "s" });
+    if !s.blocked.is_empty() {
+        return format!(
+            "cannot start service '{name}': {need}, and no GPU can give it even with force: {}",
+            s.blocked.join("; ")
+        );
+    }
+    let stop: Vec<String> = s.stop.iter().map(|e| format!("'{}' (frees {})", e.service, gib(e.frees_bytes))).collect();
+    let verb = if stop.len() == 1 { "stops" } else { "stop" };
+    format!(
+        "cannot start service '{name}': {need}; it fits once {} {verb} (start it with force to stop them)",
+        stop.join(", ")
+    )
 }
 
 /// `exited with code 1 while starting`, or the runtime's reason when the
@@ -172,6 +194,8 @@ impl StartError {
 pub enum Refusal {
     /// Another service holds the GPU.
     GpuBusy { holder: String },
+    /// `vram` policy: no room on the GPUs.
+    GpuFull(crate::gpu::Shortfall),
     /// Something listens on one of its ports already; `holder` says who
     /// (`pid 4242 (service 'alpha')`).
     PortBusy { port: u16, holder: String },
@@ -684,6 +708,14 @@ impl Machine {
                 let next = format!("waiting for the GPU ('{holder}' holds it)");
                 self.busy(StartError::GpuBusy { holder: holder.clone() }, Wait::Gpu { holder }, next, now, out);
             }
+            Refusal::GpuFull(shortfall) => {
+                let holder = match shortfall.stop.is_empty() {
+                    true => "no GPU has room".to_string(),
+                    false => shortfall.stop.iter().map(|e| format!("'{}'", e.service)).collect::<Vec<_>>().join(", "),
+                };
+                let next = format!("waiting for GPU memory ({holder})");
+                self.busy(StartError::GpuFull { name, shortfall }, Wait::Gpu { holder }, next, now, out);
+            }
             Refusal::PortBusy { port, holder } => {
                 let next = format!("waiting for port {port} (in use by {holder})");
                 out.push(Action::Log(format!("port {port} is already in use by {holder}")));
@@ -1174,7 +1206,7 @@ mod tests {
                 Action::Started(Err(f)) | Action::Answer(Err(f)) => Some(format!(
                     "err:{}{}",
                     match &f.error {
-                        StartError::GpuBusy { .. } => "gpu",
+                        StartError::GpuBusy { .. } | StartError::GpuFull { .. } => "gpu",
                         StartError::PortInUse { .. } => "port",
                         StartError::Spawn { .. } => "spawn",
                         StartError::Exited { .. } => "exited",

@@ -24,6 +24,11 @@ struct ServiceLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GpuLabel {
+    gpu: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     service: String,
     state: &'static str,
@@ -213,8 +218,10 @@ fn now(d: &Daemon, registry: &mut Registry) {
             cpu.get_or_create(&service).inc_by(usage.cpu_seconds);
             memory.get_or_create(&service).set(usage.memory_bytes as i64);
         }
-        if holder.as_deref() == Some(name) {
+        if d.arbiter.holds(name) {
             gpu_holder.get_or_create(&service).set(1);
+        }
+        if holder.as_deref() == Some(name) {
             gpu_reserved.set((snap.manifest.vram_gb * (1u64 << 30) as f64) as i64);
         }
     }
@@ -224,6 +231,30 @@ fn now(d: &Daemon, registry: &mut Registry) {
     registry.register_with_unit("service_uptime", "Time since the running instance started", Unit::Seconds, uptime);
     registry.register_with_unit("service_cpu", "CPU time used by the running instance", Unit::Seconds, cpu);
     registry.register_with_unit("service_resident_memory", "Resident memory of the instance", Unit::Bytes, memory);
-    registry.register("gpu_holder", "1 for the service holding the GPU", gpu_holder);
+    registry.register("gpu_holder", "1 for each service holding a GPU", gpu_holder);
+    gpu_memory(d, registry);
     registry.register_with_unit("gpu_reserved", "GPU memory the holder declared (vram_gb)", Unit::Bytes, gpu_reserved);
+}
+
+/// Per GPU of the inventory: total memory, used (NVML only) and free as the daemon counts it.
+fn gpu_memory(d: &Daemon, registry: &mut Registry) {
+    let total: Family<GpuLabel, Gauge> = Family::default();
+    let used: Family<GpuLabel, Gauge> = Family::default();
+    let free: Family<GpuLabel, Gauge> = Family::default();
+    for (reading, counted_free, _) in d.arbiter.board().gpus {
+        let label = GpuLabel { gpu: reading.index.to_string() };
+        total.get_or_create(&label).set(reading.total as i64);
+        if let Some(bytes) = reading.used {
+            used.get_or_create(&label).set(bytes as i64);
+        }
+        free.get_or_create(&label).set(counted_free as i64);
+    }
+    registry.register_with_unit("gpu_memory_total", "Memory of each GPU", Unit::Bytes, total);
+    registry.register_with_unit("gpu_memory_used", "Memory in use on each GPU (NVML)", Unit::Bytes, used);
+    registry.register_with_unit(
+        "gpu_memory_free",
+        "Memory free on each GPU as the daemon counts it (less its holders and the headroom)",
+        Unit::Bytes,
+        free,
+    );
 }

@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 
-use crate::gpu::Arbiter;
+use crate::gpu::{Arbiter, Ask, Busy};
 use crate::health::{self, Probe, ProbeResult};
 use crate::lifecycle::{Action, Goal, Input, Launch, Machine, Phase, Refusal, Remember, Spec, State};
 use crate::logs::{LogStore, Stream};
@@ -453,12 +453,17 @@ impl Task {
             self.snap.manifest = pending;
         }
         let manifest = self.snap.manifest.clone();
-        if !manifest.gpu_required {
-            self.shared.arbiter.release(&manifest.name);
-        } else if let Err(held) = self.shared.arbiter.claim(&manifest.name) {
-            return Input::Refused(Refusal::GpuBusy { holder: held.holder });
-        }
-        let placement = manifest.gpu_required.then(|| self.shared.arbiter.placement());
+        let placement = match manifest.gpu_required {
+            false => {
+                self.shared.arbiter.release(&manifest.name);
+                None
+            }
+            true => match self.shared.arbiter.claim(&Ask::of(&manifest)) {
+                Ok(placement) => Some(placement),
+                Err(Busy::Held(held)) => return Input::Refused(Refusal::GpuBusy { holder: held.holder }),
+                Err(Busy::Full(shortfall)) => return Input::Refused(Refusal::GpuFull(shortfall)),
+            },
+        };
         self.attempt_at = Some(jiff::Timestamp::now());
         match self.shared.runtime.launch(&manifest, placement.as_ref(), self.logs.clone()) {
             Ok(launched) => Input::Launched(Launch { automatic, ..self.begin_instance(launched) }),
@@ -487,13 +492,22 @@ impl Task {
         self.attempt_at = None;
         let manifest = self.snap.manifest.clone();
         let claimed = match manifest.gpu_required {
-            true => self.shared.arbiter.claim(&manifest.name),
+            true => self.shared.arbiter.claim(&Ask::of(&manifest)).map(drop),
             false => Ok(()),
         };
         let launch = self.begin_instance(launched);
         Some(match claimed {
             Ok(()) => Input::Launched(Launch { adopted: true, ..launch }),
-            Err(held) => Input::AdoptRefused { holder: held.holder },
+            Err(Busy::Held(held)) => Input::AdoptRefused { holder: held.holder },
+            // Never stop others for an instance found running: it is the one that goes.
+            Err(Busy::Full(shortfall)) => {
+                let holders: Vec<&str> = shortfall.stop.iter().map(|e| e.service.as_str()).collect();
+                let holder = match holders.is_empty() {
+                    true => "no GPU has room".to_string(),
+                    false => holders.join("', '"),
+                };
+                Input::AdoptRefused { holder }
+            }
         })
     }
 

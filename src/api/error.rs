@@ -10,7 +10,8 @@ use crate::error::Error;
 use crate::service::StartError;
 
 /// Every error answer: `detail` in words, plus what the error adds (for a
-/// GPU conflict `gpu_service_running`, for a failed start `logs`, `exit` and
+/// GPU conflict `gpu_service_running` (`exclusive`) or `need_bytes`, `gpus`,
+/// `would_stop` and `blocked` (`vram`), for a failed start `logs`, `exit` and
 /// `next`, for an invalid manifest `path` and `errors`, for a port in use
 /// `port` and `port_holder`).
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
@@ -25,11 +26,16 @@ pub struct ErrorBody {
 pub struct ApiError {
     status: StatusCode,
     body: Value,
+    /// Seconds for a `Retry-After` header.
+    retry_after: Option<u64>,
 }
+
+/// What a start that waited in vain is told to wait before trying again.
+const RETRY_AFTER_S: u64 = 5;
 
 impl ApiError {
     pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
-        ApiError { status, body: json!({ "detail": detail.into() }) }
+        ApiError { status, body: json!({ "detail": detail.into() }), retry_after: None }
     }
 
     fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
@@ -52,16 +58,20 @@ impl From<Error> for ApiError {
                 err.body["detail"] = detail.into();
                 err
             }
-            Error::ShuttingDown => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, detail),
+            Error::ShuttingDown | Error::ClientGone => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, detail),
+            Error::GpuWaitTimeout { .. } => {
+                ApiError { retry_after: Some(RETRY_AFTER_S), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, detail) }
+            }
             Error::Runtime(_) => ApiError::new(StatusCode::BAD_GATEWAY, detail),
             Error::Pinned { holder, .. } => {
                 ApiError::new(StatusCode::CONFLICT, detail).with("gpu_service_running", holder.as_str())
             }
             Error::Service { error, next } => {
                 let status = match error {
-                    StartError::GpuBusy { .. } | StartError::PortInUse { .. } | StartError::Interrupted { .. } => {
-                        StatusCode::CONFLICT
-                    }
+                    StartError::GpuBusy { .. }
+                    | StartError::GpuFull { .. }
+                    | StartError::PortInUse { .. }
+                    | StartError::Interrupted { .. } => StatusCode::CONFLICT,
                     StartError::HealthTimeout { .. } | StartError::StartTimeout { .. } | StartError::Stuck { .. } => {
                         StatusCode::GATEWAY_TIMEOUT
                     }
@@ -71,6 +81,13 @@ impl From<Error> for ApiError {
                 let mut err = ApiError::new(status, detail);
                 if let StartError::GpuBusy { holder } = error {
                     err = err.with("gpu_service_running", holder.as_str());
+                }
+                if let StartError::GpuFull { shortfall, .. } = error {
+                    err = err
+                        .with("need_bytes", shortfall.need)
+                        .with("gpus", shortfall.gpus)
+                        .with("would_stop", serde_json::to_value(&shortfall.stop).unwrap_or_default())
+                        .with("blocked", shortfall.blocked.clone());
                 }
                 if let StartError::PortInUse { port, holder, .. } = error {
                     err = err.with("port", *port).with("port_holder", holder.as_str());
@@ -92,6 +109,10 @@ impl From<Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
+        let mut response = (self.status, Json(self.body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }

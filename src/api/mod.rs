@@ -24,8 +24,8 @@ use serde::Deserialize;
 use tower_http::cors::CorsLayer;
 
 use crate::daemon::views::{
-    DaemonHealth, EventsAnswer, HookTest, LogsAnswer, RediscoverReport, RemoveOutcome, SeedService, SeedStatus,
-    ServiceDetail, ServiceList, StartOutcome, StatusView, StopOutcome,
+    DaemonHealth, EventsAnswer, GpusView, HookTest, LogsAnswer, RediscoverReport, RemoveOutcome, SeedService,
+    SeedStatus, ServiceDetail, ServiceList, StartOutcome, StatusView, StopOutcome,
 };
 use crate::daemon::{Command, Daemon};
 use crate::events::Event;
@@ -62,6 +62,7 @@ fn endpoints() -> Vec<Endpoint> {
     vec![
         Endpoint::new(Method::GET, "/health", health),
         Endpoint::new(Method::GET, "/services", list),
+        Endpoint::new(Method::GET, "/gpus", gpus),
         Endpoint::new(Method::GET, "/services/{name}", show),
         Endpoint::new(Method::POST, "/services/{name}/start", start),
         Endpoint::new(Method::POST, "/services/{name}/stop", stop),
@@ -198,12 +199,44 @@ async fn status(State(d): State<Daemon>, Name(name): Name) -> ApiResult {
     ok(d.ask(|reply| Command::Status { name, reply }).await?)
 }
 
+#[utoipa::path(get, path = "/gpus", tag = "daemon", responses((status = 200, description = "The GPUs, their holders and the starts waiting for room", body = GpusView), (status = 401, description = "Token missing or wrong", body = ErrorBody)))]
+async fn gpus(State(d): State<Daemon>) -> ApiResult {
+    ok(d.ask(Command::Gpus).await?)
+}
+
 /// The body of a start or restart.
 #[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StartBody {
     #[serde(default)]
     force: bool,
+    /// Start only: when the GPUs have no room, wait in the queue for it
+    /// (by priority, then first come) instead of answering 409.
+    #[serde(default)]
+    wait: bool,
+    /// Seconds to wait at most (default 300); then 503 with Retry-After.
+    #[serde(default)]
+    timeout: Option<f64>,
+}
+
+/// How long a waiting start waits when the body gives no timeout.
+const DEFAULT_WAIT: f64 = 300.0;
+
+impl StartBody {
+    fn wait(&self) -> Result<Option<std::time::Duration>, ApiError> {
+        let timeout = self.timeout.unwrap_or(DEFAULT_WAIT);
+        match (self.wait, std::time::Duration::try_from_secs_f64(timeout)) {
+            (false, _) if self.timeout.is_some() => {
+                Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "`timeout` needs `\"wait\": true`"))
+            }
+            (false, _) => Ok(None),
+            (true, Ok(t)) if timeout <= 86_400.0 => Ok(Some(t)),
+            (true, _) => Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("`timeout` must be a number of seconds from 0 to 86400, got {timeout}"),
+            )),
+        }
+    }
 }
 
 /// The start body is optional and read as JSON whatever its Content-Type
@@ -217,15 +250,16 @@ fn start_body(body: Result<Bytes, BytesRejection>) -> Result<StartBody, ApiError
     serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            format!("invalid request body (expected {{\"force\": true|false}}): {e}"),
+            format!("invalid request body (expected {{\"force\": true|false, \"wait\": true|false, \"timeout\": seconds}}): {e}"),
         )
     })
 }
 
-#[utoipa::path(post, path = "/services/{name}/start", tag = "services", params(("name" = String, Path, description = "The service's name")), request_body(content = Option<StartBody>, description = "Optional; read as JSON whatever the Content-Type"), responses((status = 200, description = "Started: running (healthy)", body = StartOutcome), (status = 409, description = "GPU busy (`gpu_service_running`), pinned, or port in use", body = ErrorBody), (status = 500, description = "Exited or could not be spawned", body = ErrorBody), (status = 504, description = "Not healthy within health_timeout", body = ErrorBody), (status = 404, description = "Unknown service", body = ErrorBody), (status = 422, description = "The service's manifest is invalid", body = ErrorBody), (status = 401, description = "Token missing or wrong", body = ErrorBody)))]
+#[utoipa::path(post, path = "/services/{name}/start", tag = "services", params(("name" = String, Path, description = "The service's name")), request_body(content = Option<StartBody>, description = "Optional; read as JSON whatever the Content-Type"), responses((status = 200, description = "Started: running (healthy)", body = StartOutcome), (status = 409, description = "GPU busy (`gpu_service_running`), no GPU memory (`would_stop`, `blocked`), pinned, or port in use", body = ErrorBody), (status = 503, description = "`wait`: no room within the timeout (Retry-After)", body = ErrorBody), (status = 500, description = "Exited or could not be spawned", body = ErrorBody), (status = 504, description = "Not healthy within health_timeout", body = ErrorBody), (status = 404, description = "Unknown service", body = ErrorBody), (status = 422, description = "The service's manifest is invalid", body = ErrorBody), (status = 401, description = "Token missing or wrong", body = ErrorBody)))]
 async fn start(State(d): State<Daemon>, Name(name): Name, body: Result<Bytes, BytesRejection>) -> ApiResult {
-    let force = start_body(body)?.force;
-    ok(d.ask(|reply| Command::Start { name, force, reply }).await?)
+    let body = start_body(body)?;
+    let (force, wait) = (body.force, body.wait()?);
+    ok(d.ask(|reply| Command::Start { name, force, wait, reply }).await?)
 }
 
 #[utoipa::path(post, path = "/services/{name}/restart", tag = "services", params(("name" = String, Path, description = "The service's name")), request_body(content = Option<StartBody>), responses((status = 200, description = "Restarted", body = StartOutcome), (status = 409, description = "GPU busy", body = ErrorBody), (status = 404, description = "Unknown service", body = ErrorBody), (status = 422, description = "The service's manifest is invalid", body = ErrorBody), (status = 401, description = "Token missing or wrong", body = ErrorBody)))]

@@ -11,6 +11,7 @@ use utoipa::OpenApi;
     paths(
         super::health,
         super::list,
+        super::gpus,
         super::show,
         super::status,
         super::start,

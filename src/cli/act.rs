@@ -16,8 +16,14 @@ use crate::client::{Client, typed};
 
 #[derive(Debug, Clone, Copy)]
 pub enum Action {
-    Start { force: bool },
-    Restart { force: bool },
+    /// `wait`: seconds to wait in the GPU queue, if at all.
+    Start {
+        force: bool,
+        wait: Option<u64>,
+    },
+    Restart {
+        force: bool,
+    },
     Stop,
     Remove,
 }
@@ -34,7 +40,10 @@ impl Action {
 
     fn body(self) -> Option<Value> {
         match self {
-            Action::Start { force } | Action::Restart { force } => Some(json!({ "force": force })),
+            Action::Start { force, wait: Some(timeout) } => {
+                Some(json!({ "force": force, "wait": true, "timeout": timeout }))
+            }
+            Action::Start { force, wait: None } | Action::Restart { force } => Some(json!({ "force": force })),
             Action::Stop | Action::Remove => None,
         }
     }

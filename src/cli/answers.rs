@@ -208,3 +208,65 @@ pub struct LogLine {
     pub stream: String,
     pub line: String,
 }
+
+/// `GET /gpus`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Gpus {
+    #[serde(default)]
+    pub policy: String,
+    #[serde(default)]
+    pub source: String,
+    #[serde(default)]
+    pub detail: String,
+    #[serde(default)]
+    pub headroom_bytes: u64,
+    #[serde(default)]
+    pub holder: Option<String>,
+    #[serde(default)]
+    pub gpus: Vec<Gpu>,
+    #[serde(default)]
+    pub queue: Vec<Queued>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Gpu {
+    pub index: u32,
+    #[serde(default)]
+    pub uuid: Option<String>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub total_bytes: u64,
+    #[serde(default)]
+    pub used_bytes: Option<u64>,
+    #[serde(default)]
+    pub free_bytes: u64,
+    #[serde(default)]
+    pub foreign_bytes: u64,
+    #[serde(default)]
+    pub holders: Vec<GpuHolder>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct GpuHolder {
+    pub service: String,
+    #[serde(default)]
+    pub vram_bytes: u64,
+    #[serde(default)]
+    pub measured_bytes: Option<u64>,
+    #[serde(default)]
+    pub over: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Queued {
+    pub service: String,
+    #[serde(default)]
+    pub vram_bytes: u64,
+    #[serde(default)]
+    pub gpus: usize,
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default)]
+    pub deadline: Option<Timestamp>,
+}

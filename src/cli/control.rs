@@ -20,8 +20,12 @@ pub async fn run(command: Sub) -> Result<(), Failure> {
         }
         Sub::Show { name, utc, conn } => inspect::show(&conn.client()?, &name, conn.json, &style(utc)).await,
         Sub::Status { name, utc, conn } => inspect::status(&conn.client()?, &name, conn.json, &style(utc)).await,
-        Sub::Start { names, force, conn } => act::run(&conn, act::Action::Start { force }, &names.names).await,
+        Sub::Start { names, force, wait, timeout, conn } => {
+            let wait = wait.then(|| timeout.unwrap_or(DEFAULT_WAIT_S));
+            act::run(&conn, act::Action::Start { force, wait }, &names.names).await
+        }
         Sub::Restart { names, force, conn } => act::run(&conn, act::Action::Restart { force }, &names.names).await,
+        Sub::Gpus { conn } => gpus(&conn.client()?, conn.json).await,
         Sub::Stop { names, conn } => act::run(&conn, act::Action::Stop, &names.names).await,
         Sub::Remove { name, conn } => act::run(&conn, act::Action::Remove, &[name]).await,
         Sub::Logs { names, lines, follow, utc, conn } => {
@@ -37,6 +41,20 @@ pub async fn run(command: Sub) -> Result<(), Failure> {
             unreachable!("handled without a daemon")
         }
     }
+}
+
+/// How long `nanny start --wait` waits when no `--timeout` is given.
+const DEFAULT_WAIT_S: u64 = 300;
+
+/// `nanny gpus`.
+async fn gpus(client: &Client, json: bool) -> Result<(), Failure> {
+    let answer = client.get("/gpus").await?;
+    if json {
+        super::output::print_json(&answer);
+    } else {
+        println!("{}", super::render::gpus_text(&typed(answer)?, &style(false)));
+    }
+    Ok(())
 }
 
 /// Times and colours for what goes to stdout.

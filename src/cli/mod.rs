@@ -68,7 +68,7 @@ pub struct Names {
 #[derive(Subcommand)]
 enum Sub {
     /// Run the daemon.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// List services: state, health, uptime, pid, restarts, CPU, memory, GPU, ports.
     Ls {
         /// Only services in this state.
@@ -97,9 +97,17 @@ enum Sub {
     Start {
         #[command(flatten)]
         names: Names,
-        /// Stop the GPU service holding the GPU first.
+        /// Stop the GPU service holding the GPU first (`vram` policy: the
+        /// fewest, lowest-priority services that free enough).
         #[arg(long)]
         force: bool,
+        /// When the GPUs have no room, wait in the daemon's queue for it
+        /// (by priority, then first come) instead of failing.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: seconds to wait at most (default 300).
+        #[arg(long, requires = "wait", value_parser = clap::value_parser!(u64).range(0..=86_400))]
+        timeout: Option<u64>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -124,6 +132,11 @@ enum Sub {
         /// Stop the GPU service holding the GPU first.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show the GPUs: the policy, each GPU's memory and holders, and the starts waiting for room.
+    Gpus {
         #[command(flatten)]
         conn: Conn,
     },
@@ -266,6 +279,7 @@ impl Sub {
             Sub::Ls { conn, .. }
             | Sub::Show { conn, .. }
             | Sub::Start { conn, .. }
+            | Sub::Gpus { conn }
             | Sub::Stop { conn, .. }
             | Sub::Remove { conn, .. }
             | Sub::Restart { conn, .. }
@@ -404,7 +418,7 @@ pub fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
     let result = runtime.block_on(async {
         match cli.command {
-            Sub::Serve(args) => serve::run(args).await,
+            Sub::Serve(args) => serve::run(*args).await,
             Sub::Validate { dir, allow_outside_paths, json } => {
                 let paths = Paths::outside_allowed(allow_outside_paths);
                 validate::run(&dir.unwrap_or_else(default_services_dir), paths, json).await

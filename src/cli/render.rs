@@ -5,7 +5,7 @@
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
-use super::answers::{Config, Detail, Invalid, LogLine, Outcome, Status, Summary};
+use super::answers::{Config, Detail, Gpus, Invalid, LogLine, Outcome, Status, Summary};
 use super::output::table;
 use crate::events::Event;
 use crate::lifecycle::State;
@@ -404,3 +404,62 @@ pub fn log_line(line: &LogLine, prefix: Option<&Prefix>, style: &Style) -> Strin
 #[cfg(test)]
 #[path = "render_tests.rs"]
 mod tests;
+
+/// `nanny gpus`: the policy and source, one row per GPU with its holders,
+/// then the queue.
+pub fn gpus_text(g: &Gpus, style: &Style) -> String {
+    let mut out = format!("policy: {}   GPUs from: {} ({})\n", g.policy, g.source, g.detail);
+    if g.policy == "vram" {
+        out.push_str(&format!("headroom: {} per GPU\n", bytes(g.headroom_bytes)));
+    }
+    if let Some(holder) = &g.holder {
+        out.push_str(&format!("holder: {holder}\n"));
+    }
+    if !g.gpus.is_empty() {
+        let rows: Vec<Vec<String>> = g
+            .gpus
+            .iter()
+            .map(|gpu| {
+                let holders: Vec<String> = gpu
+                    .holders
+                    .iter()
+                    .map(|h| {
+                        let measured = h.measured_bytes.map(|m| format!(", uses {}", bytes(m))).unwrap_or_default();
+                        let over = if h.over { " OVER" } else { "" };
+                        format!("{} ({}{measured}{over})", h.service, bytes(h.vram_bytes))
+                    })
+                    .collect();
+                vec![
+                    gpu.index.to_string(),
+                    gpu.uuid.clone().unwrap_or_else(|| gpu.name.clone()),
+                    bytes(gpu.total_bytes),
+                    optional(gpu.used_bytes.map(bytes)),
+                    bytes(gpu.free_bytes),
+                    if gpu.foreign_bytes > 0 { bytes(gpu.foreign_bytes) } else { "-".into() },
+                    or_dash(holders.join(", ")),
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&table(&["GPU", "ID", "TOTAL", "USED", "FREE", "OTHERS", "HOLDERS"], &rows));
+    }
+    if !g.queue.is_empty() {
+        let rows: Vec<Vec<String>> = g
+            .queue
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                vec![
+                    (i + 1).to_string(),
+                    q.service.clone(),
+                    format!("{} x {}", bytes(q.vram_bytes), q.gpus),
+                    q.priority.to_string(),
+                    optional(q.deadline.map(|d| style.time(d))),
+                ]
+            })
+            .collect();
+        out.push_str("\nwaiting:\n");
+        out.push_str(&table(&["#", "SERVICE", "NEEDS", "PRIORITY", "UNTIL"], &rows));
+    }
+    out.trim_end().to_string()
+}

@@ -189,3 +189,28 @@ fn outcomes_on_one_line() {
     let forced: Outcome = from(json!({ "message": "started", "preempted": ["g1"] }));
     assert_eq!(outcome_text(&forced), "started; stopped to free the GPU: g1");
 }
+
+#[test]
+fn gpus_show_each_gpu_its_holders_and_the_queue() {
+    let gpus: crate::cli::answers::Gpus = from(json!({
+        "policy": "vram", "source": "nvml", "detail": "NVML: 2 GPU(s)", "headroom_bytes": 1u64 << 30, "holder": null,
+        "gpus": [
+            { "index": 0, "uuid": "GPU-8f3a", "name": "NVIDIA H200", "total_bytes": 150_323_855_360u64,
+              "used_bytes": 32_212_254_720u64, "free_bytes": 107_374_182_400u64, "foreign_bytes": 2_147_483_648u64,
+              "holders": [
+                { "service": "llm-chat", "vram_bytes": 21_474_836_480u64, "measured_bytes": 30_064_771_072u64,
+                  "since": "2026-12-01T19:00:00Z", "over": true },
+                { "service": "embeddings", "vram_bytes": 4_294_967_296u64, "measured_bytes": null,
+                  "since": "2026-12-01T19:01:00Z", "over": false } ] },
+            { "index": 1, "uuid": "GPU-77c0", "name": "NVIDIA H200", "total_bytes": 150_323_855_360u64,
+              "used_bytes": 0, "free_bytes": 149_250_113_536u64, "foreign_bytes": 0, "holders": [] } ],
+        "queue": [ { "service": "image-gen", "vram_bytes": 85_899_345_920u64, "gpus": 2, "priority": 5,
+                     "since": "2026-12-01T19:02:00Z", "deadline": "2026-12-01T19:07:00Z" } ]
+    }));
+    insta::assert_snapshot!("gpus_vram", gpus_text(&gpus, &utc()));
+    let exclusive: crate::cli::answers::Gpus = from(json!({
+        "policy": "exclusive", "source": "none", "detail": "NVML not available (libnvidia-ml.so.1 not loaded), and no GPU was declared (--gpu)",
+        "headroom_bytes": 1u64 << 30, "holder": "image-gen", "gpus": [], "queue": []
+    }));
+    insta::assert_snapshot!("gpus_exclusive", gpus_text(&exclusive, &utc()));
+}

@@ -13,6 +13,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::Failure;
 use crate::api::Access;
 use crate::daemon::{Config, Daemon};
+use crate::gpu::inventory::Declared;
+use crate::gpu::{Policy, Settings};
 use crate::hooks::HooksFile;
 use crate::lock::StateLock;
 use crate::manifest::{Paths, parse_duration};
@@ -42,6 +44,18 @@ pub struct ServeArgs {
     /// containers as `NVIDIA_VISIBLE_DEVICES`).
     #[arg(long, env = "NANNY_GPU_DEVICES", default_value = "all", value_parser = Devices::parse)]
     gpu_devices: Devices,
+    /// How GPU services share the GPUs: `exclusive`, one at a time (the
+    /// default), or `vram`, as many as fit in each GPU's memory by their
+    /// `vram_gb` (and `gpus`), placed by UUID.
+    #[arg(long, env = "NANNY_GPU_POLICY", value_enum, default_value_t = Policy::Exclusive)]
+    gpu_policy: Policy,
+    /// GPU memory the `vram` policy keeps free on every GPU.
+    #[arg(long, env = "NANNY_GPU_HEADROOM", default_value = "1GiB", value_parser = crate::gpu::inventory::parse_size)]
+    gpu_headroom: u64,
+    /// Declare a GPU as INDEX:MEMORY (`0:24GiB`); repeat for more. Declared
+    /// GPUs are used instead of what NVML reports (machines without a driver, tests).
+    #[arg(long = "gpu", env = "NANNY_GPUS", value_delimiter = ',', value_parser = Declared::parse)]
+    gpus: Vec<Declared>,
     /// Let manifests name `working_dir`, `env_file` and `compose_file`
     /// outside their own directory (by default a `../`, an absolute path or
     /// a symlink that leads out is a manifest error).
@@ -153,7 +167,21 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     let events = Retention { keep: args.events_keep, max_age: args.events_max_age };
     let hooks_path = args.config.clone().unwrap_or_else(|| crate::hooks::default_path(&state_dir));
     let hooks = HooksFile::load(&hooks_path).map_err(|m| Failure::new(2, format!("error: {m}")))?;
-    let config = Config { services_dir, state_dir, gpu_devices: args.gpu_devices, paths, events, hooks };
+    // `--gpu` / NANNY_GPUS, else the config file's `gpus:` (checked when it was loaded).
+    let declared = match args.gpus.is_empty() {
+        true => hooks.gpus.iter().filter_map(|g| Declared::parse(g).ok()).collect(),
+        false => args.gpus,
+    };
+    let mut indices: Vec<u32> = declared.iter().map(|g| g.index).collect();
+    indices.sort_unstable();
+    if let Some(twice) = indices.windows(2).find(|w| w[0] == w[1]) {
+        return Err(Failure::new(
+            2,
+            format!("error: GPU {} is declared twice (--gpu, NANNY_GPUS or the config file's gpus:)", twice[0]),
+        ));
+    }
+    let gpu = Settings { policy: args.gpu_policy, headroom: args.gpu_headroom, devices: args.gpu_devices, declared };
+    let config = Config { services_dir, state_dir, gpu, paths, events, hooks };
     let daemon = Daemon::start(config, Arc::new(runtime)).await.map_err(|e| fail(e.to_string()))?;
     let catalog = daemon.registry.snapshot();
     tracing::info!(

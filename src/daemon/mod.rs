@@ -20,7 +20,7 @@ use crate::hooks::{Hooks, HooksFile};
 use crate::logs::{Follower, LogLine};
 use crate::manifest::Paths;
 use crate::metrics::Metrics;
-use crate::runtime::{Devices, Runtime};
+use crate::runtime::Runtime;
 use crate::service::{ServiceHandle, Shared};
 use crate::store::{Desired, Retention, Store, StoreError};
 use crate::usage;
@@ -48,8 +48,11 @@ pub enum Command {
     Start {
         name: String,
         force: bool,
+        /// Wait this long in the GPU queue for room rather than answer 409.
+        wait: Option<std::time::Duration>,
         reply: Reply<StartOutcome>,
     },
+    Gpus(Reply<views::GpusView>),
     Stop {
         name: String,
         reply: Reply<StopOutcome>,
@@ -99,8 +102,8 @@ pub enum Command {
 pub struct Config {
     pub services_dir: PathBuf,
     pub state_dir: PathBuf,
-    /// The GPUs GPU services may use (`NANNY_GPU_DEVICES`).
-    pub gpu_devices: Devices,
+    /// The GPU policy, headroom, devices and declared GPUs.
+    pub gpu: crate::gpu::Settings,
     /// Whether manifests may name paths outside their own directory.
     pub paths: Paths,
     /// The webhooks and command hooks of the config file.
@@ -143,7 +146,7 @@ impl Daemon {
             }
             store.forget_process(&leftover.service);
         }
-        let arbiter = Arc::new(Arbiter::new(config.gpu_devices.clone()));
+        let arbiter = Arc::new(Arbiter::new(config.gpu.clone()));
         let shared = Shared {
             runtime: runtime.clone(),
             arbiter: arbiter.clone(),
@@ -152,6 +155,7 @@ impl Daemon {
             metrics: metrics.clone(),
             groups: Default::default(),
         };
+        let groups = shared.groups.clone();
         let registry =
             Registry::start(config.services_dir.clone(), config.paths, config.state_dir.join("logs"), shared).await;
         let usage = usage::Table::default();
@@ -162,6 +166,9 @@ impl Daemon {
         let mut d = Daemon { config, registry, arbiter, store, runtime, usage, metrics, hooks, started };
         d.hooks = Hooks::start(d.config.hooks.clone(), &d);
         d.follow_events(feed);
+        if d.arbiter.source() == crate::gpu::inventory::Source::Nvml {
+            d.watch_gpus(groups);
+        }
         Ok(d)
     }
 
@@ -173,6 +180,27 @@ impl Daemon {
             while let Some(event) = feed.next().await {
                 d.metrics.event(&event);
                 d.hooks.dispatch(&d, &event);
+            }
+        });
+    }
+
+    /// Read the GPUs every second (NVML): what our services use, which
+    /// processes are not ours, and who uses more than declared.
+    fn watch_gpus(&self, groups: crate::service::Groups) {
+        let d = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let arbiter = d.arbiter.clone();
+                let Ok(readings) = tokio::task::spawn_blocking(move || arbiter.read_inventory()).await else { return };
+                let owner = |pid: u32| {
+                    let group = crate::runtime::group_of(pid)?;
+                    groups.lock().unwrap_or_else(|p| p.into_inner()).get(&group).cloned()
+                };
+                for (service, declared, measured) in d.arbiter.refresh(readings, owner) {
+                    let kind = EventKind::GpuOverUse { declared_bytes: declared, measured_bytes: measured };
+                    d.store.emit(Some(&service), kind);
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
         });
     }
@@ -192,7 +220,12 @@ impl Daemon {
                 Command::List(reply) => send(reply, Ok(commands::list::run(&d))),
                 Command::Show { name, reply } => send(reply, commands::show::run(&d, &name)),
                 Command::Status { name, reply } => send(reply, commands::status::run(&d, &name)),
-                Command::Start { name, force, reply } => send(reply, commands::start::run(&d, &name, force).await),
+                Command::Start { name, force, wait, mut reply } => {
+                    // A waiting start leaves the queue when its client goes away.
+                    let result = commands::start::run(&d, &name, force, wait, reply.closed()).await;
+                    send(reply, result)
+                }
+                Command::Gpus(reply) => send(reply, Ok(commands::gpus::run(&d))),
                 Command::Stop { name, reply } => send(reply, commands::stop::run(&d, &name).await),
                 Command::Restart { name, force, reply } => send(reply, commands::restart::run(&d, &name, force).await),
                 Command::Logs { name, tail, reply } => send(reply, commands::logs::tail(&d, &name, tail)),

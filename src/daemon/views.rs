@@ -191,6 +191,8 @@ pub struct DaemonHealth {
     pub services: usize,
     pub invalid: usize,
     pub gpu_service_running: Option<String>,
+    /// The GPU policy in force and where the GPUs come from.
+    pub gpu: GpuHealth,
     pub services_dir: String,
     pub runtimes: crate::runtime::RuntimeInfo,
 }
@@ -302,4 +304,71 @@ mod tests {
         assert_eq!(python_timedelta(Duration::from_secs(86_400 + 3 * 3600 + 4)), "1 day, 3:00:04");
         assert_eq!(python_timedelta(Duration::from_micros(2 * 86_400_000_000 + 5)), "2 days, 0:00:00.000005");
     }
+}
+
+/// `GET /gpus`, `nanny gpus`: the GPUs, who holds what, and who waits.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct GpusView {
+    pub policy: crate::gpu::Policy,
+    pub source: crate::gpu::inventory::Source,
+    /// What was found and what is used, in words.
+    pub detail: String,
+    /// Kept free on every GPU (`vram` policy).
+    pub headroom_bytes: u64,
+    /// `exclusive` policy: the one holder.
+    pub holder: Option<String>,
+    pub gpus: Vec<GpuView>,
+    /// Starts waiting for room, first in line first.
+    pub queue: Vec<QueuedView>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct GpuView {
+    pub index: u32,
+    /// NVML only.
+    pub uuid: Option<String>,
+    /// `declared` for a GPU given with `--gpu`.
+    pub name: String,
+    pub total_bytes: u64,
+    /// As the driver reports it (NVML only).
+    pub used_bytes: Option<u64>,
+    /// Free as the daemon counts it: the least of the driver's figure and
+    /// what its holders leave, less the headroom.
+    pub free_bytes: u64,
+    /// Used by processes that are not our services'.
+    pub foreign_bytes: u64,
+    pub holders: Vec<GpuHolderView>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct GpuHolderView {
+    pub service: String,
+    /// Declared (`vram_gb`), per GPU.
+    pub vram_bytes: u64,
+    /// Measured (NVML).
+    pub measured_bytes: Option<u64>,
+    #[schema(value_type = String, format = DateTime)]
+    pub since: jiff::Timestamp,
+    /// It uses more than it declared: packing counts the measured figure.
+    pub over: bool,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct QueuedView {
+    pub service: String,
+    pub vram_bytes: u64,
+    pub gpus: usize,
+    pub priority: i32,
+    #[schema(value_type = String, format = DateTime)]
+    pub since: jiff::Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub deadline: jiff::Timestamp,
+}
+
+/// `GET /health`'s GPU line: the policy in force and where the GPUs come from.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct GpuHealth {
+    pub policy: crate::gpu::Policy,
+    pub source: crate::gpu::inventory::Source,
+    pub detail: String,
 }

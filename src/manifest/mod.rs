@@ -28,12 +28,13 @@ use raw::RawManifest;
 pub const MANIFEST_FILES: [&str; 2] = ["service.yaml", "service.yml"];
 
 /// Every field a manifest accepts.
-pub const FIELDS: [&str; 32] = [
+pub const FIELDS: [&str; 33] = [
     "name",
     "description",
     "version",
     "gpu_required",
     "vram_gb",
+    "gpus",
     "compose_file",
     "compose_project",
     "command",
@@ -72,6 +73,8 @@ pub struct Manifest {
     pub version: String,
     pub gpu_required: bool,
     pub vram_gb: f64,
+    /// How many GPUs it needs (`vram` policy: `vram_gb` on each); default 1.
+    pub gpus: usize,
     #[serde(flatten)]
     pub runtime: Runtime,
     pub ports: Vec<String>,
@@ -299,6 +302,7 @@ pub fn parse(path: &Path, text: &str, paths: Paths, resolve: Resolve) -> Result<
     let name = sections::name(&mut c, &raw);
     let runtime = sections::runtime(&mut c, &raw);
     let vram_gb = sections::vram_gb(&mut c, &raw);
+    let gpus = sections::gpus(&mut c, &raw);
     let port = sections::port(&mut c, &raw);
     let health = sections::health(&mut c, &raw);
     let restart = sections::restart(&mut c, &raw);
@@ -313,6 +317,7 @@ pub fn parse(path: &Path, text: &str, paths: Paths, resolve: Resolve) -> Result<
         version: raw.version.unwrap_or_default(),
         gpu_required: raw.gpu_required.unwrap_or(false),
         vram_gb,
+        gpus,
         runtime,
         ports: raw.ports.unwrap_or_default(),
         port,

@@ -125,7 +125,7 @@ const DEPENDENCIES: &[&str] = &[
 fn edges(field: &str) -> &'static [&'static str] {
     match field {
         "gpu_required" | "autostart" | "pinned" => BOOLS,
-        "vram_gb" | "port" | "health_failures" | "max_restarts" | "priority" => NUMBERS,
+        "vram_gb" | "gpus" | "port" | "health_failures" | "max_restarts" | "priority" => NUMBERS,
         "compose_file" | "working_dir" | "env_file" => PATHS,
         "health_endpoint" | "health_check_url" => URLS,
         "command" | "health_command" => COMMANDS,

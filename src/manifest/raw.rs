@@ -46,6 +46,7 @@ pub(super) struct RawManifest {
     pub version: Option<String>,
     pub gpu_required: Option<bool>,
     pub vram_gb: Option<S<f64>>,
+    pub gpus: Option<S<i64>>,
     pub compose_file: Option<S<String>>,
     pub compose_project: Option<S<String>>,
     pub command: Option<S<RawCommand>>,

@@ -48,6 +48,18 @@ pub(super) fn vram_gb(c: &mut Checker, raw: &RawManifest) -> f64 {
     }
 }
 
+/// `gpus`: how many GPUs a GPU service needs, 1 to 64 (default 1).
+pub(super) fn gpus(c: &mut Checker, raw: &RawManifest) -> usize {
+    match &raw.gpus {
+        Some(n) if !(1..=64).contains(&n.value) => {
+            c.report("gpus", n, "must be a whole number from 1 to 64");
+            1
+        }
+        Some(n) => n.value as usize,
+        None => 1,
+    }
+}
+
 /// `port`: informational, 1 to 65535.
 pub(super) fn port(c: &mut Checker, raw: &RawManifest) -> Option<u16> {
     let p = raw.port.as_ref()?;

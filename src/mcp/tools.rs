@@ -131,6 +131,14 @@ pub async fn failure(d: &Daemon, e: Error) -> ToolFailure {
             "To start it anyway, call start_service again with force=true: that stops '{holder}' gracefully \
              first. Or call stop_service with name '{holder}'."
         ),
+        (_, Some((StartError::GpuFull { shortfall, .. }, _))) if shortfall.blocked.is_empty() => {
+            let names: Vec<String> = shortfall.stop.iter().map(|e| format!("'{}'", e.service)).collect();
+            format!(
+                "To start it anyway, call start_service again with force=true: that stops {} gracefully first. \
+                 Call gpu_status to see every GPU's memory and holders.",
+                names.join(", ")
+            )
+        }
         (Error::Pinned { holder, .. }, _) => {
             format!("'{holder}' is pinned: only stopping it by hand (stop_service) frees the GPU.")
         }
@@ -185,7 +193,7 @@ impl Nanny {
     )]
     pub async fn start_service(&self, Parameters(args): Parameters<StartArgs>) -> Result<Json<Object>, ToolFailure> {
         let StartArgs { name, force } = args;
-        answer(self.ask(|reply| Command::Start { name, force, reply }).await?)
+        answer(self.ask(|reply| Command::Start { name, force, wait: None, reply }).await?)
     }
 
     #[tool(
@@ -278,6 +286,8 @@ impl Nanny {
             };
             out["start"] = json!({ "service": name, "would_stop": must_stop, "note": note });
         }
+        // The GPUs, their holders and the queue: the same view as `GET /gpus`.
+        out["gpus"] = serde_json::to_value(self.ask(Command::Gpus).await?).unwrap_or_default();
         answer(out)
     }
 

@@ -22,7 +22,7 @@ use crate::logs::LogStore;
 use crate::manifest::{Manifest, Runtime as Kind};
 use crate::usage::Reading;
 
-pub use native::Native;
+pub use native::{Native, group_of};
 
 /// How an instance ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]

@@ -295,6 +295,11 @@ pub fn measure(groups: &[(String, u32)]) -> HashMap<String, Reading> {
         .collect()
 }
 
+/// The process group of `pid`, if it is still there.
+pub fn group_of(pid: u32) -> Option<u32> {
+    proc_stat(pid).map(|s| s.pgrp)
+}
+
 fn proc_stat(pid: u32) -> Option<ProcStat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces; fields after it are plain.

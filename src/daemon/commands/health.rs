@@ -12,6 +12,11 @@ pub async fn run(d: &Daemon) -> DaemonHealth {
         services: list.total,
         invalid: list.invalid.len(),
         gpu_service_running: list.gpu_service_running,
+        gpu: views::GpuHealth {
+            policy: d.arbiter.policy(),
+            source: d.arbiter.source(),
+            detail: d.arbiter.detail().to_string(),
+        },
         services_dir: d.config.services_dir.display().to_string(),
         runtimes: d.runtime.describe().await,
     }

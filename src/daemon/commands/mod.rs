@@ -1,6 +1,7 @@
 //! One file per [`Command`](super::Command): what the daemon does for it.
 
 pub mod events;
+pub mod gpus;
 pub mod health;
 pub mod hook;
 pub mod list;

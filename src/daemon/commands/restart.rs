@@ -7,7 +7,7 @@ use crate::error::Error;
 
 pub async fn run(d: &Daemon, name: &str, force: bool) -> Result<StartOutcome, Error> {
     d.service(name)?.stop().await?;
-    let outcome = super::start::run(d, name, force).await?;
+    let outcome = super::start::run(d, name, force, None, std::future::pending()).await?;
     let pid = outcome.pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default();
     Ok(StartOutcome { message: format!("Service '{name}' restarted{pid}"), ..outcome })
 }

@@ -12,6 +12,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::daemon::Daemon;
 use crate::daemon::views::StartOutcome;
@@ -27,8 +30,77 @@ use crate::store::Desired;
 /// can race with another forced start).
 const MAX_PREEMPTIONS: usize = 5;
 
-pub async fn run(d: &Daemon, name: &str, force: bool) -> Result<StartOutcome, Error> {
-    start(d, name, force, OnBusy::Refuse).await
+pub async fn run(
+    d: &Daemon,
+    name: &str,
+    force: bool,
+    wait: Option<Duration>,
+    gone: impl Future<Output = ()>,
+) -> Result<StartOutcome, Error> {
+    match wait {
+        None => start(d, name, force, OnBusy::Refuse).await,
+        Some(timeout) => start_when_room(d, name, force, timeout, gone).await,
+    }
+}
+
+/// `{"wait": true}`: while the GPUs have no room for it, wait in the queue
+/// (by priority, then first come) until they have, `timeout` at most. Only
+/// the first in line tries again, each time the GPUs' holders change; it
+/// leaves the queue when it got in, gave up, or its client went away
+/// (`gone`). A stop asked meanwhile ends the wait.
+async fn start_when_room(
+    d: &Daemon,
+    name: &str,
+    force: bool,
+    timeout: Duration,
+    gone: impl Future<Output = ()>,
+) -> Result<StartOutcome, Error> {
+    let service = d.service(name)?;
+    let ask = crate::gpu::Ask::of(service.snapshot().latest_manifest());
+    let deadline = Instant::now() + timeout;
+    let until = jiff::Timestamp::now() + timeout;
+    let mut changes = d.arbiter.changes();
+    let mut ticket = None;
+    tokio::pin!(gone);
+    loop {
+        let in_line = ticket.as_ref().is_some_and(crate::gpu::Ticket::is_first);
+        if in_line || (ticket.is_none() && d.arbiter.queue_is_empty()) {
+            changes.borrow_and_update();
+            match start(d, name, force, OnBusy::Refuse).await {
+                Err(e) if no_room(&e) => {}
+                done => return done,
+            }
+        }
+        let wish = service.snapshot().wishes;
+        if ticket.is_none() {
+            ticket = Some(d.arbiter.enqueue(&ask, until));
+        }
+        loop {
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(Error::GpuWaitTimeout { service: name.to_string(), waited: timeout.as_secs_f64() })
+                }
+                _ = &mut gone => return Err(Error::ClientGone),
+            }
+            if service.snapshot().wishes != wish {
+                let why = "another start or a stop was asked while it waited for the GPU".to_string();
+                return Err(StartError::Interrupted { name: name.to_string(), why }.into());
+            }
+            if ticket.as_ref().is_some_and(crate::gpu::Ticket::is_first) {
+                break;
+            }
+        }
+    }
+}
+
+/// Whether a start was refused only for want of GPU room.
+fn no_room(e: &Error) -> bool {
+    match e {
+        Error::Service { error: StartError::GpuBusy { .. } | StartError::GpuFull { .. }, next: None } => true,
+        Error::Dependency { source, .. } => no_room(source),
+        _ => false,
+    }
 }
 
 async fn start(d: &Daemon, name: &str, force: bool, on_busy: OnBusy) -> Result<StartOutcome, Error> {
@@ -122,9 +194,21 @@ async fn start_one(
     wish: u64,
 ) -> Result<Vec<String>, Error> {
     let mut preempted = Vec::new();
+    let mut releasing = true;
     loop {
         match service.start(on_busy, Some(wish)).await {
             Ok(()) => return Ok(preempted),
+            // A GPU service just stopped: its memory may not show free in
+            // the driver's figures yet (bounded by `RELEASE_WAIT`).
+            Err(Failure { error: StartError::GpuFull { .. }, next: None })
+                if releasing && d.arbiter.releasing_until().is_some() =>
+            {
+                releasing = false;
+                let mut changes = d.arbiter.changes();
+                let until = d.arbiter.releasing_until().map(Instant::from_std).unwrap_or_else(Instant::now);
+                changes.borrow_and_update();
+                let _ = tokio::time::timeout_at(until, changes.changed()).await;
+            }
             Err(Failure { error: StartError::GpuBusy { holder }, next: None })
                 if force && preempted.len() < MAX_PREEMPTIONS =>
             {
@@ -139,6 +223,17 @@ async fn start_one(
                 super::stop::stop_with_dependents(d, &holder).await?;
                 d.store.emit(Some(&holder), EventKind::GpuPreempted { by: name.to_string() });
                 preempted.push(holder);
+            }
+            Err(Failure { error: StartError::GpuFull { name: asked, shortfall }, next: None })
+                if force && preempted.len() < MAX_PREEMPTIONS && !shortfall.stop.is_empty() =>
+            {
+                // The planner never names a pinned holder nor one of higher priority.
+                for eviction in &shortfall.stop {
+                    tracing::info!(service = asked, "force: stopping '{}' to free GPU memory", eviction.service);
+                    super::stop::stop_with_dependents(d, &eviction.service).await?;
+                    d.store.emit(Some(&eviction.service), EventKind::GpuPreempted { by: asked.clone() });
+                    preempted.push(eviction.service.clone());
+                }
             }
             // A forced start that lost the race says what it was doing.
             Err(Failure { error: StartError::Interrupted { name, why }, next }) if !preempted.is_empty() => {
