@@ -103,6 +103,8 @@ struct Figures {
     server_errors: AtomicU64,
     malformed: AtomicU64,
     daemon_restarts: AtomicU64,
+    /// Answers per HTTP status.
+    by_status: Mutex<std::collections::BTreeMap<u16, u64>>,
 }
 
 struct Chaos {
@@ -139,6 +141,7 @@ impl Chaos {
         let code = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
         self.figures.requests.fetch_add(1, SeqCst);
+        *self.figures.by_status.lock().unwrap().entry(code).or_default() += 1;
         match code {
             400..=499 => self.figures.client_errors.fetch_add(1, SeqCst),
             500..=599 => self.figures.server_errors.fetch_add(1, SeqCst),
@@ -449,7 +452,7 @@ async fn chaos_leaves_no_orphan_no_duplicate_no_overbooking_and_a_complete_histo
     eprintln!(
         "chaos figures: {chaos_secs:.0} s of chaos, {} SIGKILLs of service processes survived, {} requests served \
          ({} malformed), {} answered 4xx, {} answered 5xx, {} daemon restarts (SIGKILL mid-start and mid-stop), \
-         {} events streamed, {} process groups checked; whole test {:.0} s",
+         {} events streamed, {} process groups checked; answers by status {:?}; whole test {:.0} s",
         f.kills.load(SeqCst),
         f.requests.load(SeqCst),
         f.malformed.load(SeqCst),
@@ -458,6 +461,7 @@ async fn chaos_leaves_no_orphan_no_duplicate_no_overbooking_and_a_complete_histo
         f.daemon_restarts.load(SeqCst),
         streamed.len(),
         groups.len(),
+        f.by_status.lock().unwrap(),
         begin.elapsed().as_secs_f64()
     );
     let failures = chaos.failures.lock().unwrap().clone();
