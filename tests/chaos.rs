@@ -1,6 +1,6 @@
 //! Chaos: one daemon with 19 native services (GPU services sharing one GPU lock file, a
 //! dependency chain, health endpoints that hang, services that ignore SIGTERM, services with
-//! grandchildren) while, all at once for `NANNY_CHAOS_SECS` (default 60 s):
+//! grandchildren) while, all at once for `NANNY_CHAOS_SECS` (default 120 s):
 //!
 //! - a killer SIGKILLs random service processes and grandchildren;
 //! - API workers send hundreds of concurrent starts, stops, restarts, forced GPU starts,
@@ -340,7 +340,7 @@ async fn stored_ids(daemon: &Daemon) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chaos_leaves_no_orphan_no_duplicate_no_overbooking_and_a_complete_history() {
-    let secs: u64 = std::env::var("NANNY_CHAOS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let secs: u64 = std::env::var("NANNY_CHAOS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
     let seed: u64 =
         std::env::var("NANNY_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
     eprintln!("chaos: {secs} s, seed {seed} (NANNY_CHAOS_SECS, NANNY_CHAOS_SEED)");
