@@ -195,6 +195,7 @@ impl ServiceHandle {
             outside: None,
             watch: 0,
             finished: false,
+            unwritten: false,
         };
         tokio::spawn(task.run());
         ServiceHandle { tx, status, logs }
@@ -305,6 +306,9 @@ struct Task {
     outside: Option<tokio::task::AbortHandle>,
     watch: u64,
     finished: bool,
+    /// A wish or a process group was sent to the store in this turn: it is written before the
+    /// turn's snapshot is published (see `turn`).
+    unwritten: bool,
 }
 
 impl Task {
@@ -393,6 +397,11 @@ impl Task {
                 }
             }
         }
+        // What the snapshot is about to show (a wish taken, a process group started or gone)
+        // must survive a daemon killed the moment after: restore and the leftover cleanup read it.
+        if std::mem::take(&mut self.unwritten) {
+            self.shared.store.written();
+        }
         self.after_turn();
     }
 
@@ -440,6 +449,7 @@ impl Task {
                     Remember::GaveUp(reason) => Desired::GaveUp(reason),
                 };
                 self.shared.store.set_desired(self.name(), desired);
+                self.unwritten = true;
             }
             Action::Finish => self.finished = true,
         }
@@ -550,6 +560,7 @@ impl Task {
         let instance = launched.instance;
         if let Some(group) = instance.group() {
             self.shared.store.record_process(RecordedProcess { service: self.snap.manifest.name.clone(), group });
+            self.unwritten = true;
         }
         let parts = instance.parts();
         if let Some(pid) = parts.pid {
@@ -581,6 +592,7 @@ impl Task {
         let Ended { exit, reason, unavailable } = ended;
         self.instance = None;
         self.shared.store.forget_process(self.name());
+        self.unwritten = true;
         let what = match self.snap.manifest.runtime {
             crate::manifest::Runtime::Native { .. } => "process",
             crate::manifest::Runtime::Compose { .. } => "project",

@@ -86,6 +86,7 @@ enum Request {
     ForgetProcess { service: String },
     Processes { reply: oneshot::Sender<Vec<RecordedProcess>> },
     Flush { reply: oneshot::Sender<()> },
+    Written { reply: std::sync::mpsc::Sender<()> },
 }
 
 /// The handle every part of the daemon uses. Cheap to clone.
@@ -216,6 +217,17 @@ impl Store {
     /// Resolves once everything sent before it is written.
     pub async fn flush(&self) {
         let _ = self.ask(|reply| Request::Flush { reply }).await;
+    }
+
+    /// Blocks the calling thread until everything sent before it is written: for a service
+    /// task that must not show a state (a process started, a wish taken) that a daemon killed
+    /// the next moment would not find again. The store thread waits on no one, so this only
+    /// waits for the requests queued before it (each one write, no fsync: WAL, `NORMAL`).
+    pub fn written(&self) {
+        let (reply, rx) = std::sync::mpsc::channel();
+        if self.tx.send(Request::Written { reply }).is_ok() {
+            let _ = rx.recv();
+        }
     }
 
     async fn ask<T>(&self, request: impl FnOnce(oneshot::Sender<T>) -> Request) -> Option<T> {
@@ -364,6 +376,9 @@ impl Owner {
                 let _ = reply.send(rows);
             }
             Request::Flush { reply } => {
+                let _ = reply.send(());
+            }
+            Request::Written { reply } => {
                 let _ = reply.send(());
             }
         }

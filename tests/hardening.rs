@@ -1,5 +1,6 @@
 //! Hardening: one daemon per state directory, the GPU environment a native GPU service gets,
-//! and the daemon's own health while the Docker engine does not answer.
+//! the daemon's own health while the Docker engine does not answer, and a body too large for
+//! the API costing nothing to the client's next request.
 
 mod common;
 
@@ -183,4 +184,30 @@ async fn a_manifest_reaching_outside_its_directory_is_invalid_unless_the_daemon_
     assert_eq!(names(&d.services().await["services"]), vec!["escape", "escape2"]);
     let out = cli_in(None, &["validate", "--allow-outside-paths", &ws.services().to_string_lossy()], None, &[]);
     assert_eq!(out.code, 0, "{}", out.all());
+}
+
+/// Found by tests/chaos.rs: a 413 (body over 64 KiB, not read to its end) closed the connection
+/// without saying so, so a client that kept the connection lost its next request on it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_too_large_closes_its_connection_and_the_clients_next_request_is_answered() {
+    let ws = Workspace::new();
+    Svc::new("alpha").no_port().write(&ws.services());
+    let daemon = Daemon::start(&ws.services());
+    // One pooled connection, reused for every request.
+    let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(1).build().unwrap();
+    for round in 0..5 {
+        let huge = client
+            .post(daemon.u("/services/alpha/start"))
+            .header("content-type", "application/json")
+            .body(vec![b' '; 1024 * 1024])
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the oversized start got no answer: {e:?}"));
+        assert_eq!(huge.status(), 413, "round {round}");
+        assert_eq!(huge.headers().get("connection").map(|v| v.as_bytes()), Some(&b"close"[..]), "round {round}");
+        let next = client.get(daemon.u("/services/alpha/status")).send().await;
+        let next = next.unwrap_or_else(|e| panic!("round {round}: the request after the 413 was lost: {e:?}"));
+        assert_eq!(next.status(), 200, "round {round}");
+    }
+    assert_eq!(daemon.state_of("alpha").await, "stopped", "no oversized start started anything");
 }

@@ -81,11 +81,12 @@ impl Native {
         let pid = child.id().expect("a just-spawned child has a pid");
         let start_ticks = proc_stat(pid).map(|s| s.start_ticks).unwrap_or(0);
         logs.push(Stream::Nanny, &format!("started `{}` (pid {pid})", command.join(" ")));
+        let mut pumps = Vec::new();
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(pump(out, Stream::Stdout, logs.clone()));
+            pumps.push(tokio::spawn(pump(out, Stream::Stdout, logs.clone())));
         }
         if let Some(err) = child.stderr.take() {
-            tokio::spawn(pump(err, Stream::Stderr, logs));
+            pumps.push(tokio::spawn(pump(err, Stream::Stderr, logs)));
         }
         let (tx, exited) = oneshot::channel();
         let grace = Arc::new(Mutex::new(None));
@@ -111,6 +112,10 @@ impl Native {
             if signal_group(pid, Signal::SIGKILL) {
                 wait_group_gone(pid, Instant::now() + GROUP_EXIT_WAIT).await;
             }
+            // What the group wrote is in the log before its end is reported (a failed start's
+            // answer quotes its last lines); a pipe still held by a process that left the
+            // group is not waited for long.
+            let _ = tokio::time::timeout(OUTPUT_DRAIN_WAIT, futures_util::future::join_all(pumps)).await;
             let _ = tx.send(Ended::exited(info));
         });
         Ok(Launched {
@@ -160,6 +165,10 @@ fn boot_id() -> &'static str {
     })
 }
 
+/// How long an ended group's output pipes may take to reach their end before the exit is
+/// reported anyway (once every member is gone they end at once, unless a process that left the
+/// group still holds one).
+const OUTPUT_DRAIN_WAIT: Duration = Duration::from_secs(1);
 /// How long to wait for a SIGKILLed group to be gone before reporting the exit anyway.
 const GROUP_EXIT_WAIT: Duration = Duration::from_secs(5);
 /// How often to look while waiting for a group to be gone: at first soon

@@ -65,3 +65,26 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// The live (not zombie) processes whose process group is one of `groups`: (pid, pgid, command
+/// line), from a walk of /proc.
+pub fn group_members(groups: &std::collections::HashSet<i32>) -> Vec<(i32, i32, String)> {
+    let mut out = Vec::new();
+    let Ok(dir) = fs::read_dir("/proc") else { return out };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // "pid (comm) S ppid pgrp ...": split after the last ')'.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let (Some(state), Some(pgid)) = (fields.first(), fields.get(2).and_then(|s| s.parse::<i32>().ok())) else {
+            continue;
+        };
+        if groups.contains(&pgid) && !matches!(*state, "Z" | "X") {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ").trim().to_string();
+            out.push((pid, pgid, cmdline));
+        }
+    }
+    out
+}

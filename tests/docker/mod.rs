@@ -24,15 +24,20 @@ pub const WORKING_DIR_LABEL: &str = "com.docker.compose.project.working_dir";
 // ---------------------------------------------------------------------------------------------
 
 fn run(program: &str, args: &[&str], cwd: Option<&Path>) -> Output {
+    run_env(program, args, cwd, &[])
+}
+
+fn run_env(program: &str, args: &[&str], cwd: Option<&Path>, env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(program);
     cmd.args(args).stdin(Stdio::null()).env_remove("COMPOSE_PROJECT_NAME").env_remove("COMPOSE_FILE");
+    cmd.envs(env.iter().copied());
     if let Some(d) = cwd {
         cmd.current_dir(d);
     }
     cmd.output().unwrap_or_else(|e| panic!("cannot run `{program} {}`: {e}", args.join(" ")))
 }
 
-fn text(o: &Output) -> String {
+pub fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
@@ -69,10 +74,16 @@ pub fn compose_tool() -> &'static (String, Vec<String>, String) {
 
 /// `COMPOSE ARGS` run in `cwd`, whatever its outcome.
 pub fn compose(cwd: &Path, args: &[&str]) -> Output {
+    compose_env(cwd, args, &[])
+}
+
+/// `COMPOSE ARGS` run in `cwd` with `env` added (the variables a compose file interpolates),
+/// whatever its outcome.
+pub fn compose_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let (program, lead, _) = compose_tool();
     let mut all: Vec<&str> = lead.iter().map(String::as_str).collect();
     all.extend_from_slice(args);
-    run(program, &all, Some(cwd))
+    run_env(program, &all, Some(cwd), env)
 }
 
 /// `COMPOSE ARGS` in `cwd`, which must succeed; stdout and stderr together.
