@@ -374,6 +374,7 @@ def main():
         else:
             tools.append(every[name])
     started = time.monotonic()
+    load_before = open("/proc/loadavg").read().split()[:3]
     log(f"bench: {'smoke' if args.smoke else 'full'} run of {', '.join(only)} for {', '.join(t.name for t in tools)} (scratch {run.root})")
     try:
         if "crash" in only:
@@ -420,7 +421,7 @@ def main():
         "label": args.label,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "duration_s": took,
-        "machine": machine(),
+        "machine": machine() | {"loadavg_before": load_before, "loadavg_after": open("/proc/loadavg").read().split()[:3]},
         "params": {k: v for k, v in run.p.items() if k != "idle_s"} | {"idle_s": {str(k): v for k, v in run.p["idle_s"].items()}},
         "unavailable": unavailable,
         "results": run.results,

@@ -79,7 +79,7 @@ def markdown(doc):
     notes = []
     m = doc["machine"]
     notes.append(f"{doc['mode']} run {doc['date']}{' (' + doc['label'] + ')' if doc.get('label') else ''}, {doc['duration_s']:.0f} s; "
-                 f"{m['cpu']}, {m['cores']} cores, {m['mem_mb']} MB, Linux {m['kernel']}; "
+                 f"{m['cpu']}, {m['cores']} cores, {m['mem_mb']} MB, Linux {m['kernel']}, load average {'/'.join(m.get('loadavg_before', []))} before and {'/'.join(m.get('loadavg_after', []))} after; "
                  + ", ".join(f"{k} {v}" for k, v in m["versions"].items()))
     floor = results.get("crash", {}).get("floor")
     if floor:

@@ -391,7 +391,7 @@ class Horust(Tool):
         self.cv = threading.Condition()
         env = clean_env({"RUST_LOG": "debug" if log else "warn"})
         self.proc = procs.spawn(
-            [self.binary, "--services-path", sdir, "--config-path", os.path.join(ws, "horust.toml")],
+            [self.binary, "--services-path", sdir, "--config-path", os.path.join(ws, "horust.toml"), "--uds-folder-path", ws],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             env=env,
@@ -426,7 +426,7 @@ class Horust(Tool):
             check = f'file-path = "{flag}"'
             arg = "file:" + flag
         cmd = " ".join([PY, SERVICES, "ready", str(self.port), "@" + self.delay_file, self.out, arg])
-        self.start(ws, {"ready": f'command = "{cmd}"\n[healthiness]\n{check}\n[restart]\nstrategy = "never"\n'}, log=True)
+        self.start(ws, {"ready": f'command = "{cmd}"\n[healthiness]\n{check}\nmax-failed = 1000\n[restart]\nstrategy = "never"\n'}, log=True)
         pattern = re.compile(r'StatusChanged\("ready", Running\)')
         deadline = time.monotonic() + 30
         with self.cv:
