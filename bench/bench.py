@@ -233,12 +233,15 @@ class Run:
         ws = self.ws(tool, "logs")
         out = os.path.join(ws, "stamps")
         tool.logs_start(ws, ["bash", self.spew_sh, out, str(self.p["log_bytes"])])
-        peak = 0
+        peak, pids, looked = 0, [], 0.0
         deadline = time.monotonic() + 600
         while not stamps(out, "e"):
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise TimeoutError("the writer did not finish within 600 s")
-            peak = max(peak, procs.memory(tool.daemon_pids())[0])
+            if now - looked > 1:  # the process tree once a second, the memory every 0.1 s
+                pids, looked = tool.daemon_pids(), now
+            peak = max(peak, sum(st[3] for p in pids if (st := procs.stat(p))))
             time.sleep(0.1)
         (_, s), (_, e) = stamps(out, "s")[0], stamps(out, "e")[0]
         tool.shutdown()
@@ -334,8 +337,11 @@ def machine():
         except (OSError, subprocess.TimeoutExpired):
             pass
     h = horust_binary()
-    if h:
-        versions["horust"] = subprocess.run([h, "--version"], capture_output=True, text=True).stdout.strip()
+    crates = os.path.join(ROOT, "target", "bench-tools", ".crates.toml")
+    if h and os.path.exists(crates):  # horust has no --version; cargo install notes it
+        with open(crates) as f:
+            found = [line.split()[1] for line in f if line.startswith('"horust ')]
+        versions["horust"] = found[0] if found else "?"
     return {"cpu": cpu, "cores": os.cpu_count(), "mem_mb": mem, "kernel": platform.release(), "python": platform.python_version(), "versions": versions}
 
 

@@ -143,6 +143,16 @@ def stop(p, sig=signal.SIGTERM, timeout=30):
     kill_group(p)
 
 
+def kill_tree(p):
+    """SIGKILL the process `p` (a Popen) and all its descendants, then its group."""
+    for pid in tree(p.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    kill_group(p)
+
+
 def kill_group(p):
     try:
         os.killpg(p.pid, signal.SIGKILL)
