@@ -353,6 +353,7 @@ def main():
     ap.add_argument("--nanny", default=os.path.join(ROOT, "target", "release", "nanny"), help="the nanny binary")
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="where latest.json and latest.md go")
     ap.add_argument("--label", default="", help="a note stored with the results (e.g. 'before the speed work')")
+    ap.add_argument("--merge", action="store_true", help="keep OUT/latest.json's other results, replace only those measured now")
     args = ap.parse_args()
     only = args.only.split(",")
     wanted = args.tools.split(",")
@@ -433,7 +434,18 @@ def main():
         "results": run.results,
     }
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "latest.json"), "w") as f:
+    previous = os.path.join(args.out, "latest.json")
+    if args.merge and os.path.exists(previous):
+        with open(previous) as f:
+            old = json.load(f)
+        merged = old["results"]
+        for w, by in run.results.items():
+            merged.setdefault(w, {}).update(by)
+        unavailable = {t: why for t, why in (old.get("unavailable", {}) | unavailable).items() if not any(t in by for by in merged.values())}
+        doc |= {"results": merged, "unavailable": unavailable, "duration_s": old.get("duration_s", 0), "label": old.get("label", "") or args.label,
+                "merged": old.get("merged", []) + [{"date": doc["date"], "only": only, "tools": [t.name for t in tools], "duration_s": took}]}
+        doc["date"] = old.get("date", doc["date"])
+    with open(previous, "w") as f:
         json.dump(doc, f, indent=2)
     table = report.markdown(doc)
     with open(os.path.join(args.out, "latest.md"), "w") as f:

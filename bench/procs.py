@@ -94,8 +94,9 @@ def cpu_ticks(pids_):
 
 class Counter:
     """Counts live processes whose command line is exactly `wanted`, cheaply enough to poll
-    every few ms: a pid's command line is read again until it has kept the same one for
-    0.2 s (a child between fork and exec still shows its parent's)."""
+    every few ms: a pid's command line is read again until it has kept a non-matching one for
+    5 s (a child between fork and exec still shows its parent's, and under load exec can
+    take a while); a matching one is final."""
 
     def __init__(self, wanted):
         self.wanted = wanted
@@ -110,7 +111,7 @@ class Counter:
         n = 0
         for pid in live:
             k = self.known.get(pid)
-            if k is None or (not k[0] and now - k[1] < 0.2):
+            if k is None or (not k[0] and now - k[1] < 5):
                 line = cmdline(pid)
                 if line is None:
                     continue
