@@ -134,8 +134,8 @@ async fn the_page_is_open_and_holds_no_data() {
     }
 }
 
-/// Rewrites `docs/dashboard-wide.png`, `docs/dashboard-wide-dark.png` and
-/// `docs/dashboard-narrow.png`: `cargo nextest run --run-ignored only -E 'test(screenshots)'`.
+/// Rewrites `docs/dashboard-wide.png`, `docs/dashboard-wide-dark.png`,
+/// `docs/dashboard-narrow.png` and `docs/dashboard-gpu.png`: `cargo nextest run --run-ignored only -E 'test(screenshots)'`.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "rewrites the screenshots in docs/; run by hand"]
 async fn screenshots() {

@@ -465,7 +465,7 @@ def token(cfg):
 
 
 def screenshots(cfg):
-    """docs/dashboard-*.png: wide light and dark, and narrow (phone-sized)."""
+    """docs/dashboard-*.png: wide light and dark, narrow (phone-sized), and the GPU panel."""
     out = cfg["out"]
     d = browser()
     p = Page(d)
@@ -492,6 +492,14 @@ def screenshots(cfg):
             d.execute_async_script("requestAnimationFrame(() => requestAnimationFrame(arguments[0]))")
             d.save_screenshot(os.path.join(out, file))
             log(f"wrote {file}")
+        # The GPU panel alone, light, wide.
+        d.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "light"}]})
+        d.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {"width": 1400, "height": 900, "deviceScaleFactor": 1, "mobile": False})
+        d.execute_script("document.getElementById('gpu').scrollIntoView()")
+        d.execute_async_script("requestAnimationFrame(() => requestAnimationFrame(arguments[0]))")
+        with open(os.path.join(out, "dashboard-gpu.png"), "wb") as f:
+            f.write(d.find_element(By.ID, "gpu").screenshot_as_png)
+        log("wrote dashboard-gpu.png")
     except BaseException:
         evidence(d)
         raise
