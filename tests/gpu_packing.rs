@@ -29,7 +29,7 @@ impl Fleet {
         let ws = Workspace::new();
         let ledger = ws.path("ledger");
         for (name, vram, extra) in services {
-            let svc = Svc::new(name).gpu().health_timeout(20.0).args([
+            let svc = Svc::new(name).vram(*vram).health_timeout(20.0).args([
                 "--ledger",
                 ledger.to_str().unwrap(),
                 "--vram",
@@ -37,9 +37,7 @@ impl Fleet {
                 "--gpu-totals",
                 totals,
             ]);
-            // `gpu()` writes `vram_gb: 4`; the ledger services say their own.
-            let yaml = svc.yaml().replace("vram_gb: 4\n", &format!("vram_gb: {vram}\n"));
-            ws.write_manifest(name, &format!("{yaml}{extra}"));
+            ws.write_manifest(name, &format!("{}{extra}", svc.yaml()));
         }
         Fleet { ws, ledger }
     }

@@ -1,7 +1,8 @@
 //! The web dashboard (issue #19) in a real headless Chromium, driven by Selenium from
 //! `tests/web/dashboard.py`: the page lists the services and filters them, a click starts one,
 //! shows its progress and its row turns running without a reload, a failed start shows why and
-//! the last lines, a GPU conflict is explained and forced in one click, a process
+//! the last lines, a GPU conflict is explained and forced in one click (and under the `vram`
+//! policy the GPU panel follows placement and the wait queue, and a start can wait), a process
 //! killed by pid shows its restart in the row and the timeline, the log view shows a new line,
 //! a dropped event stream says "reconnecting" and resumes with nothing missed, an invalid
 //! manifest appears with its error, and with a token the page asks for it, keeps it out of
@@ -75,6 +76,30 @@ async fn the_dashboard_is_live_and_drives_services() {
     assert_eq!(d.status("alpha").await["restarts"], 1);
 }
 
+/// Under `--gpu-policy vram` with two declared GPUs: the GPU panel shows each GPU's holders with
+/// their declared memory and its free memory as `GET /gpus` counts it, a start queued by another
+/// client appears in the panel's queue and leaves it when it gives up or is placed, a start that
+/// does not fit says who would have to stop and is forced in one click, and "Wait for the GPU"
+/// queues it until room is freed.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gpu_panel_follows_placement_the_queue_and_refusals_under_vram() {
+    let Some(python) = browser_python() else { return };
+    let ws = Workspace::new();
+    for (name, gb) in [("a", 16), ("b", 16), ("c", 12), ("d", 12)] {
+        ws.add(Svc::new(name).vram(gb));
+    }
+    let args = ["--gpu-policy", "vram", "--gpu", "0:24GiB", "--gpu", "1:24GiB"];
+    let d = Daemon::start_with(&ws.services(), &ws.path("state"), &args, &[]);
+    let started = std::time::Instant::now();
+    drive(&python, &d, json!({"scenario": "gpus"}));
+    eprintln!("gpu scenario: {:?}", started.elapsed());
+    assert_eq!(d.state_of("b").await, "running");
+    assert!(
+        d.all_events().await.iter().any(|e| e["kind"] == "gpu_preempted" && e["by"] == "d"),
+        "d's force stopped someone"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn with_a_token_the_page_asks_for_it_and_keeps_it_out_of_urls() {
     let Some(python) = browser_python() else { return };
@@ -109,8 +134,8 @@ async fn the_page_is_open_and_holds_no_data() {
     }
 }
 
-/// Rewrites `docs/dashboard-wide.png`, `docs/dashboard-wide-dark.png` and
-/// `docs/dashboard-narrow.png`: `cargo nextest run --run-ignored only -E 'test(screenshots)'`.
+/// Rewrites `docs/dashboard-wide.png`, `docs/dashboard-wide-dark.png`,
+/// `docs/dashboard-narrow.png` and `docs/dashboard-gpu.png`: `cargo nextest run --run-ignored only -E 'test(screenshots)'`.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "rewrites the screenshots in docs/; run by hand"]
 async fn screenshots() {
@@ -126,7 +151,10 @@ async fn screenshots() {
         "whisper",
         "name: whisper\ndescription: speech to text\ncommand: [python3, -m, http.server]\nhealth_timeout: fast\n",
     );
-    let d = Daemon::start(&ws.services());
+    // One declared 16 GiB GPU under the `vram` policy: image-gen (8 GiB) holds it, llm-chat
+    // (12 GiB) does not fit, and the GPU panel shows the memory.
+    let args = ["--gpu-policy", "vram", "--gpu", "0:16GiB"];
+    let d = Daemon::start_with(&ws.services(), &ws.path("state"), &args, &[]);
     d.start_ok("image-gen").await;
     d.start_ok("embeddings").await;
     let (code, _) = d.start_svc("vision-ocr").await;

@@ -23,6 +23,8 @@ const state = {
   sort: { key: 'name', dir: 1 },
   detail: null, // {name, tab, ctrl, paused, buffer}
   gpuShape: null, // 'gpus' once GET /gpus answers, 'fallback' while it is 404
+  gpuHolders: new Set(), // the services that hold a GPU now (their rows are marked)
+  gpuQueued: false, // someone waits for a GPU: the panel is re-read every second
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -139,6 +141,7 @@ async function begin() {
   refreshGpu();
   streamEvents(epoch);
   poll(epoch);
+  pollGpu(epoch);
 }
 
 function setConn(kind, text) {
@@ -247,6 +250,15 @@ function onEvent(ev) {
   if (state.detail && ev.service === state.detail.name) addTimeline(ev, true);
 }
 
+/** A start queued for the GPU makes no event until it is placed or gives up: the GPU panel is
+ * re-read every 2 s, every second while someone waits. */
+async function pollGpu(epoch) {
+  while (epoch === state.epoch) {
+    await sleep(state.gpuQueued ? 1000 : 2000);
+    if (!document.hidden && epoch === state.epoch) await refreshGpu();
+  }
+}
+
 function flushRows() {
   rowTimer = null;
   const names = [...pendingRows];
@@ -266,7 +278,6 @@ async function poll(epoch) {
           .filter((s) => s.status && HAS_PROCESS.has(s.status.status) && !s.op)
           .map((s) => refreshRow(s.summary.name)),
       );
-      refreshGpu();
     } catch (_) {
       /* the stream shows the connection state */
     }
@@ -466,7 +477,7 @@ function renderRow(name) {
 
   setText(q('.restarts'), st ? String(st.restarts) : '');
   setText(q('.gpu'), m.gpu_required ? `GPU · ${fmtGb(m.vram_gb)}` : '—');
-  q('.gpu').classList.toggle('holds', state.gpuHolder === name);
+  q('.gpu').classList.toggle('holds', state.gpuHolders.has(name));
   const cpu = st && st.cpu_percent != null ? st.cpu_percent : m.cpu_percent;
   const mem = st && st.memory_bytes != null ? st.memory_bytes : m.memory_bytes;
   setText(q('.cpu'), cpu != null && HAS_PROCESS.has(word) ? `${cpu.toFixed(cpu < 10 ? 1 : 0)} %` : '—');
@@ -541,6 +552,7 @@ function progressMessage(s) {
   else if (st && st.status === 'starting' && /health|confirm/.test(st.stage || '')) at = 1;
   const stage = st && st.status === 'starting' && st.stage && at === 0 ? st.stage : '';
   const verb = s.op === 'restart' ? 'Restarting' : 'Starting';
+  if (s.waiting && at === 0 && !stage) return { kind: 'progress', steps, at, text: 'Waiting for room on the GPU…' };
   return { kind: 'progress', steps, at, text: stage ? `${verb}: ${stage}` : '' };
 }
 
@@ -560,18 +572,24 @@ async function act(name, action) {
     state.services.get(name).message = null;
     return renderRow(name);
   }
-  if (action === 'force') {
+  if (action === 'force' || action === 'wait') {
     const s = state.services.get(name);
-    return run(name, (s.message && s.message.op) || 'start', true);
+    return run(name, (s.message && s.message.op) || 'start', action);
   }
-  return run(name, action, false);
+  return run(name, action, null);
 }
 
-async function run(name, op, force) {
+/** `how`: null, 'force' (stop whoever the answer named) or 'wait' (queue for the GPU). */
+async function run(name, op, how) {
   const s = state.services.get(name);
   s.op = op;
+  s.waiting = how === 'wait';
   s.message = null;
   renderRow(name);
+  if (s.waiting) {
+    state.gpuQueued = true;
+    setTimeout(refreshGpu, 300);
+  }
   // The stage of a start in progress: followed until the answer comes.
   let watching = true;
   const watch = (async () => {
@@ -582,10 +600,11 @@ async function run(name, op, force) {
   })();
   let answer;
   try {
-    answer = await api(`/services/${enc(name)}/${op}`, { method: 'POST', body: force ? { force: true } : undefined });
+    answer = await api(`/services/${enc(name)}/${op}`, { method: 'POST', body: how ? { [how]: true } : undefined });
   } catch (err) {
     watching = false;
     s.op = null;
+    s.waiting = false;
     if (!(err instanceof NeedToken)) s.message = { kind: 'failure', text: `${op} failed: ${err.message}` };
     renderRow(name);
     return;
@@ -593,6 +612,7 @@ async function run(name, op, force) {
   watching = false;
   await watch;
   s.op = null;
+  s.waiting = false;
   const { status, body } = answer;
   const detail = body && body.detail ? body.detail : String(body);
   if (status === 200) {
@@ -607,8 +627,10 @@ async function run(name, op, force) {
       kind: 'conflict',
       op,
       text: `${holder} holds the GPU. Stop it and ${op} ${name}?`,
-      buttons: [{ action: 'force', label: `Stop ${holder} and ${op} ${name}`, cls: 'primary force' }, dismiss],
+      buttons: [{ action: 'force', label: `Stop ${holder} and ${op} ${name}`, cls: 'primary force' }, waitButton(op), dismiss].filter(Boolean),
     };
+  } else if (status === 409 && body && Array.isArray(body.would_stop) && op !== 'stop') {
+    s.message = noRoom(name, op, body);
   } else {
     const lines = (body && body.logs) || [];
     const next = body && body.next ? ` Next: ${body.next}.` : '';
@@ -619,6 +641,36 @@ async function run(name, op, force) {
 }
 
 const dismiss = { action: 'dismiss', label: 'Dismiss' };
+
+/** Only a start can wait in the GPU queue (`{"wait": true}`). */
+const waitButton = (op) => (op === 'start' ? { action: 'wait', label: 'Wait for the GPU', cls: 'wait' } : null);
+
+/** The `vram` policy's 409: who would have to stop and what each frees, or why nobody may. */
+function noRoom(name, op, body) {
+  const need = body.need_bytes ? `${fmtBytes(body.need_bytes)}` + (body.gpus > 1 ? ` on each of ${body.gpus} GPUs` : '') : 'its memory';
+  const stop = body.would_stop;
+  if (stop.length) {
+    const who = stop.map((w) => `${w.service} (frees ${fmtBytes(w.frees_bytes)})`);
+    const names = stop.map((w) => w.service).join(', ');
+    return {
+      kind: 'conflict',
+      op,
+      text: `No room on the GPUs for ${name}: it needs ${need}. It fits once ${listWords(who)} ${stop.length > 1 ? 'stop' : 'stops'}. Stop ${stop.length > 1 ? 'them' : 'it'} and ${op} ${name}?`,
+      buttons: [{ action: 'force', label: `Stop ${names} and ${op} ${name}`, cls: 'primary force' }, waitButton(op), dismiss].filter(Boolean),
+    };
+  }
+  const why = (body.blocked || []).join('; ');
+  return {
+    kind: 'conflict',
+    op,
+    text: `No room on the GPUs for ${name}: it needs ${need}, and stopping others would not make room${why ? ` (${why})` : ''}.`,
+    buttons: [waitButton(op), dismiss].filter(Boolean),
+  };
+}
+
+function listWords(items) {
+  return items.length < 2 ? items.join('') : `${items.slice(0, -1).join(', ')} and ${items[items.length - 1]}`;
+}
 const cap = (t) => t.charAt(0).toUpperCase() + t.slice(1);
 
 $('rediscover').addEventListener('click', async () => {
@@ -754,10 +806,14 @@ async function refreshGpu() {
       if (status === 200) gpus = body;
       state.gpuShape = status === 404 ? 'fallback' : 'gpus';
     }
-    // The holder the rows mark: from `GET /gpus`, else (a daemon without it) from `GET /health`.
+    // The holders the rows mark: from `GET /gpus`, else (a daemon without it) from `GET /health`.
     const holder = gpus ? gpus.holder : (await getJson('/health')).gpu_service_running;
-    if (holder !== state.gpuHolder) {
-      state.gpuHolder = holder;
+    const holders = new Set(holder ? [holder] : []);
+    for (const gpu of (gpus && gpus.gpus) || []) for (const h of gpu.holders) holders.add(h.service);
+    state.gpuHolder = holder;
+    state.gpuQueued = !!(gpus && gpus.queue && gpus.queue.length) || [...state.services.values()].some((s) => s.waiting);
+    if ([...holders].sort().join() !== [...state.gpuHolders].sort().join()) {
+      state.gpuHolders = holders;
       for (const name of state.services.keys()) renderRow(name);
     }
   } catch (err) {
@@ -776,9 +832,12 @@ function gpuPanel(g) {
   if (!g.gpus.length) out.push(el('p', 'holder', g.holder ? `${g.holder} holds the GPU.` : 'No service holds the GPU.'));
   for (const gpu of g.gpus) {
     const box = el('div', 'gpu-card');
+    box.dataset.index = gpu.index;
     box.append(el('h3', '', `GPU ${gpu.index} · ${gpu.name}`));
     if (gpu.total_bytes) {
-      const used = gpu.used_bytes != null ? gpu.used_bytes : gpu.total_bytes - gpu.free_bytes;
+      // Declared GPUs have no driver figure: what the holders declared (or use, if more).
+      const held = gpu.holders.reduce((sum, h) => sum + Math.max(h.vram_bytes, h.measured_bytes || 0), 0);
+      const used = gpu.used_bytes != null ? gpu.used_bytes : held + (gpu.foreign_bytes || 0);
       const meter = el('meter');
       meter.min = 0;
       meter.max = gpu.total_bytes;
@@ -795,6 +854,7 @@ function gpuPanel(g) {
       for (const h of gpu.holders) {
         const tr = t.tBodies[0].insertRow();
         tr.className = h.over ? 'over' : '';
+        tr.dataset.service = h.service;
         cells(tr, [h.service, fmtBytes(h.vram_bytes), h.measured_bytes != null ? fmtBytes(h.measured_bytes) + (h.over ? ' (over its declaration)' : '') : 'not measured', fmtAgo(h.since)]);
       }
       box.append(t);
@@ -813,7 +873,9 @@ function gpuQueue(queue) {
   box.append(el('h3', '', 'Waiting for a GPU'));
   const t = table(['Service', 'Wants', 'GPUs', 'Priority', 'Waiting', 'Gives up']);
   for (const q of queue) {
-    cells(t.tBodies[0].insertRow(), [q.service, fmtBytes(q.vram_bytes), String(q.gpus), String(q.priority), fmtAgo(q.since), q.deadline ? fmtWhen(q.deadline) : '—']);
+    const tr = t.tBodies[0].insertRow();
+    tr.dataset.service = q.service;
+    cells(tr, [q.service, fmtBytes(q.vram_bytes), String(q.gpus), String(q.priority), fmtAgo(q.since), q.deadline ? fmtWhen(q.deadline) : '—']);
   }
   box.append(t);
   return box;

@@ -110,6 +110,8 @@ pub struct Svc {
     pub port: Option<u16>,
     pub args: Vec<String>,
     pub gpu: bool,
+    /// `vram_gb` of a GPU service.
+    pub vram_gb: u32,
     pub health: bool,
     pub health_timeout: f64,
     pub stop_timeout: f64,
@@ -125,6 +127,7 @@ impl Svc {
             port: Some(free_port()),
             args: vec![],
             gpu: false,
+            vram_gb: 4,
             health: true,
             health_timeout: 20.0,
             stop_timeout: 5.0,
@@ -140,8 +143,16 @@ impl Svc {
         self
     }
 
+    /// A GPU service declaring 4 GiB.
     pub fn gpu(mut self) -> Self {
         self.gpu = true;
+        self
+    }
+
+    /// A GPU service declaring `gb` GiB.
+    pub fn vram(mut self, gb: u32) -> Self {
+        self.gpu = true;
+        self.vram_gb = gb;
         self
     }
 
@@ -206,7 +217,7 @@ impl Svc {
         y.push_str("version: 1.0.0\n");
         y.push_str(&format!("gpu_required: {}\n", self.gpu));
         if self.gpu {
-            y.push_str("vram_gb: 4\n");
+            y.push_str(&format!("vram_gb: {}\n", self.vram_gb));
         }
         // JSON is valid YAML flow syntax.
         y.push_str(&format!("command: {}\n", serde_json::to_string(&self.command()).unwrap()));

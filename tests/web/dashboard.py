@@ -2,7 +2,7 @@
 """Drives the web dashboard (`GET /`) in a real headless Chromium through Selenium, for
 tests/web.rs. Reads one JSON object on stdin:
 
-  {"scenario": "live" | "token" | "screenshots", "url": DAEMON_URL, "services": DIR,
+  {"scenario": "live" | "token" | "gpus" | "screenshots", "url": DAEMON_URL, "services": DIR,
    "token": TOKEN (token), "out": DIR (screenshots)}
 
 Every wait is on a condition with a deadline. Prints what it checked; exits non-zero with the
@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 
 from selenium import webdriver
@@ -92,14 +93,37 @@ class Page:
         return [e.get_attribute("data-name") for e in self.q("tbody.svc")]
 
 
-def api(url, path, method="GET", token=None, body=None):
+def api(url, path, method="GET", token=None, body=None, answer=False):
+    """The answer's JSON; with `answer`, (status, JSON) whatever the status."""
     request = urllib.request.Request(url + path, method=method, data=None if body is None else json.dumps(body).encode())
     if token:
         request.add_header("Authorization", "Bearer " + token)
     if body is not None:
         request.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(request, timeout=60) as r:
-        return json.loads(r.read())
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return (r.status, json.loads(r.read())) if answer else json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        if not answer:
+            raise
+        return e.code, json.loads(e.read())
+
+
+def in_background(f, *args):
+    """Runs f(*args) on a thread; the returned function waits for and gives its result."""
+    out = {}
+    t = threading.Thread(target=lambda: out.update(value=f(*args)), daemon=True)
+    t.start()
+    return lambda: (t.join(WAIT), out["value"])[1]
+
+
+def fmt_bytes(n):
+    """Bytes as app.js's fmtBytes writes them."""
+    units, i = ["B", "KiB", "MiB", "GiB", "TiB"], 0
+    while n >= 1024 and i < len(units) - 1:
+        n /= 1024
+        i += 1
+    return f"{n:.{1 if n < 10 and i > 0 else 0}f} {units[i]}"
 
 
 class Proxy:
@@ -290,6 +314,101 @@ def live(cfg):
         proxy.down()
 
 
+def gpus(cfg):
+    """A `--gpu-policy vram` daemon with two declared 24 GiB GPUs and services `a`, `b` (16 GiB),
+    `c`, `d` (12 GiB): the panel against `GET /gpus`, the wait queue, the 409 in words, force,
+    and the wait button."""
+    url = cfg["url"]
+    d = browser()
+    p = Page(d)
+    gpu_card = lambda i: f'#gpu-body .gpu-card[data-index="{i}"]'
+    queued = lambda: [e.get_attribute("data-service") for e in p.q("#gpu-body .queue tbody tr")]
+    held = lambda g: sorted(h["service"] for x in g["gpus"] for h in x["holders"])
+
+    def panel_matches(what):
+        """Every GPU's holders with their declared memory, and its free memory, as /gpus says."""
+        answer = api(url, "/gpus")
+        for gpu in answer["gpus"]:
+            card = gpu_card(gpu["index"])
+            rows = {e.get_attribute("data-service"): e.text for e in p.q(card + " tbody tr")}
+            if sorted(rows) != sorted(h["service"] for h in gpu["holders"]):
+                return False
+            if any(fmt_bytes(h["vram_bytes"]) not in rows[h["service"]] for h in gpu["holders"]):
+                return False
+            if f"{fmt_bytes(gpu['free_bytes'])} free" not in p.text(card + " .mem-line"):
+                return False
+        return what(answer) if what else True
+
+    try:
+        d.get(url + "/")
+        for name in "abcd":
+            p.wait(f"{name} is listed", lambda: name in p.rows())
+        p.wait("the panel says the policy", lambda: "shared by declared memory" in p.text("#gpu-body"))
+        assert len(p.q("#gpu-body .gpu-card")) == 2, p.text("#gpu-body")
+
+        # Two services placed: each holds a GPU with its declared 16 GiB; 7 GiB left on each.
+        for name in "ab":
+            api(url, f"/services/{name}/start", method="POST")
+        p.wait("the panel shows a and b holding, and free memory as /gpus counts it",
+               lambda: panel_matches(lambda g: held(g) == ["a", "b"]))
+        assert "16 GiB of 24 GiB used · 7.0 GiB free" in p.text(gpu_card(0)), p.text(gpu_card(0))
+        p.wait("the holders' rows are marked", lambda: all("holds" in p.one(p.row(n) + " td.gpu").get_attribute("class") for n in "ab"))
+        log("ok: the panel shows each GPU's holders, declared memory and free memory as /gpus counts it")
+
+        # A start queued from elsewhere shows in the queue, and leaves it when it gives up.
+        gave_up = in_background(api, url, "/services/c/start", "POST", None, {"wait": True, "timeout": 4}, True)
+        p.wait("c waits in the panel's queue", lambda: queued() == ["c"])
+        assert "12 GiB" in p.text("#gpu-body .queue"), p.text("#gpu-body .queue")
+        code, body = gave_up()
+        assert code == 503 and "waited 4 s" in body["detail"], body
+        p.wait("c left the queue when it gave up", lambda: queued() == [] and p.one("#gpu-body .queue-empty"))
+        # ... and when it is placed: b stops, c gets GPU 1.
+        placed = in_background(api, url, "/services/c/start", "POST", None, {"wait": True, "timeout": 60}, True)
+        p.wait("c waits in the panel's queue again", lambda: queued() == ["c"])
+        api(url, "/services/b/stop", method="POST")
+        code, body = placed()
+        assert code == 200, body
+        p.wait("c left the queue and holds a GPU in the panel",
+               lambda: queued() == [] and panel_matches(lambda g: "c" in held(g)))
+        log("ok: a queued start shows in the panel's queue and leaves it on timeout and when placed")
+
+        # A start that does not fit: the refusal in words, naming who would have to stop.
+        code, refusal = api(url, "/services/d/start", method="POST", answer=True)
+        assert code == 409 and refusal["would_stop"], refusal
+        p.action("d", "start")
+        conflict = p.row("d") + " .message.conflict"
+        p.wait("the refusal is explained", lambda: "No room on the GPUs for d: it needs 12 GiB." in p.text(conflict))
+        text = p.text(conflict)
+        for w in refusal["would_stop"]:
+            assert f"{w['service']} (frees {fmt_bytes(w['frees_bytes'])})" in text, text
+        assert p.one(conflict + ' button[data-action="wait"]'), "the conflict offers to wait"
+        p.click(conflict + ' button[data-action="force"]')
+        p.wait_status("d", "running")
+        for w in refusal["would_stop"]:
+            p.wait_status(w["service"], "stopped")
+        p.wait("the panel shows d holding", lambda: panel_matches(lambda g: "d" in held(g)))
+        log(f"ok: the refusal names {[w['service'] for w in refusal['would_stop']]}; the one-click force started d")
+
+        # "Wait for the GPU": b queues from the page and starts once its room is freed.
+        p.action("b", "start")
+        conflict = p.row("b") + " .message.conflict"
+        p.wait("b's refusal is explained", lambda: "No room on the GPUs for b" in p.text(conflict))
+        p.click(conflict + ' button[data-action="wait"]')
+        p.wait("b waits in the panel's queue", lambda: queued() == ["b"])
+        p.wait("b's row says it waits", lambda: "Waiting for room on the GPU" in p.text(p.row("b") + " .message.progress"))
+        holders = held(api(url, "/gpus"))
+        for name in holders:
+            api(url, f"/services/{name}/stop", method="POST")
+        p.wait_status("b", "running")
+        p.wait("b left the queue and its row says nothing more", lambda: queued() == [] and not p.one(p.row("b") + " .message"))
+        log(f"ok: waiting from the conflict box queued b; it started once {holders} stopped")
+    except BaseException:
+        evidence(d)
+        raise
+    finally:
+        d.quit()
+
+
 def token(cfg):
     """With a token: the form, a wrong token refused, the right one kept; never in a URL."""
     url, secret = cfg["url"], cfg["token"]
@@ -346,7 +465,7 @@ def token(cfg):
 
 
 def screenshots(cfg):
-    """docs/dashboard-*.png: wide light and dark, and narrow (phone-sized)."""
+    """docs/dashboard-*.png: wide light and dark, narrow (phone-sized), and the GPU panel."""
     out = cfg["out"]
     d = browser()
     p = Page(d)
@@ -373,6 +492,14 @@ def screenshots(cfg):
             d.execute_async_script("requestAnimationFrame(() => requestAnimationFrame(arguments[0]))")
             d.save_screenshot(os.path.join(out, file))
             log(f"wrote {file}")
+        # The GPU panel alone, light, wide.
+        d.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "light"}]})
+        d.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {"width": 1400, "height": 900, "deviceScaleFactor": 1, "mobile": False})
+        d.execute_script("document.getElementById('gpu').scrollIntoView()")
+        d.execute_async_script("requestAnimationFrame(() => requestAnimationFrame(arguments[0]))")
+        with open(os.path.join(out, "dashboard-gpu.png"), "wb") as f:
+            f.write(d.find_element(By.ID, "gpu").screenshot_as_png)
+        log("wrote dashboard-gpu.png")
     except BaseException:
         evidence(d)
         raise
@@ -396,5 +523,5 @@ def evidence(d):
 if __name__ == "__main__":
     config = json.load(sys.stdin)
     started = time.monotonic()
-    {"live": live, "token": token, "screenshots": screenshots}[config["scenario"]](config)
+    {"live": live, "token": token, "gpus": gpus, "screenshots": screenshots}[config["scenario"]](config)
     log(f"done in {time.monotonic() - started:.1f} s")
