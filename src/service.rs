@@ -33,7 +33,7 @@ pub use crate::lifecycle::{Failure, OnBusy, StartError};
 /// often, so a service that is up at once is seen up at once.
 pub const STARTUP_PROBE_FIRST: Duration = Duration::from_millis(2);
 /// How long after the launch the probes stay that frequent; later they back
-/// off with the time the start has taken (a twentieth of it), up to
+/// off with the time the start has taken (a hundredth of it), up to
 /// [`STARTUP_PROBE_MAX`] or the `health_interval`, whichever is shorter, so
 /// a slow start (a model loading for a minute) costs little CPU and is still
 /// seen within a few percent of its time.
@@ -45,7 +45,7 @@ pub fn startup_probe_interval(since: Duration, health_interval: Duration) -> Dur
     let cap = STARTUP_PROBE_MAX.min(health_interval).max(STARTUP_PROBE_FIRST);
     match since < STARTUP_PROBE_BURST {
         true => STARTUP_PROBE_FIRST,
-        false => (since / 20).clamp(STARTUP_PROBE_FIRST, cap),
+        false => (since / 100).clamp(STARTUP_PROBE_FIRST, cap),
     }
 }
 /// How long a task looks for an instance to adopt before it gives up.
@@ -163,7 +163,8 @@ enum Message {
 #[derive(Clone)]
 pub struct ServiceHandle {
     tx: mpsc::UnboundedSender<Message>,
-    status: watch::Receiver<Snapshot>,
+    /// The published snapshot; `borrow()` it briefly to read without cloning.
+    pub status: watch::Receiver<Snapshot>,
     pub logs: Arc<LogStore>,
 }
 
@@ -946,9 +947,10 @@ mod tests {
         let long = Duration::from_secs(10);
         assert_eq!(every(ms(0), long), ms(2));
         assert_eq!(every(ms(99), long), ms(2), "every 2 ms for the first 100 ms");
-        assert_eq!(every(ms(400), long), ms(20));
-        assert_eq!(every(ms(10_000), long), ms(500), "a twentieth of the time taken");
-        assert_eq!(every(ms(60_000), long), ms(1000), "at most every second");
+        assert_eq!(every(ms(150), long), ms(2));
+        assert_eq!(every(ms(2_000), long), ms(20));
+        assert_eq!(every(ms(10_000), long), ms(100), "a hundredth of the time taken");
+        assert_eq!(every(ms(300_000), long), ms(1000), "at most every second");
         assert_eq!(every(ms(60_000), ms(300)), ms(300), "or every health_interval when shorter");
     }
 

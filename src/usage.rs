@@ -53,12 +53,17 @@ pub struct Table {
 
 impl Table {
     pub fn get(&self, service: &str) -> Option<Usage> {
+        self.read().get(service).copied()
+    }
+
+    /// Every service's usage, for a reader of them all (hold it briefly).
+    pub fn read(&self) -> std::sync::MutexGuard<'_, HashMap<String, Usage>> {
         let now = Instant::now();
         let previous = self.read_at.lock().unwrap_or_else(|p| p.into_inner()).replace(now);
         if previous.is_none_or(|at| now.duration_since(at) >= IDLE_AFTER) {
             self.wake.notify_one();
         }
-        self.lock().get(service).copied()
+        self.lock()
     }
 
     /// Whether a reader asked within [`IDLE_AFTER`].
