@@ -151,10 +151,12 @@ impl LogStore {
     pub fn push_many<'a>(&self, stream: Stream, lines: impl IntoIterator<Item = &'a str>) {
         let mut inner = self.lock();
         let mut out = Vec::new();
+        // Lines read together were written together: one time stamp, formatted once.
+        let ts = jiff::Timestamp::now();
+        let prefix = format!("{ts} {:<6} ", stream.as_str());
         for text in lines {
-            let line = LogLine { ts: jiff::Timestamp::now(), stream, line: text.to_string() };
-            inner.write_file(&self.path, &line, &mut out);
-            inner.keep(line);
+            inner.write_file(&self.path, &prefix, text, &mut out);
+            inner.keep(LogLine { ts, stream, line: text.to_string() });
         }
         inner.flush_file(&mut out);
         // Under the lock, so the count never goes back.
@@ -214,8 +216,10 @@ impl Inner {
         self.ring.iter().skip(self.ring.len().saturating_sub(n)).cloned().collect()
     }
 
-    /// Add `line` to `out`, the batch for the file, rotating first if the file is full.
-    fn write_file(&mut self, path: &PathBuf, line: &LogLine, out: &mut Vec<u8>) {
+    /// Add a line (`prefix`: its rendered time stamp and stream, as
+    /// [`LogLine`]'s `Display` writes them) to `out`, the batch for the file,
+    /// rotating first if the file is full.
+    fn write_file(&mut self, path: &PathBuf, prefix: &str, text: &str, out: &mut Vec<u8>) {
         if self.file_bytes >= ROTATE_BYTES {
             self.flush_file(out);
             self.file = None;
@@ -236,7 +240,9 @@ impl Inner {
         }
         if self.file.is_some() {
             let before = out.len();
-            let _ = writeln!(out, "{line}");
+            out.extend_from_slice(prefix.as_bytes());
+            out.extend_from_slice(text.as_bytes());
+            out.push(b'\n');
             self.file_bytes += (out.len() - before) as u64;
         }
     }
