@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -48,7 +48,7 @@ pub struct LogLine {
 impl LogLine {
     /// `TS STREAM LINE`, as written to the log file.
     pub fn render(&self) -> String {
-        format!("{} {:<6} {}", self.ts, self.stream.as_str(), self.line)
+        self.to_string()
     }
 
     /// Read back a line written by [`LogLine::render`].
@@ -62,6 +62,12 @@ impl LogLine {
             _ => return None,
         };
         Some(LogLine { ts: ts.parse().ok()?, stream, line: line.strip_prefix(' ').unwrap_or(line).to_string() })
+    }
+}
+
+impl std::fmt::Display for LogLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {:<6} {}", self.ts, self.stream.as_str(), self.line)
     }
 }
 
@@ -82,7 +88,8 @@ struct Inner {
     /// The number of lines written before `ring[0]`: its position in the
     /// service's output, which followers count in.
     dropped: u64,
-    file: Option<BufWriter<File>>,
+    /// Written once per batch of lines (no buffer kept per service).
+    file: Option<File>,
     file_bytes: u64,
 }
 
@@ -143,14 +150,15 @@ impl LogStore {
     /// Record lines read together; the file is flushed once per batch.
     pub fn push_many<'a>(&self, stream: Stream, lines: impl IntoIterator<Item = &'a str>) {
         let mut inner = self.lock();
+        let mut out = Vec::new();
+        // Lines read together were written together: one time stamp, formatted once.
+        let ts = jiff::Timestamp::now();
+        let prefix = format!("{ts} {:<6} ", stream.as_str());
         for text in lines {
-            let line = LogLine { ts: jiff::Timestamp::now(), stream, line: text.to_string() };
-            inner.write_file(&self.path, &line);
-            inner.keep(line);
+            inner.write_file(&self.path, &prefix, text, &mut out);
+            inner.keep(LogLine { ts, stream, line: text.to_string() });
         }
-        if let Some(file) = inner.file.as_mut() {
-            let _ = file.flush();
-        }
+        inner.flush_file(&mut out);
         // Under the lock, so the count never goes back.
         self.written.send_replace(inner.end());
     }
@@ -208,8 +216,12 @@ impl Inner {
         self.ring.iter().skip(self.ring.len().saturating_sub(n)).cloned().collect()
     }
 
-    fn write_file(&mut self, path: &PathBuf, line: &LogLine) {
+    /// Add a line (`prefix`: its rendered time stamp and stream, as
+    /// [`LogLine`]'s `Display` writes them) to `out`, the batch for the file,
+    /// rotating first if the file is full.
+    fn write_file(&mut self, path: &PathBuf, prefix: &str, text: &str, out: &mut Vec<u8>) {
         if self.file_bytes >= ROTATE_BYTES {
+            self.flush_file(out);
             self.file = None;
             rotate(path);
             self.file_bytes = 0;
@@ -219,19 +231,30 @@ impl Inner {
                 let _ = fs::create_dir_all(dir);
             }
             match OpenOptions::new().create(true).append(true).open(path) {
-                Ok(f) => self.file = Some(BufWriter::new(f)),
+                Ok(f) => self.file = Some(f),
                 Err(e) => {
                     tracing::warn!(path = %path.display(), "cannot open log file: {e}");
                     return;
                 }
             }
         }
-        let rendered = line.render();
-        if let Some(f) = self.file.as_mut()
-            && writeln!(f, "{rendered}").is_ok()
-        {
-            self.file_bytes += rendered.len() as u64 + 1;
+        if self.file.is_some() {
+            let before = out.len();
+            out.extend_from_slice(prefix.as_bytes());
+            out.extend_from_slice(text.as_bytes());
+            out.push(b'\n');
+            self.file_bytes += (out.len() - before) as u64;
         }
+    }
+
+    /// Write the batch to the file in one call.
+    fn flush_file(&mut self, out: &mut Vec<u8>) {
+        if let Some(f) = self.file.as_mut()
+            && !out.is_empty()
+        {
+            let _ = f.write_all(out);
+        }
+        out.clear();
     }
 }
 

@@ -29,8 +29,25 @@ use crate::store::{Desired, RecordedProcess, Store};
 
 pub use crate::lifecycle::{Failure, OnBusy, StartError};
 
-/// How often a starting service is probed until its first healthy answer.
-pub const STARTUP_PROBE_INTERVAL: Duration = Duration::from_millis(20);
+/// How often a starting service is probed in its first [`STARTUP_PROBE_BURST`]:
+/// often, so a service that is up at once is seen up at once.
+pub const STARTUP_PROBE_FIRST: Duration = Duration::from_millis(2);
+/// How long after the launch the probes stay that frequent; later they back
+/// off with the time the start has taken (a hundredth of it), up to
+/// [`STARTUP_PROBE_MAX`] or the `health_interval`, whichever is shorter, so
+/// a slow start (a model loading for a minute) costs little CPU and is still
+/// seen within a few percent of its time.
+pub const STARTUP_PROBE_BURST: Duration = Duration::from_millis(100);
+pub const STARTUP_PROBE_MAX: Duration = Duration::from_secs(1);
+
+/// The wait before the next probe of a service that has been starting for `since`.
+pub fn startup_probe_interval(since: Duration, health_interval: Duration) -> Duration {
+    let cap = STARTUP_PROBE_MAX.min(health_interval).max(STARTUP_PROBE_FIRST);
+    match since < STARTUP_PROBE_BURST {
+        true => STARTUP_PROBE_FIRST,
+        false => (since / 100).clamp(STARTUP_PROBE_FIRST, cap),
+    }
+}
 /// How long a task looks for an instance to adopt before it gives up.
 pub const ADOPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a start outside the daemon: how many looks for all of it running,
@@ -146,7 +163,8 @@ enum Message {
 #[derive(Clone)]
 pub struct ServiceHandle {
     tx: mpsc::UnboundedSender<Message>,
-    status: watch::Receiver<Snapshot>,
+    /// The published snapshot; `borrow()` it briefly to read without cloning.
+    pub status: watch::Receiver<Snapshot>,
     pub logs: Arc<LogStore>,
 }
 
@@ -190,6 +208,7 @@ impl ServiceHandle {
             probed: false,
             next_probe: None,
             probe_in_flight: false,
+            probing_since: None,
             runtime_stage: None,
             attempt_at: None,
             outside: None,
@@ -297,6 +316,9 @@ struct Task {
     probed: bool,
     next_probe: Option<Instant>,
     probe_in_flight: bool,
+    /// When the current instance's startup probes began (at the launch, or
+    /// when its runtime said it is up): their pace follows the time since.
+    probing_since: Option<Instant>,
     /// What the runtime last said it is doing while it brings the instance up.
     runtime_stage: Option<&'static str>,
     /// When the current instance was launched (not adopted): a failed start
@@ -538,6 +560,7 @@ impl Task {
         self.probe_in_flight = false;
         self.probed = false;
         self.next_probe = None;
+        self.probing_since = None;
         self.runtime_stage = None;
         if let Some(mut progress) = launched.progress {
             let tx = self.tx.clone();
@@ -654,8 +677,14 @@ impl Task {
             State::Starting | State::Running | State::Unhealthy if self.checks_health() => {
                 if self.next_probe.is_none() && !self.probe_in_flight {
                     let wait = match state {
-                        State::Starting if !self.probed => Duration::ZERO,
-                        State::Starting => STARTUP_PROBE_INTERVAL,
+                        State::Starting if !self.probed => {
+                            self.probing_since.get_or_insert_with(Instant::now);
+                            Duration::ZERO
+                        }
+                        State::Starting => {
+                            let since = *self.probing_since.get_or_insert_with(Instant::now);
+                            startup_probe_interval(since.elapsed(), self.snap.manifest.health_interval)
+                        }
                         _ => self.snap.manifest.health_interval,
                     };
                     self.next_probe = Some(Instant::now() + wait);
@@ -935,6 +964,20 @@ mod tests {
         let mut watch = service.watch();
         let reached = tokio::time::timeout(Duration::from_secs(60), watch.wait_for(|s| s.state == state)).await;
         assert!(reached.is_ok(), "never became {state:?}; now {:?}", service.snapshot().state);
+    }
+
+    #[test]
+    fn startup_probes_are_frequent_at_first_then_back_off_with_the_time_taken() {
+        let ms = Duration::from_millis;
+        let every = |since, interval| startup_probe_interval(since, interval);
+        let long = Duration::from_secs(10);
+        assert_eq!(every(ms(0), long), ms(2));
+        assert_eq!(every(ms(99), long), ms(2), "every 2 ms for the first 100 ms");
+        assert_eq!(every(ms(150), long), ms(2));
+        assert_eq!(every(ms(2_000), long), ms(20));
+        assert_eq!(every(ms(10_000), long), ms(100), "a hundredth of the time taken");
+        assert_eq!(every(ms(300_000), long), ms(1000), "at most every second");
+        assert_eq!(every(ms(60_000), ms(300)), ms(300), "or every health_interval when shorter");
     }
 
     #[tokio::test(start_paused = true)]

@@ -2,6 +2,11 @@
 //! sampled every [`SAMPLE_EVERY`] for all services at once (one pass over
 //! `/proc` for native process groups, one stats call per container), never
 //! per request. Readers get the last sample from [`Table`].
+//!
+//! Sampling runs only while someone reads: [`IDLE_AFTER`] without a reader
+//! and it stops (the table empties rather than go stale), so a daemon nobody
+//! asks costs no CPU however many services it runs; the next reader wakes it
+//! (and sees readings from the sample after).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,6 +19,8 @@ use crate::runtime::{Parts, Runtime};
 
 /// How often services are measured.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+/// How long sampling goes on after the last reader.
+pub const IDLE_AFTER: Duration = Duration::from_secs(60);
 
 /// One reading of an instance, as the runtime measures it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -38,11 +45,30 @@ pub struct Usage {
 #[derive(Clone, Default)]
 pub struct Table {
     inner: Arc<Mutex<HashMap<String, Usage>>>,
+    /// When a reader last asked; `None` before the first.
+    read_at: Arc<Mutex<Option<Instant>>>,
+    /// Wakes the sampler when a reader comes while it rests.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl Table {
     pub fn get(&self, service: &str) -> Option<Usage> {
-        self.lock().get(service).copied()
+        self.read().get(service).copied()
+    }
+
+    /// Every service's usage, for a reader of them all (hold it briefly).
+    pub fn read(&self) -> std::sync::MutexGuard<'_, HashMap<String, Usage>> {
+        let now = Instant::now();
+        let previous = self.read_at.lock().unwrap_or_else(|p| p.into_inner()).replace(now);
+        if previous.is_none_or(|at| now.duration_since(at) >= IDLE_AFTER) {
+            self.wake.notify_one();
+        }
+        self.lock()
+    }
+
+    /// Whether a reader asked within [`IDLE_AFTER`].
+    fn wanted(&self) -> bool {
+        self.read_at.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|at| at.elapsed() < IDLE_AFTER)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Usage>> {
@@ -65,14 +91,17 @@ fn cpu_percent(previous: Option<&Previous>, parts: &Parts, at: Instant, cpu: Dur
     (wall > 0.0).then(|| (used / wall * 1000.0).round() / 10.0)
 }
 
-/// Measure every service with something running, every [`SAMPLE_EVERY`], into `table`.
+/// Measure every service with something running, every [`SAMPLE_EVERY`]
+/// while someone reads, into `table`.
 pub fn spawn(registry: Registry, runtime: Arc<dyn Runtime>, table: Table) {
     tokio::spawn(async move {
         let mut previous: HashMap<String, Previous> = HashMap::new();
-        let mut tick = tokio::time::interval(SAMPLE_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            if !table.wanted() {
+                table.lock().clear();
+                previous.clear();
+                table.wake.notified().await;
+            }
             let instances: Vec<(String, Parts)> = registry
                 .snapshot()
                 .services
@@ -95,6 +124,7 @@ pub fn spawn(registry: Registry, runtime: Arc<dyn Runtime>, table: Table) {
             }
             previous = next;
             *table.lock() = usage;
+            tokio::time::sleep(SAMPLE_EVERY).await;
         }
     });
 }

@@ -133,6 +133,63 @@ async fn start_without_health_check_and_restart() {
     d.stop_ok("quiet").await;
 }
 
+/// `ready: notify` (systemd's readiness protocol): the service gets a `NOTIFY_SOCKET` of its
+/// own and stays `starting` ("waiting for READY=1") until a process of its group sends
+/// `READY=1` there; then it is `running` at once (no 1 s settle time). `READY=1` from any other
+/// live process does not count; `STATUS=` lines go to the service's log.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_notify_service_runs_once_its_own_process_group_says_ready() {
+    let ws = Workspace::new();
+    let (pidfile, ready_file) = (ws.path("notified.pid"), ws.path("ready"));
+    ws.add(
+        Svc::new("notified")
+            .no_port()
+            .arg("--pidfile")
+            .arg(&pidfile)
+            .arg("--notify-file")
+            .arg(&ready_file)
+            .extra("ready: notify\n"),
+    );
+    let d = Daemon::start(&ws.services());
+    let url = d.u("/services/notified/start");
+    let start = tokio::spawn(async move {
+        let answer = http_client().post(url).send().await.expect("the start answers");
+        (answer.status().as_u16(), answer.json::<Value>().await.unwrap())
+    });
+    let st = d
+        .wait_status("notified", Duration::from_secs(30), "waiting for READY=1", |st| {
+            st["stage"] == "waiting for READY=1"
+        })
+        .await;
+    assert_eq!(st["status"], "starting", "{st}");
+
+    // Another process (this test) says READY=1 on the service's socket: not taken.
+    let pid = read_pidfile(&pidfile).await;
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let socket = environ
+        .split(|b| *b == 0)
+        .find_map(|var| var.strip_prefix(b"NOTIFY_SOCKET="))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .expect("the service has a NOTIFY_SOCKET");
+    let name = socket.strip_prefix('@').expect("an abstract socket");
+    let addr =
+        <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(name).unwrap();
+    let stranger = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    stranger.send_to_addr(b"READY=1", &addr).unwrap();
+
+    // The service itself says it (after a STATUS= line): running.
+    std::fs::write(&ready_file, "").unwrap();
+    let (code, answer) = start.await.unwrap();
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["status"], "running", "{answer}");
+    let lines = d.log_text("notified").await;
+    let at =
+        |needle: &str| lines.iter().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("{needle}: {lines:?}"));
+    // The stranger's datagram was read first; had it counted, READY=1 would precede the status.
+    assert!(at("status: warmed up") < at("READY=1 received"), "{lines:?}");
+    d.stop_ok("notified").await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn start_fails_with_500_and_logs_when_process_exits() {
     let ws = Workspace::new();

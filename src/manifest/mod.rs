@@ -62,6 +62,7 @@ pub const FIELDS: [&str; 33] = [
     "depends_on",
     "priority",
     "pinned",
+    "ready",
 ];
 
 /// A validated service manifest. Paths are absolute (resolved against the
@@ -117,6 +118,9 @@ pub struct Manifest {
     pub depends_on: Vec<Dependency>,
     pub priority: i32,
     pub pinned: bool,
+    /// Native only: how the service says it is ready, besides (before) its
+    /// health check. `notify`: it sends `READY=1` to `$NOTIFY_SOCKET`.
+    pub ready: Option<Ready>,
     /// The manifest file itself.
     #[schema(value_type = String)]
     pub manifest_path: PathBuf,
@@ -155,6 +159,15 @@ impl fmt::Display for HealthEndpoint {
             HealthEndpoint::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
         }
     }
+}
+
+/// How a native service announces that it is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Ready {
+    /// The systemd readiness protocol: `READY=1` sent by a process of the
+    /// service's group to the datagram socket named by `NOTIFY_SOCKET`.
+    Notify,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -308,6 +321,7 @@ pub fn parse(path: &Path, text: &str, paths: Paths, resolve: Resolve) -> Result<
     let restart = sections::restart(&mut c, &raw);
     let (stop_signal, stop_timeout) = sections::stop(&mut c, &raw);
     let depends_on = sections::dependencies(&mut c, &raw, &name);
+    let ready = sections::ready(&mut c, &raw);
     let (Some(runtime), true) = (runtime, c.problems.is_empty()) else {
         return Err(ManifestError { path: path.to_path_buf(), problems: c.problems });
     };
@@ -339,6 +353,7 @@ pub fn parse(path: &Path, text: &str, paths: Paths, resolve: Resolve) -> Result<
         depends_on,
         priority: raw.priority.unwrap_or(0),
         pinned: raw.pinned.unwrap_or(false),
+        ready,
         manifest_path: path.to_path_buf(),
     })
 }

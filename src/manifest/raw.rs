@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
 
-use super::{DependencyCondition, RestartPolicy};
+use super::{DependencyCondition, Ready, RestartPolicy};
 
 pub(super) type S<T> = Spanned<T>;
 
@@ -74,6 +74,7 @@ pub(super) struct RawManifest {
     pub depends_on: Option<S<RawDependsOn>>,
     pub priority: Option<i32>,
     pub pinned: Option<bool>,
+    pub ready: Option<S<Ready>>,
 }
 
 // The types above accept either of two YAML shapes. They are written as

@@ -8,7 +8,7 @@ use nix::sys::signal::Signal;
 
 use super::check::{Checker, DAY, HOUR, Limit, MINUTE};
 use super::raw::{RawCommand, RawDependsOn, RawManifest, S};
-use super::{Dependency, HealthEndpoint, RestartPolicy, Runtime, parse_signal, valid_name, valid_project};
+use super::{Dependency, HealthEndpoint, Ready, RestartPolicy, Runtime, parse_signal, valid_name, valid_project};
 
 const NAME_RULE: &str = "must match [a-z0-9][a-z0-9._-]{0,62} and contain no `..`";
 
@@ -247,4 +247,19 @@ pub(super) fn dependencies(c: &mut Checker, raw: &RawManifest, name: &str) -> Ve
         }
     }
     deps
+}
+
+/// `ready: notify`, for native services only (a Compose project is ready
+/// when its containers run).
+pub(super) fn ready(c: &mut Checker, raw: &RawManifest) -> Option<Ready> {
+    let ready = raw.ready.as_ref()?;
+    if raw.compose_file.is_some() {
+        c.report(
+            "ready",
+            ready,
+            "applies only to `command` services (a Compose project is ready when its containers run)",
+        );
+        return None;
+    }
+    Some(ready.value)
 }

@@ -8,6 +8,7 @@
 
 pub mod compose;
 mod native;
+mod notify;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -13,11 +13,12 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::{Pid, SysconfVar, sysconf};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
+use super::notify::NotifySocket;
 use super::{Ended, ExitInfo, GroupRecord, Instance, LaunchError, Launched, Parts, Placement};
 use crate::logs::{LineSplitter, LogStore, Stream};
-use crate::manifest::{Manifest, Runtime as Kind};
+use crate::manifest::{Manifest, Ready, Runtime as Kind};
 use crate::usage::Reading;
 
 pub struct Native;
@@ -54,16 +55,21 @@ impl Native {
         }
         vars.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
 
+        let notify = match manifest.ready {
+            Some(Ready::Notify) => Some(
+                NotifySocket::bind(&manifest.name)
+                    .map_err(|e| format!("cannot create the notification socket: {e}"))?,
+            ),
+            None => None,
+        };
         let mut cmd = Command::new(program);
-        // The daemon's token and systemd variables are not the service's to see.
-        super::scrub_env(&mut cmd)
-            .args(args)
-            .current_dir(working_dir)
-            .envs(&vars)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
+        // The daemon's token and systemd variables are not the service's to
+        // see; its own notification socket, if it asked for one, is.
+        super::scrub_env(&mut cmd).args(args).current_dir(working_dir).envs(&vars);
+        if let Some(notify) = &notify {
+            cmd.env("NOTIFY_SOCKET", &notify.env);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
         let daemon_pid = std::process::id();
         // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) run
         // between fork and exec.
@@ -86,7 +92,15 @@ impl Native {
             pumps.push(tokio::spawn(pump(out, Stream::Stdout, logs.clone())));
         }
         if let Some(err) = child.stderr.take() {
-            pumps.push(tokio::spawn(pump(err, Stream::Stderr, logs)));
+            pumps.push(tokio::spawn(pump(err, Stream::Stderr, logs.clone())));
+        }
+        let (mut ready, mut progress, mut listening) = (None, None, None);
+        if let Some(notify) = notify {
+            let (ready_tx, ready_rx) = oneshot::channel();
+            let (progress_tx, progress_rx) = mpsc::unbounded_channel();
+            let _ = progress_tx.send("waiting for READY=1");
+            listening = Some(tokio::spawn(notify.serve(pid, ready_tx, logs.clone())).abort_handle());
+            (ready, progress) = (Some(ready_rx), Some(progress_rx));
         }
         let (tx, exited) = oneshot::channel();
         let grace = Arc::new(Mutex::new(None));
@@ -116,13 +130,16 @@ impl Native {
             // answer quotes its last lines); a pipe still held by a process that left the
             // group is not waited for long.
             let _ = tokio::time::timeout(OUTPUT_DRAIN_WAIT, futures_util::future::join_all(pumps)).await;
+            if let Some(listening) = listening {
+                listening.abort();
+            }
             let _ = tx.send(Ended::exited(info));
         });
         Ok(Launched {
             instance: Box::new(ProcessGroup { pid, start_ticks, grace }),
             exited,
-            ready: None,
-            progress: None,
+            ready,
+            progress,
             started_at: None,
         })
     }
@@ -258,14 +275,24 @@ fn signal_group(pgid: u32, signal: Signal) -> bool {
     }
 }
 
+/// The read buffer of a pipe starts this small (most services say little)...
+const PUMP_FIRST: usize = 1024;
+/// ...and grows, while reads fill it, up to this.
+const PUMP_MAX: usize = 64 * 1024;
+
 /// Drain one pipe into the log store as fast as it fills.
 async fn pump(mut pipe: impl AsyncRead + Unpin, stream: Stream, logs: Arc<LogStore>) {
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; PUMP_FIRST];
     let mut lines = LineSplitter::default();
     loop {
         match pipe.read(&mut buf).await {
             Ok(0) | Err(_) => break,
-            Ok(n) => logs.push_many(stream, lines.split(&buf[..n]).iter().map(String::as_str)),
+            Ok(n) => {
+                logs.push_many(stream, lines.split(&buf[..n]).iter().map(String::as_str));
+                if n == buf.len() && buf.len() < PUMP_MAX {
+                    buf.resize(buf.len() * 4, 0);
+                }
+            }
         }
     }
     if let Some(last) = lines.finish() {
