@@ -28,7 +28,7 @@ use raw::RawManifest;
 pub const MANIFEST_FILES: [&str; 2] = ["service.yaml", "service.yml"];
 
 /// Every field a manifest accepts.
-pub const FIELDS: [&str; 33] = [
+pub const FIELDS: [&str; 34] = [
     "name",
     "description",
     "version",
