@@ -632,6 +632,50 @@ async fn gpu_compose_and_native_services_exclude_each_other_and_get_the_override
     b.stop_ok("gpu-compose").await;
 }
 
+/// A service reserving GPUs the documented way (`count: all`) gets exactly the placed GPUs:
+/// Docker's device request wins over `NVIDIA_VISIBLE_DEVICES`, so the reservation itself is
+/// replaced. Checked on the merged configuration the real Compose tool computes from the files
+/// the daemon generated (no GPU needed: without one, `up` fails at the device request).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gpu_reservation_in_the_compose_file_becomes_the_placed_device_ids() {
+    require_docker!();
+    let ws = Workspace::new();
+    let pname = docker::unique("gpures");
+    let compose = format!(
+        "services:\n  web:\n    image: {IMAGE}\n    deploy:\n      resources:\n        reservations:\n          \
+         devices:\n            - driver: nvidia\n              count: all\n              capabilities: [gpu]\n  \
+         side:\n    image: {IMAGE}\n"
+    );
+    let web = Web::new("gpu-reserving", &pname).gpu().compose_text(&compose);
+    let p = web.write(&ws.services(), &pname);
+    let original = fs::read(p.file()).unwrap();
+    let state = ws.path("state");
+    let d = Daemon::start_with(&ws.services(), &state, &[], &[("NANNY_GPU_DEVICES", "1")]);
+    // Without an NVIDIA runtime the engine refuses the device request; the files are written first.
+    let _ = d.start_svc("gpu-reserving").await;
+    let overlay = state.join("compose/gpu-reserving.gpu.yml");
+    wait_until(LONG, "the GPU override is written", || {
+        let overlay = overlay.clone();
+        async move { overlay.is_file() }
+    })
+    .await;
+    assert_eq!(fs::read(p.file()).unwrap(), original, "the user's compose file must not change");
+    // The files as the daemon passes them: a copy replacing the user's file when the tool cannot
+    // `!override` (Compose v1 merges reservations as a union, so `count: all` would remain).
+    let copy = state.join("compose/gpu-reserving.gpu-copy.yml");
+    let first = if copy.is_file() { copy } else { p.file() };
+    let (first, overlay) = (first.to_string_lossy().into_owned(), overlay.to_string_lossy().into_owned());
+    let dir = p.dir.to_string_lossy().into_owned();
+    let args = ["-p", pname.as_str(), "--project-directory", dir.as_str(), "-f", &first, "-f", &overlay, "config"];
+    let merged: Value = serde_saphyr::from_str(&docker::compose_ok(&p.dir, &args)).expect("merged config is YAML");
+    let devices = &merged["services"]["web"]["deploy"]["resources"]["reservations"]["devices"];
+    let device = json!({"driver": "nvidia", "device_ids": ["1"], "capabilities": ["gpu"]});
+    assert_eq!(devices, &json!([device]), "exactly the placed GPU, no `count`: {merged}");
+    assert!(merged["services"]["side"].get("deploy").is_none(), "a service without a GPU reservation: {merged}");
+    let env = |service: &str| merged["services"][service]["environment"]["NVIDIA_VISIBLE_DEVICES"].clone();
+    assert_eq!((env("web"), env("side")), (json!("1"), json!("1")), "{merged}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // remove
 // ---------------------------------------------------------------------------------------------
