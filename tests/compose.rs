@@ -676,6 +676,31 @@ async fn a_gpu_reservation_in_the_compose_file_becomes_the_placed_device_ids() {
     assert_eq!((env("web"), env("side")), (json!("1"), json!("1")), "{merged}");
 }
 
+/// A GPU process NVML reports by its host pid is the service's when it runs in one of the
+/// service's containers: the runtime maps the pid through `/proc/PID/cgroup` to the container,
+/// so the arbiter counts its memory as the service's, not as others' use.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_process_in_a_supervised_container_is_known_as_the_services() {
+    require_docker!();
+    let ws = Workspace::new();
+    let pname = docker::unique("owner");
+    let p = Web::new("owned", &pname).write(&ws.services(), &pname);
+    let paths = nanny::manifest::Paths::outside_allowed(true);
+    let manifest = nanny::manifest::load(&p.dir.join("service.yaml"), paths).expect("the manifest loads");
+    let compose = nanny::runtime::compose::Compose::new(&ws.path("state"));
+    let logs = std::sync::Arc::new(nanny::logs::LogStore::new(ws.path("owned.log")));
+    let launched = compose.launch(&manifest, None, logs).expect("launched");
+    let ready = tokio::time::timeout(LONG, launched.ready.expect("Compose says when it is up")).await;
+    ready.expect("up within the deadline").expect("up -d succeeded");
+    let c = p.only();
+    assert!(c.running && c.pid > 0, "{c:?}");
+    assert_eq!(compose.owner_of(c.pid).as_deref(), Some("owned"), "container {} pid {}", c.id, c.pid);
+    assert_eq!(compose.owner_of(std::process::id()), None, "a host process is nobody's container");
+    launched.instance.kill();
+    let ended = tokio::time::timeout(LONG, launched.exited).await.expect("ended within the deadline");
+    assert!(ended.is_ok(), "the supervisor reported the end");
+}
+
 // ---------------------------------------------------------------------------------------------
 // remove
 // ---------------------------------------------------------------------------------------------

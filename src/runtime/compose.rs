@@ -89,6 +89,9 @@ struct Inner {
     overrides_dir: PathBuf,
     tool: OnceCell<Tool>,
     engine: OnceCell<Docker>,
+    /// The containers of the projects supervised now (id → service), so a
+    /// GPU process in one is known as the service's ([`Compose::owner_of`]).
+    containers: std::sync::Mutex<HashMap<String, String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -181,6 +184,8 @@ fn watch_deaths(docker: Docker, project: String, from: jiff::Timestamp) -> mpsc:
 /// service, the override the daemon generates.
 struct Project {
     name: String,
+    /// The nanny service.
+    service: String,
     dir: PathBuf,
     files: Vec<PathBuf>,
     /// The manifest's `stop_timeout`, for stops the supervisor decides on.
@@ -270,6 +275,7 @@ impl Compose {
                 overrides_dir: state_dir.join("compose"),
                 tool: OnceCell::new(),
                 engine: OnceCell::new(),
+                containers: Default::default(),
             }),
         }
     }
@@ -316,6 +322,14 @@ impl Compose {
                 Err(_) => info("not answering", Some(not_answering("the Docker engine"))),
             }
         })
+    }
+
+    /// The service whose supervised container runs host process `pid`
+    /// (read from `/proc/PID/cgroup`).
+    pub fn owner_of(&self, pid: u32) -> Option<String> {
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let id = container_in_cgroup(&cgroup)?;
+        self.inner.containers.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
     }
 
     /// CPU time and memory of each service's containers (`docker stats`,
@@ -455,7 +469,15 @@ impl Compose {
         let files = vec![compose_file.clone()];
         let gpu = gpu.map(|gpu| (gpu.clone(), self.inner.overrides_dir.join(&manifest.name)));
         let one_shot = Arc::new(file.one_shot());
-        Ok(Project { name, dir, files, stop_timeout: manifest.stop_timeout, one_shot, gpu })
+        Ok(Project {
+            name,
+            service: manifest.name.clone(),
+            dir,
+            files,
+            stop_timeout: manifest.stop_timeout,
+            one_shot,
+            gpu,
+        })
     }
 }
 
@@ -600,13 +622,35 @@ impl Inner {
             tokio::spawn(follow_logs(docker.clone(), c.clone(), logs.clone(), since, tail));
         }
         let _ = ready.send(Parts { pid: None, containers: containers.iter().map(|c| c.name.clone()).collect() });
+        let ended = self.follow(&docker, &tool, &project, &containers, &mut deaths, &mut control, &logs).await;
+        self.containers.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, service| *service != project.service);
+        ended
+    }
+
+    /// Follow a started project until it ends; its containers are known as
+    /// the service's meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    async fn follow(
+        &self,
+        docker: &Docker,
+        tool: &Tool,
+        project: &Project,
+        containers: &[Container],
+        deaths: &mut mpsc::UnboundedReceiver<Death>,
+        control: &mut mpsc::UnboundedReceiver<Control>,
+        logs: &LogStore,
+    ) -> Ended {
+        self.containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(containers.iter().map(|c| (c.id.clone(), project.service.clone())));
 
         let mut halting = false;
         loop {
             tokio::select! {
                 request = control.recv() => {
                     let Some(request) = request else { return abandoned() };
-                    if let Some(ended) = self.halt(&docker, &tool, &project, request, &logs).await {
+                    if let Some(ended) = self.halt(docker, tool, project, request, logs).await {
                         return ended;
                     }
                     // Something still runs: the service task will kill, and
@@ -615,7 +659,7 @@ impl Inner {
                 }
                 Some(death) = deaths.recv() => {
                     if halting {
-                        match self.ended_if_gone(&docker, &project, &logs).await {
+                        match self.ended_if_gone(docker, project, logs).await {
                             Some(ended) => return ended,
                             None => continue,
                         }
@@ -635,10 +679,10 @@ impl Inner {
                     // The rest of the project goes with it, as a process group's
                     // members do, so nothing keeps running (or holding the GPU)
                     // behind a service that is no longer supervised.
-                    let others = list_project(&docker, &project.name).await.unwrap_or_default();
+                    let others = list_project(docker, &project.name).await.unwrap_or_default();
                     if others.iter().any(|c| c.running) {
                         let stop = Control::Stop { timeout: project.stop_timeout };
-                        if self.halt(&docker, &tool, &project, stop, &logs).await.is_none() {
+                        if self.halt(docker, tool, project, stop, logs).await.is_none() {
                             // Still running: reported once it is gone, so a
                             // GPU claim never outlives a container.
                             halting = true;
@@ -949,6 +993,19 @@ impl ComposeFile {
     }
 }
 
+/// The container id in a process's `/proc/PID/cgroup`: the last path
+/// segment that is one, as the engine names the container's cgroup with the
+/// cgroupfs driver (`/docker/ID`) or the systemd one (`docker-ID.scope`), in
+/// cgroup v1 (a line per controller) and v2 (`0::PATH`).
+fn container_in_cgroup(cgroup: &str) -> Option<&str> {
+    cgroup
+        .lines()
+        .filter_map(|line| line.splitn(3, ':').nth(2))
+        .flat_map(|path| path.split('/'))
+        .map(|segment| segment.trim_start_matches("docker-").trim_end_matches(".scope"))
+        .rfind(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// The first Compose `docker compose` version whose `!override` tag
 /// replaces a sequence instead of appending to it (2.24.4).
 const OVERRIDE_TAG_SINCE: (u32, u32, u32) = (2, 24, 4);
@@ -1091,6 +1148,25 @@ mod tests {
             ("latest: digest: sha256:…", None),
         ] {
             assert_eq!(stage_of(line), stage, "{line}");
+        }
+    }
+
+    #[test]
+    fn a_container_is_found_in_its_process_cgroup_with_either_driver_and_version() {
+        let id = "3f4c9e5a0b1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f";
+        let v2_systemd = format!("0::/system.slice/docker-{id}.scope\n");
+        let v2_cgroupfs = format!("0::/docker/{id}\n");
+        let v1_cgroupfs = format!(
+            "12:memory:/docker/{id}\n11:devices:/docker/{id}\n1:name=systemd:/docker/{id}\n0::/system.slice/containerd.service\n"
+        );
+        let v1_systemd =
+            format!("4:cpu,cpuacct:/system.slice/docker-{id}.scope\n1:name=systemd:/system.slice/docker-{id}.scope\n");
+        let nested = format!("0::/system.slice/docker-{id}.scope/init.scope\n");
+        for text in [v2_systemd, v2_cgroupfs, v1_cgroupfs, v1_systemd, nested] {
+            assert_eq!(container_in_cgroup(&text), Some(id), "{text}");
+        }
+        for host in ["0::/user.slice/user-1000.slice/session-2.scope\n", "0::/\n", "", "0::/docker/abc\n"] {
+            assert_eq!(container_in_cgroup(host), None, "{host}");
         }
     }
 
