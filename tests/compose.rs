@@ -3,7 +3,9 @@
 //! started by hand adopted at daemon start, a daemon restart (SIGKILL) adopting instead of
 //! restarting, clear errors for a broken compose file and an unpullable image while a native
 //! service keeps running, GPU exclusivity between a Compose and a native GPU service plus the
-//! override environment, `/health` runtimes, and `remove` running `down`.
+//! override environment, a GPU reservation replaced by the placed `device_ids` (checked on the
+//! real tool's merged `config`), a container's host pid known as its service's (the NVML
+//! mapping), `/health` runtimes, and `remove` running `down`.
 //!
 //! Every test uses its own Compose project (`nt-TAG-PID-N`), removed by a guard even when the
 //! test panics. Without Docker the tests are skipped locally and fail in CI (`CI=true`).
