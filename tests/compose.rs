@@ -3,7 +3,9 @@
 //! started by hand adopted at daemon start, a daemon restart (SIGKILL) adopting instead of
 //! restarting, clear errors for a broken compose file and an unpullable image while a native
 //! service keeps running, GPU exclusivity between a Compose and a native GPU service plus the
-//! override environment, `/health` runtimes, and `remove` running `down`.
+//! override environment, a GPU reservation replaced by the placed `device_ids` (checked on the
+//! real tool's merged `config`), a container's host pid known as its service's (the NVML
+//! mapping), `/health` runtimes, and `remove` running `down`.
 //!
 //! Every test uses its own Compose project (`nt-TAG-PID-N`), removed by a guard even when the
 //! test panics. Without Docker the tests are skipped locally and fail in CI (`CI=true`).
@@ -630,6 +632,75 @@ async fn gpu_compose_and_native_services_exclude_each_other_and_get_the_override
     assert_eq!(c3.env_var("CUDA_VISIBLE_DEVICES"), None, "`all` means nothing to CUDA: {:?}", c3.env);
     assert_eq!(fs::read(p.file()).unwrap(), original, "the user's compose file must not change");
     b.stop_ok("gpu-compose").await;
+}
+
+/// A service reserving GPUs the documented way (`count: all`) gets exactly the placed GPUs:
+/// Docker's device request wins over `NVIDIA_VISIBLE_DEVICES`, so the reservation itself is
+/// replaced. Checked on the merged configuration the real Compose tool computes from the files
+/// the daemon generated (no GPU needed: without one, `up` fails at the device request).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gpu_reservation_in_the_compose_file_becomes_the_placed_device_ids() {
+    require_docker!();
+    let ws = Workspace::new();
+    let pname = docker::unique("gpures");
+    let compose = format!(
+        "services:\n  web:\n    image: {IMAGE}\n    deploy:\n      resources:\n        reservations:\n          \
+         devices:\n            - driver: nvidia\n              count: all\n              capabilities: [gpu]\n  \
+         side:\n    image: {IMAGE}\n"
+    );
+    let web = Web::new("gpu-reserving", &pname).gpu().compose_text(&compose);
+    let p = web.write(&ws.services(), &pname);
+    let original = fs::read(p.file()).unwrap();
+    let state = ws.path("state");
+    let d = Daemon::start_with(&ws.services(), &state, &[], &[("NANNY_GPU_DEVICES", "1")]);
+    // Without an NVIDIA runtime the engine refuses the device request; the files are written first.
+    let _ = d.start_svc("gpu-reserving").await;
+    let overlay = state.join("compose/gpu-reserving.gpu.yml");
+    wait_until(LONG, "the GPU override is written", || {
+        let overlay = overlay.clone();
+        async move { overlay.is_file() }
+    })
+    .await;
+    assert_eq!(fs::read(p.file()).unwrap(), original, "the user's compose file must not change");
+    // The files as the daemon passes them: a copy replacing the user's file when the tool cannot
+    // `!override` (Compose v1 merges reservations as a union, so `count: all` would remain).
+    let copy = state.join("compose/gpu-reserving.gpu-copy.yml");
+    let first = if copy.is_file() { copy } else { p.file() };
+    let (first, overlay) = (first.to_string_lossy().into_owned(), overlay.to_string_lossy().into_owned());
+    let dir = p.dir.to_string_lossy().into_owned();
+    let args = ["-p", pname.as_str(), "--project-directory", dir.as_str(), "-f", &first, "-f", &overlay, "config"];
+    let merged: Value = serde_saphyr::from_str(&docker::compose_ok(&p.dir, &args)).expect("merged config is YAML");
+    let devices = &merged["services"]["web"]["deploy"]["resources"]["reservations"]["devices"];
+    let device = json!({"driver": "nvidia", "device_ids": ["1"], "capabilities": ["gpu"]});
+    assert_eq!(devices, &json!([device]), "exactly the placed GPU, no `count`: {merged}");
+    assert!(merged["services"]["side"].get("deploy").is_none(), "a service without a GPU reservation: {merged}");
+    let env = |service: &str| merged["services"][service]["environment"]["NVIDIA_VISIBLE_DEVICES"].clone();
+    assert_eq!((env("web"), env("side")), (json!("1"), json!("1")), "{merged}");
+}
+
+/// A GPU process NVML reports by its host pid is the service's when it runs in one of the
+/// service's containers: the runtime maps the pid through `/proc/PID/cgroup` to the container,
+/// so the arbiter counts its memory as the service's, not as others' use.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_process_in_a_supervised_container_is_known_as_the_services() {
+    require_docker!();
+    let ws = Workspace::new();
+    let pname = docker::unique("owner");
+    let p = Web::new("owned", &pname).write(&ws.services(), &pname);
+    let paths = nanny::manifest::Paths::outside_allowed(true);
+    let manifest = nanny::manifest::load(&p.dir.join("service.yaml"), paths).expect("the manifest loads");
+    let compose = nanny::runtime::compose::Compose::new(&ws.path("state"));
+    let logs = std::sync::Arc::new(nanny::logs::LogStore::new(ws.path("owned.log")));
+    let launched = compose.launch(&manifest, None, logs).expect("launched");
+    let ready = tokio::time::timeout(LONG, launched.ready.expect("Compose says when it is up")).await;
+    ready.expect("up within the deadline").expect("up -d succeeded");
+    let c = p.only();
+    assert!(c.running && c.pid > 0, "{c:?}");
+    assert_eq!(compose.owner_of(c.pid).as_deref(), Some("owned"), "container {} pid {}", c.id, c.pid);
+    assert_eq!(compose.owner_of(std::process::id()), None, "a host process is nobody's container");
+    launched.instance.kill();
+    let ended = tokio::time::timeout(LONG, launched.exited).await.expect("ended within the deadline");
+    assert!(ended.is_ok(), "the supervisor reported the end");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -192,9 +192,11 @@ impl Daemon {
             loop {
                 let arbiter = d.arbiter.clone();
                 let Ok(readings) = tokio::task::spawn_blocking(move || arbiter.read_inventory()).await else { return };
+                // A native service's process group, else a Compose service's container.
                 let owner = |pid: u32| {
-                    let group = crate::runtime::group_of(pid)?;
-                    groups.lock().unwrap_or_else(|p| p.into_inner()).get(&group).cloned()
+                    let native = crate::runtime::group_of(pid)
+                        .and_then(|group| groups.lock().unwrap_or_else(|p| p.into_inner()).get(&group).cloned());
+                    native.or_else(|| d.runtime.container_owner(pid))
                 };
                 for (service, declared, measured) in d.arbiter.refresh(readings, owner) {
                     let kind = EventKind::GpuOverUse { declared_bytes: declared, measured_bytes: measured };

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::sync::{OnceCell, mpsc, oneshot};
 
-use super::{Ended, ExitInfo, GroupRecord, Instance, LaunchError, Launched, Parts, Placement};
+use super::{Devices, Ended, ExitInfo, GroupRecord, Instance, LaunchError, Launched, Parts, Placement};
 use crate::health::Outcome;
 use crate::logs::{LineSplitter, LogStore, Stream};
 use crate::manifest::{Manifest, Runtime as Kind};
@@ -89,6 +89,9 @@ struct Inner {
     overrides_dir: PathBuf,
     tool: OnceCell<Tool>,
     engine: OnceCell<Docker>,
+    /// The containers of the projects supervised now (id → service), so a
+    /// GPU process in one is known as the service's ([`Compose::owner_of`]).
+    containers: std::sync::Mutex<HashMap<String, String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -181,12 +184,42 @@ fn watch_deaths(docker: Docker, project: String, from: jiff::Timestamp) -> mpsc:
 /// service, the override the daemon generates.
 struct Project {
     name: String,
+    /// The nanny service.
+    service: String,
     dir: PathBuf,
     files: Vec<PathBuf>,
     /// The manifest's `stop_timeout`, for stops the supervisor decides on.
     stop_timeout: Duration,
     /// Compose services that run to completion by design ([`ComposeFile::one_shot`]).
     one_shot: Arc<BTreeSet<String>>,
+    /// The GPU placement, and the path its files are written at (less the
+    /// extension), once the Compose tool is known ([`gpu_files`]).
+    gpu: Option<(Placement, PathBuf)>,
+}
+
+impl Project {
+    /// Write the files giving the project its GPU placement, for `tool`.
+    fn place_gpus(&mut self, tool: &Tool) -> Result<(), String> {
+        let Some((gpu, base)) = &self.gpu else { return Ok(()) };
+        let source = &self.files[0];
+        let text = std::fs::read_to_string(source).map_err(|e| format!("cannot read {}: {e}", source.display()))?;
+        let files = gpu_files(&text, gpu, tool.reads_override_tag())
+            .map_err(|e| format!("{} is not a valid compose file: {e}", source.display()))?;
+        let write = |extension: &str, text: &str| {
+            let mut path = base.clone().into_os_string();
+            path.push(format!(".{extension}"));
+            let path = PathBuf::from(path);
+            std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
+                .and_then(|_| std::fs::write(&path, text))
+                .map(|_| path.clone())
+                .map_err(|e| format!("cannot write the GPU override {}: {e}", path.display()))
+        };
+        if let Some(copy) = &files.copy {
+            self.files[0] = write("gpu-copy.yml", copy)?;
+        }
+        self.files.push(write("gpu.yml", &files.overlay)?);
+        Ok(())
+    }
 }
 
 /// How a supervised start begins.
@@ -242,6 +275,7 @@ impl Compose {
                 overrides_dir: state_dir.join("compose"),
                 tool: OnceCell::new(),
                 engine: OnceCell::new(),
+                containers: Default::default(),
             }),
         }
     }
@@ -288,6 +322,14 @@ impl Compose {
                 Err(_) => info("not answering", Some(not_answering("the Docker engine"))),
             }
         })
+    }
+
+    /// The service whose supervised container runs host process `pid`
+    /// (read from `/proc/PID/cgroup`).
+    pub fn owner_of(&self, pid: u32) -> Option<String> {
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let id = container_in_cgroup(&cgroup)?;
+        self.inner.containers.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
     }
 
     /// CPU time and memory of each service's containers (`docker stats`,
@@ -424,17 +466,18 @@ impl Compose {
             (None, Some(n)) => n.clone(),
             (None, None) => default_project_name(&dir),
         };
-        let mut files = vec![compose_file.clone()];
-        if let Some(gpu) = gpu {
-            let path = self.inner.overrides_dir.join(format!("{}.gpu.yml", manifest.name));
-            let text = gpu_override(&file, gpu);
-            std::fs::create_dir_all(&self.inner.overrides_dir)
-                .and_then(|_| std::fs::write(&path, text))
-                .map_err(|e| format!("cannot write the GPU override {}: {e}", path.display()))?;
-            files.push(path);
-        }
+        let files = vec![compose_file.clone()];
+        let gpu = gpu.map(|gpu| (gpu.clone(), self.inner.overrides_dir.join(&manifest.name)));
         let one_shot = Arc::new(file.one_shot());
-        Ok(Project { name, dir, files, stop_timeout: manifest.stop_timeout, one_shot })
+        Ok(Project {
+            name,
+            service: manifest.name.clone(),
+            dir,
+            files,
+            stop_timeout: manifest.stop_timeout,
+            one_shot,
+            gpu,
+        })
     }
 }
 
@@ -538,6 +581,10 @@ impl Inner {
             Ok(t) => t,
             Err(e) => return fail(e, true),
         };
+        let mut project = project;
+        if let Err(e) = project.place_gpus(&tool) {
+            return fail(e, false);
+        }
         let mut deaths = watch_deaths(docker.clone(), project.name.clone(), watch_from);
         let since = watch_from.as_second();
         let backfill = matches!(start, Start::Adopt { .. });
@@ -575,13 +622,35 @@ impl Inner {
             tokio::spawn(follow_logs(docker.clone(), c.clone(), logs.clone(), since, tail));
         }
         let _ = ready.send(Parts { pid: None, containers: containers.iter().map(|c| c.name.clone()).collect() });
+        let ended = self.follow(&docker, &tool, &project, &containers, &mut deaths, &mut control, &logs).await;
+        self.containers.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, service| *service != project.service);
+        ended
+    }
+
+    /// Follow a started project until it ends; its containers are known as
+    /// the service's meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    async fn follow(
+        &self,
+        docker: &Docker,
+        tool: &Tool,
+        project: &Project,
+        containers: &[Container],
+        deaths: &mut mpsc::UnboundedReceiver<Death>,
+        control: &mut mpsc::UnboundedReceiver<Control>,
+        logs: &LogStore,
+    ) -> Ended {
+        self.containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(containers.iter().map(|c| (c.id.clone(), project.service.clone())));
 
         let mut halting = false;
         loop {
             tokio::select! {
                 request = control.recv() => {
                     let Some(request) = request else { return abandoned() };
-                    if let Some(ended) = self.halt(&docker, &tool, &project, request, &logs).await {
+                    if let Some(ended) = self.halt(docker, tool, project, request, logs).await {
                         return ended;
                     }
                     // Something still runs: the service task will kill, and
@@ -590,7 +659,7 @@ impl Inner {
                 }
                 Some(death) = deaths.recv() => {
                     if halting {
-                        match self.ended_if_gone(&docker, &project, &logs).await {
+                        match self.ended_if_gone(docker, project, logs).await {
                             Some(ended) => return ended,
                             None => continue,
                         }
@@ -610,10 +679,10 @@ impl Inner {
                     // The rest of the project goes with it, as a process group's
                     // members do, so nothing keeps running (or holding the GPU)
                     // behind a service that is no longer supervised.
-                    let others = list_project(&docker, &project.name).await.unwrap_or_default();
+                    let others = list_project(docker, &project.name).await.unwrap_or_default();
                     if others.iter().any(|c| c.running) {
                         let stop = Control::Stop { timeout: project.stop_timeout };
-                        if self.halt(&docker, &tool, &project, stop, &logs).await.is_none() {
+                        if self.halt(docker, tool, project, stop, logs).await.is_none() {
                             // Still running: reported once it is gone, so a
                             // GPU claim never outlives a container.
                             halting = true;
@@ -696,7 +765,9 @@ impl Inner {
     ) -> Result<String, String> {
         let mut command = tokio::process::Command::new(&tool.argv[0]);
         super::scrub_env(&mut command);
-        command.args(&tool.argv[1..]).arg("-p").arg(&project.name);
+        // Relative paths, `.env` and the project are the user's file's
+        // directory's, also when the first file is a generated copy.
+        command.args(&tool.argv[1..]).arg("-p").arg(&project.name).arg("--project-directory").arg(&project.dir);
         for file in &project.files {
             command.arg("-f").arg(file);
         }
@@ -922,23 +993,130 @@ impl ComposeFile {
     }
 }
 
-/// An override giving every service of the project the GPU placement, so
-/// the user's compose file is never edited.
-fn gpu_override(file: &ComposeFile, gpu: &Placement) -> String {
-    let mut text = String::from("# Generated by nanny: the GPU placement the arbiter chose.\nservices:\n");
-    for service in file.services.keys() {
-        text.push_str(&format!("  {service}:\n    environment:\n"));
-        for (key, value) in gpu.devices.container_env() {
-            text.push_str(&format!("      {key}: \"{value}\"\n"));
+/// The container id in a process's `/proc/PID/cgroup`: the last path
+/// segment that is one, as the engine names the container's cgroup with the
+/// cgroupfs driver (`/docker/ID`) or the systemd one (`docker-ID.scope`), in
+/// cgroup v1 (a line per controller) and v2 (`0::PATH`).
+fn container_in_cgroup(cgroup: &str) -> Option<&str> {
+    cgroup
+        .lines()
+        .filter_map(|line| line.splitn(3, ':').nth(2))
+        .flat_map(|path| path.split('/'))
+        .map(|segment| segment.trim_start_matches("docker-").trim_end_matches(".scope"))
+        .rfind(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The first Compose `docker compose` version whose `!override` tag
+/// replaces a sequence instead of appending to it (2.24.4).
+const OVERRIDE_TAG_SINCE: (u32, u32, u32) = (2, 24, 4);
+
+impl Tool {
+    /// Whether this tool reads `!override` in an override file. Compose v1
+    /// (`docker-compose` 1.x) cannot parse it; older v2 plugins append.
+    fn reads_override_tag(&self) -> bool {
+        let mut parts = self.version.trim().trim_start_matches('v').split(['.', '-', '+']).map(|p| p.parse::<u32>());
+        let mut next = || parts.next().and_then(Result::ok).unwrap_or(0);
+        (next(), next(), next()) >= OVERRIDE_TAG_SINCE
+    }
+}
+
+/// The files Compose is given for a GPU placement, in order after the
+/// user's compose file (or instead of it).
+#[derive(Debug, PartialEq)]
+struct GpuFiles {
+    /// A copy of the user's compose file whose GPU reservations name the
+    /// placed GPUs, used instead of the user's file: for a tool that cannot
+    /// replace a sequence from an override (v1 merges `devices` as a union,
+    /// v2 before 2.24.4 appends), so a base `count: all` would still win.
+    copy: Option<String>,
+    /// The override: `NVIDIA_VISIBLE_DEVICES` for every service and, with
+    /// `!override`, the replaced GPU reservations.
+    overlay: String,
+}
+
+/// How the project's files give it the GPU placement, so the user's compose
+/// file is never edited. Every service gets `NVIDIA_VISIBLE_DEVICES` (what
+/// the NVIDIA runtime reads for a service with `runtime: nvidia` and no
+/// device request). A service that reserves GPUs the documented way
+/// (`deploy.resources.reservations.devices` with `capabilities: [gpu]` or
+/// `driver: nvidia`) gets them from Docker's device request, which wins
+/// over that variable: its GPU entries are replaced by one with
+/// `device_ids:` the placed GPUs (no `count`, which Compose refuses with
+/// it), keeping the driver, capabilities and options.
+fn gpu_files(source: &str, gpu: &Placement, override_tag: bool) -> Result<GpuFiles, String> {
+    let mut file: serde_json::Value = serde_saphyr::from_str(source).map_err(|e| e.to_string())?;
+    let services: Vec<String> = match file.get("services").and_then(|s| s.as_object()) {
+        Some(services) => services.keys().cloned().collect(),
+        None => Vec::new(),
+    };
+    let mut overlay = String::from("# Generated by nanny: the GPU placement the arbiter chose.\nservices:\n");
+    let mut replaced = Vec::new();
+    if let Devices::Listed(ids) = &gpu.devices {
+        for name in &services {
+            let Some(devices) = file.pointer_mut(&format!(
+                "/services/{}/deploy/resources/reservations/devices",
+                name.replace('~', "~0").replace('/', "~1")
+            )) else {
+                continue;
+            };
+            let Some(list) = devices.as_array_mut() else { continue };
+            if !list.iter().any(is_gpu_request) {
+                continue;
+            }
+            let mut placed = false;
+            let mut new_list = Vec::new();
+            for entry in list.drain(..) {
+                if !is_gpu_request(&entry) {
+                    new_list.push(entry);
+                } else if !placed {
+                    placed = true;
+                    new_list.push(placed_request(entry, ids));
+                }
+            }
+            *list = new_list;
+            replaced.push((name.clone(), serde_json::Value::Array(list.clone())));
         }
     }
-    text
+    for name in &services {
+        overlay.push_str(&format!("  {}:\n    environment:\n", serde_json::Value::from(name.as_str())));
+        for (key, value) in gpu.devices.container_env() {
+            overlay.push_str(&format!("      {key}: \"{value}\"\n"));
+        }
+        if let (true, Some((_, devices))) = (override_tag, replaced.iter().find(|(n, _)| n == name)) {
+            overlay.push_str(&format!(
+                "    deploy:\n      resources:\n        reservations:\n          devices: !override {devices}\n"
+            ));
+        }
+    }
+    // JSON is YAML to both tools; `${VAR}` references are kept as written.
+    let copy = (!override_tag && !replaced.is_empty()).then(|| {
+        format!("# Generated by nanny: the user's compose file with the GPUs the arbiter placed.\n{file:#}\n")
+    });
+    Ok(GpuFiles { copy, overlay })
+}
+
+/// A device request for GPUs: `capabilities` naming `gpu`, or the NVIDIA driver.
+fn is_gpu_request(entry: &serde_json::Value) -> bool {
+    let gpu_capability = entry.get("capabilities").and_then(|c| c.as_array()).is_some_and(|c| {
+        c.iter().any(|c| c.as_str() == Some("gpu") || c.as_array().is_some_and(|c| c.iter().any(|c| c == "gpu")))
+    });
+    gpu_capability || entry.get("driver").and_then(|d| d.as_str()) == Some("nvidia")
+}
+
+/// `entry` asking for exactly `ids`.
+fn placed_request(mut entry: serde_json::Value, ids: &[String]) -> serde_json::Value {
+    if let Some(request) = entry.as_object_mut() {
+        request.remove("count");
+        request.insert("device_ids".into(), ids.iter().map(|id| serde_json::Value::from(id.as_str())).collect());
+        request.entry("driver").or_insert_with(|| "nvidia".into());
+        request.entry("capabilities").or_insert_with(|| serde_json::json!(["gpu"]));
+    }
+    entry
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::Devices;
 
     #[test]
     fn project_names_follow_compose() {
@@ -974,14 +1152,89 @@ mod tests {
     }
 
     #[test]
+    fn a_container_is_found_in_its_process_cgroup_with_either_driver_and_version() {
+        let id = "3f4c9e5a0b1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f";
+        let v2_systemd = format!("0::/system.slice/docker-{id}.scope\n");
+        let v2_cgroupfs = format!("0::/docker/{id}\n");
+        let v1_cgroupfs = format!(
+            "12:memory:/docker/{id}\n11:devices:/docker/{id}\n1:name=systemd:/docker/{id}\n0::/system.slice/containerd.service\n"
+        );
+        let v1_systemd =
+            format!("4:cpu,cpuacct:/system.slice/docker-{id}.scope\n1:name=systemd:/system.slice/docker-{id}.scope\n");
+        let nested = format!("0::/system.slice/docker-{id}.scope/init.scope\n");
+        for text in [v2_systemd, v2_cgroupfs, v1_cgroupfs, v1_systemd, nested] {
+            assert_eq!(container_in_cgroup(&text), Some(id), "{text}");
+        }
+        for host in ["0::/user.slice/user-1000.slice/session-2.scope\n", "0::/\n", "", "0::/docker/abc\n"] {
+            assert_eq!(container_in_cgroup(host), None, "{host}");
+        }
+    }
+
+    fn listed(ids: &[&str]) -> Placement {
+        Placement { devices: Devices::Listed(ids.iter().map(|id| id.to_string()).collect()) }
+    }
+
+    fn tool(version: &str) -> Tool {
+        Tool { argv: vec!["docker".into(), "compose".into()], version: version.into() }
+    }
+
+    const RESERVING: &str = "x-gpu: &gpu\n  resources:\n    reservations:\n      devices:\n        \
+                             - {driver: nvidia, count: all, capabilities: [gpu], options: {a: b}}\n        \
+                             - {driver: other, count: 1, capabilities: [tpu]}\nservices:\n  \
+                             web: {image: x, environment: [\"A=${A}\"], deploy: *gpu}\n  worker: {image: y}\n";
+
+    /// The replaced reservation of `service` in a generated file.
+    fn devices(text: &str, service: &str) -> serde_json::Value {
+        let text = text.replace("!override ", "");
+        let file: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+        file.pointer(&format!("/services/{service}/deploy/resources/reservations/devices")).cloned().unwrap()
+    }
+
+    #[test]
     fn override_names_every_service() {
-        let file: ComposeFile = serde_saphyr::from_str("services:\n  web: {image: x}\n  worker: {image: y}\n").unwrap();
-        let text = gpu_override(&file, &Placement { devices: Devices::Listed(vec!["0".into()]) });
-        let parsed: ComposeFile = serde_saphyr::from_str(&text).unwrap();
+        let text = "services:\n  web: {image: x}\n  worker: {image: y}\n";
+        let files = gpu_files(text, &listed(&["0"]), false).unwrap();
+        assert_eq!(files.copy, None, "nothing reserves a GPU: the user's file is used as it is");
+        let parsed: ComposeFile = serde_saphyr::from_str(&files.overlay).unwrap();
         assert_eq!(parsed.services.keys().collect::<Vec<_>>(), vec!["web", "worker"]);
-        assert!(text.contains("NVIDIA_VISIBLE_DEVICES: \"0\""));
-        assert!(!text.contains("CUDA_VISIBLE_DEVICES"), "CUDA numbers the container's GPUs from 0: left to the image");
-        let every = gpu_override(&file, &Placement { devices: Devices::All });
-        assert!(every.contains("NVIDIA_VISIBLE_DEVICES: \"all\"") && !every.contains("CUDA_VISIBLE_DEVICES"));
+        assert!(files.overlay.contains("NVIDIA_VISIBLE_DEVICES: \"0\"") && !files.overlay.contains("deploy"));
+        assert!(!files.overlay.contains("CUDA_VISIBLE_DEVICES"), "CUDA numbers the container's GPUs from 0");
+        let every = gpu_files(RESERVING, &Placement { devices: Devices::All }, false).unwrap();
+        assert_eq!(every.copy, None, "all GPUs: the reservation stays as written");
+        assert!(every.overlay.contains("NVIDIA_VISIBLE_DEVICES: \"all\""));
+    }
+
+    #[test]
+    fn a_gpu_reservation_is_replaced_by_the_placed_device_ids_with_override() {
+        let files = gpu_files(RESERVING, &listed(&["1", "GPU-8f"]), true).unwrap();
+        assert_eq!(files.copy, None);
+        assert!(files.overlay.contains("devices: !override ["), "{}", files.overlay);
+        let expected = serde_json::json!([
+            {"driver": "nvidia", "capabilities": ["gpu"], "options": {"a": "b"}, "device_ids": ["1", "GPU-8f"]},
+            {"driver": "other", "count": 1, "capabilities": ["tpu"]},
+        ]);
+        assert_eq!(devices(&files.overlay, "web"), expected);
+        let parsed: serde_json::Value = serde_saphyr::from_str(&files.overlay.replace("!override ", "")).unwrap();
+        assert!(parsed.pointer("/services/worker/deploy").is_none(), "worker reserves no GPU");
+        assert!(parsed.pointer("/services/worker/environment/NVIDIA_VISIBLE_DEVICES").is_some());
+    }
+
+    #[test]
+    fn without_override_the_copy_of_the_file_reserves_the_placed_gpus() {
+        let files = gpu_files(RESERVING, &listed(&["1"]), false).unwrap();
+        assert!(!files.overlay.contains("!override") && !files.overlay.contains("deploy"));
+        let copy = files.copy.expect("a copy");
+        assert_eq!(devices(&copy, "web")[0]["device_ids"], serde_json::json!(["1"]));
+        assert!(devices(&copy, "web")[0].get("count").is_none(), "Compose refuses count with device_ids");
+        assert!(copy.contains("A=${A}"), "interpolation is left to Compose");
+        assert!(devices(&copy, "web")[1].get("count").is_some(), "other devices are kept");
+    }
+
+    #[test]
+    fn the_override_tag_is_used_by_compose_2_24_4_and_later() {
+        for (version, reads) in [("1.29.2", false), ("2.24.3", false), ("2.24.4", true), ("v2.29.1", true)] {
+            assert_eq!(tool(version).reads_override_tag(), reads, "{version}");
+        }
+        assert!(tool("2.30.0-desktop.1").reads_override_tag());
     }
 }

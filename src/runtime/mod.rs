@@ -261,6 +261,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// What running instances use now (CPU time so far, resident memory),
     /// by service; one the runtime cannot measure is left out.
     fn measure(&self, instances: Vec<(String, Parts)>) -> BoxFuture<'static, HashMap<String, Reading>>;
+
+    /// The service whose container runs host process `pid`, if any (a
+    /// native service's is found by its process group instead).
+    fn container_owner(&self, _pid: u32) -> Option<String> {
+        None
+    }
 }
 
 /// What the daemon reports about its runtimes.
@@ -330,6 +336,10 @@ impl Runtime for Runtimes {
             readings.extend(native.await.unwrap_or_default());
             readings
         })
+    }
+
+    fn container_owner(&self, pid: u32) -> Option<String> {
+        self.compose.owner_of(pid)
     }
 
     fn describe(&self) -> BoxFuture<'static, RuntimeInfo> {

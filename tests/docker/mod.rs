@@ -448,6 +448,8 @@ pub struct Ctr {
     pub started_at: jiff::Timestamp,
     pub env: Vec<String>,
     pub project: String,
+    /// The host pid of its main process (0 when it is not running).
+    pub pid: u32,
 }
 
 impl Ctr {
@@ -472,6 +474,7 @@ impl Ctr {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string(),
+            pid: v.pointer("/State/Pid").and_then(Value::as_u64).unwrap_or(0) as u32,
         }
     }
 
