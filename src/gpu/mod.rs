@@ -126,17 +126,11 @@ pub enum Busy {
     Full(Shortfall),
 }
 
-/// A service holding GPUs.
+/// A service holding GPUs: what the planner weighs ([`plan::Holder`], whose `started`
+/// orders the holders) and what `/gpus` shows besides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holding {
-    pub gpus: Vec<u32>,
-    /// Declared, per GPU.
-    pub vram: u64,
-    /// Measured (NVML), per GPU, the largest.
-    pub measured: Option<u64>,
-    pub priority: i32,
-    pub pinned: bool,
-    pub order: u64,
+    pub plan: plan::Holder,
     pub since: jiff::Timestamp,
     /// It uses more than it declared, by a margin ([`over`]).
     pub over: bool,
@@ -252,7 +246,7 @@ impl Arbiter {
             return Ok(Placement { devices: self.settings.devices.clone() });
         }
         if let Some(holding) = state.holders.get(&ask.service) {
-            return Ok(self.placement(&state, &holding.gpus));
+            return Ok(self.placement(&state, &holding.plan.gpus));
         }
         let gpus = self.planned_gpus(&state);
         let holders = planned_holders(&state);
@@ -274,7 +268,7 @@ impl Arbiter {
         let mut state = self.lock();
         state.claims.release(name);
         if let Some(holding) = state.holders.remove(name) {
-            if self.inventory.source == Source::Nvml && holding.measured.unwrap_or(0) > 0 {
+            if self.inventory.source == Source::Nvml && holding.plan.measured.unwrap_or(0) > 0 {
                 state.released = Some(Instant::now());
             }
             drop(state);
@@ -362,11 +356,12 @@ impl Arbiter {
         for (name, holding) in state.holders.iter_mut() {
             let now = used.get(name).copied();
             let was = holding.over;
-            holding.over = was || now.is_some_and(|m| over(holding.vram, m));
+            let plan = &mut holding.plan;
+            holding.over = was || now.is_some_and(|m| over(plan.vram, m));
             // Once over, it is packed by the most it was seen using, from then on.
-            holding.measured = if holding.over { now.max(holding.measured) } else { now };
+            plan.measured = if holding.over { now.max(plan.measured) } else { now };
             if holding.over && !was {
-                newly_over.push((name.clone(), holding.vram, holding.measured.unwrap_or(0)));
+                newly_over.push((name.clone(), plan.vram, plan.measured.unwrap_or(0)));
             }
         }
         state.gpus = readings;
@@ -392,7 +387,7 @@ impl Arbiter {
             .map(|(r, g)| (r.clone(), plan::free(g, &holders, &[], self.settings.headroom), g.foreign))
             .collect();
         let mut holding: Vec<(String, Holding)> = state.holders.iter().map(|(n, h)| (n.clone(), h.clone())).collect();
-        holding.sort_by_key(|(_, h)| h.order);
+        holding.sort_by_key(|(_, h)| h.plan.started);
         Board {
             policy: self.policy,
             source: self.inventory.source,
@@ -407,16 +402,16 @@ impl Arbiter {
 
     fn hold(&self, state: &mut State, ask: &Ask, gpus: Vec<u32>) {
         state.next += 1;
-        let holding = Holding {
+        let plan = plan::Holder {
+            service: ask.service.clone(),
             gpus,
             vram: ask.vram,
             measured: None,
             priority: ask.priority,
             pinned: ask.pinned,
-            order: state.next,
-            since: jiff::Timestamp::now(),
-            over: false,
+            started: state.next,
         };
+        let holding = Holding { plan, since: jiff::Timestamp::now(), over: false };
         state.holders.insert(ask.service.clone(), holding);
     }
 
@@ -454,19 +449,7 @@ impl Arbiter {
 }
 
 fn planned_holders(state: &State) -> Vec<plan::Holder> {
-    state
-        .holders
-        .iter()
-        .map(|(name, h)| plan::Holder {
-            service: name.clone(),
-            gpus: h.gpus.clone(),
-            vram: h.vram,
-            measured: h.measured,
-            priority: h.priority,
-            pinned: h.pinned,
-            started: h.order,
-        })
-        .collect()
+    state.holders.values().map(|h| h.plan.clone()).collect()
 }
 
 /// A start's place in the queue; dropping it (the start got in, gave up,
@@ -603,7 +586,7 @@ mod tests {
         // Using less for a moment does not make it count for less; others' use is read anew.
         arbiter.refresh(vec![reading(0, vec![(10, GIB), (99, 3 * GIB)]), reading(1, vec![])], owner);
         let board = arbiter.board();
-        assert_eq!(board.holders[0].1.measured, Some(16 * GIB));
+        assert_eq!(board.holders[0].1.plan.measured, Some(16 * GIB));
         assert_eq!(board.gpus[0].2, 3 * GIB);
     }
 

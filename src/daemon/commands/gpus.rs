@@ -20,11 +20,11 @@ pub fn run(d: &Daemon) -> GpusView {
             holders: board
                 .holders
                 .iter()
-                .filter(|(_, h)| h.gpus.contains(&reading.index))
+                .filter(|(_, h)| h.plan.gpus.contains(&reading.index))
                 .map(|(service, h)| GpuHolderView {
                     service: service.clone(),
-                    vram_bytes: h.vram,
-                    measured_bytes: h.measured,
+                    vram_bytes: h.plan.vram,
+                    measured_bytes: h.plan.measured,
                     since: h.since,
                     over: h.over,
                 })
