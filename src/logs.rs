@@ -144,19 +144,19 @@ impl LogStore {
     }
 
     pub fn push(&self, stream: Stream, text: &str) {
-        self.push_many(stream, std::iter::once(text));
+        self.push_many(stream, std::iter::once(text.to_string()));
     }
 
     /// Record lines read together; the file is flushed once per batch.
-    pub fn push_many<'a>(&self, stream: Stream, lines: impl IntoIterator<Item = &'a str>) {
+    pub fn push_many(&self, stream: Stream, lines: impl IntoIterator<Item = String>) {
         let mut inner = self.lock();
         let mut out = Vec::new();
         // Lines read together were written together: one time stamp, formatted once.
         let ts = jiff::Timestamp::now();
         let prefix = format!("{ts} {:<6} ", stream.as_str());
         for text in lines {
-            inner.write_file(&self.path, &prefix, text, &mut out);
-            inner.keep(LogLine { ts, stream, line: text.to_string() });
+            inner.write_file(&self.path, &prefix, &text, &mut out);
+            inner.keep(LogLine { ts, stream, line: text });
         }
         inner.flush_file(&mut out);
         // Under the lock, so the count never goes back.
@@ -308,8 +308,12 @@ impl LineSplitter {
     /// The lines `chunk` completes.
     pub fn split(&mut self, chunk: &[u8]) -> Vec<String> {
         let mut lines = Vec::new();
-        let mut pieces = chunk.split(|&b| b == b'\n').peekable();
-        while let Some(piece) = pieces.next() {
+        // Every piece but the last ended with a newline.
+        let ends = memchr::memchr_iter(b'\n', chunk).map(|at| (at, true)).chain(std::iter::once((chunk.len(), false)));
+        let mut start = 0;
+        for (end, newline) in ends {
+            let piece = &chunk[start..end];
+            start = end + 1;
             if !self.cutting {
                 let room = self.max - self.partial.len();
                 if piece.len() > room {
@@ -320,8 +324,7 @@ impl LineSplitter {
                     self.partial.extend_from_slice(piece);
                 }
             }
-            // Every piece but the last ended with a newline.
-            if pieces.peek().is_some() && !std::mem::take(&mut self.cutting) {
+            if newline && !std::mem::take(&mut self.cutting) {
                 lines.push(self.take(true));
             }
         }
@@ -337,7 +340,12 @@ impl LineSplitter {
     /// The line so far, without a trailing `\r` if `whole`.
     fn take(&mut self, whole: bool) -> String {
         let bytes = if whole { self.partial.strip_suffix(b"\r").unwrap_or(&self.partial) } else { &self.partial };
-        let line = String::from_utf8_lossy(bytes).into_owned();
+        // Checking the whole line first is much faster than the lossy path, which is only
+        // for the rare line that is not UTF-8.
+        let line = match std::str::from_utf8(bytes) {
+            Ok(text) => text.to_owned(),
+            Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+        };
         self.partial.clear();
         line
     }
@@ -357,6 +365,15 @@ impl LineSplitter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_are_split_across_chunks_and_bytes_that_are_not_utf8_replaced() {
+        let mut lines = LineSplitter::default();
+        assert_eq!(lines.split(b"ok\r\n\xff bad\npart"), vec!["ok", "\u{FFFD} bad"]);
+        assert_eq!(lines.split(b"ial\n\n"), vec!["partial", ""]);
+        assert_eq!(lines.split(b"tail"), Vec::<String>::new());
+        assert_eq!(lines.finish().as_deref(), Some("tail"));
+    }
 
     #[test]
     fn splits_across_chunks_and_cuts_long_lines() {
@@ -392,7 +409,7 @@ mod tests {
         let store = LogStore::new(dir.path().join("s.log"));
         let mut lines = LineSplitter::default();
         let flood = [&vec![b'x'; 2 * MAX_LINE_BYTES][..], b"\n"].concat().repeat(300);
-        store.push_many(Stream::Stdout, lines.split(&flood).iter().map(String::as_str));
+        store.push_many(Stream::Stdout, lines.split(&flood));
         let kept = store.tail(RING_LINES);
         let bytes: usize = kept.iter().map(|l| l.line.len()).sum();
         assert!(bytes <= RING_BYTES, "{bytes} bytes kept");

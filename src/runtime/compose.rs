@@ -930,7 +930,7 @@ async fn follow_logs(docker: Docker, container: Container, logs: Arc<LogStore>, 
         };
         let lines: Vec<String> =
             splitter.split(bytes).into_iter().map(|l| format!("[{}] {l}", container.name)).collect();
-        logs.push_many(stream, lines.iter().map(String::as_str));
+        logs.push_many(stream, lines);
     }
 }
 

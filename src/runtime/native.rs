@@ -288,7 +288,7 @@ async fn pump(mut pipe: impl AsyncRead + Unpin, stream: Stream, logs: Arc<LogSto
         match pipe.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                logs.push_many(stream, lines.split(&buf[..n]).iter().map(String::as_str));
+                logs.push_many(stream, lines.split(&buf[..n]));
                 if n == buf.len() && buf.len() < PUMP_MAX {
                     buf.resize(buf.len() * 4, 0);
                 }
