@@ -322,7 +322,7 @@ class S6(Tool):
     def start(self, ws, wait_dirs=()):
         scan = os.path.join(ws, "scan")
         os.makedirs(scan, exist_ok=True)
-        self.proc = procs.spawn(["s6-svscan", scan], stdout=subprocess.DEVNULL, stderr=open(os.path.join(ws, "s6.stderr"), "w"))
+        self.proc = procs.spawn(["s6-svscan", "-c", "4096", scan], stdout=subprocess.DEVNULL, stderr=open(os.path.join(ws, "s6.stderr"), "w"))
         for d in wait_dirs:
             procs.wait_for(lambda: subprocess.run(["s6-svok", d]).returncode == 0, 30, 0.01, f"s6-supervise for {d}")
 
