@@ -218,21 +218,16 @@ async fn start_one(
                 if holder_service.snapshot().manifest.pinned {
                     return Err(Error::Pinned { holder, requested: name.to_string() });
                 }
-                tracing::info!(service = name, "force: stopping GPU holder '{holder}'");
-                // Its task remembers it stopped: it is not meant to come back.
-                super::stop::stop_with_dependents(d, &holder).await?;
-                d.store.emit(Some(&holder), EventKind::GpuPreempted { by: name.to_string() });
+                preempt(d, &holder, name).await?;
                 preempted.push(holder);
             }
             Err(Failure { error: StartError::GpuFull { name: asked, shortfall }, next: None })
                 if force && preempted.len() < MAX_PREEMPTIONS && !shortfall.stop.is_empty() =>
             {
                 // The planner never names a pinned holder nor one of higher priority.
-                for eviction in &shortfall.stop {
-                    tracing::info!(service = asked, "force: stopping '{}' to free GPU memory", eviction.service);
-                    super::stop::stop_with_dependents(d, &eviction.service).await?;
-                    d.store.emit(Some(&eviction.service), EventKind::GpuPreempted { by: asked.clone() });
-                    preempted.push(eviction.service.clone());
+                for eviction in shortfall.stop {
+                    preempt(d, &eviction.service, &asked).await?;
+                    preempted.push(eviction.service);
                 }
             }
             // A forced start that lost the race says what it was doing.
@@ -243,6 +238,16 @@ async fn start_one(
             Err(failure) => return Err(failure.into()),
         }
     }
+}
+
+/// Stop `holder` (and the services that depend on it) so that `by` gets its
+/// GPU room, and say so in `holder`'s events. Its task remembers it stopped:
+/// it is not meant to come back.
+async fn preempt(d: &Daemon, holder: &str, by: &str) -> Result<(), Error> {
+    tracing::info!(service = by, "force: stopping '{holder}' to free the GPU");
+    super::stop::stop_with_dependents(d, holder).await?;
+    d.store.emit(Some(holder), EventKind::GpuPreempted { by: by.to_string() });
+    Ok(())
 }
 
 /// At daemon start: `autostart` services and those last meant to be running,
