@@ -82,7 +82,7 @@ pub struct Settings {
 }
 
 /// What a GPU service asks for, from its manifest.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ask {
     pub service: String,
     /// Per GPU.
@@ -140,10 +140,7 @@ pub struct Holding {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Queued {
     pub id: u64,
-    pub service: String,
-    pub vram: u64,
-    pub gpus: usize,
-    pub priority: i32,
+    pub ask: Ask,
     pub since: jiff::Timestamp,
     pub deadline: jiff::Timestamp,
 }
@@ -303,17 +300,9 @@ impl Arbiter {
         let mut state = self.lock();
         state.next += 1;
         let id = state.next;
-        let entry = Queued {
-            id,
-            service: ask.service.clone(),
-            vram: ask.vram,
-            gpus: ask.gpus,
-            priority: ask.priority,
-            since: jiff::Timestamp::now(),
-            deadline,
-        };
+        let entry = Queued { id, ask: ask.clone(), since: jiff::Timestamp::now(), deadline };
         // By priority (highest first), then first come.
-        let at = state.queue.iter().position(|q| q.priority < entry.priority).unwrap_or(state.queue.len());
+        let at = state.queue.iter().position(|q| q.ask.priority < entry.ask.priority).unwrap_or(state.queue.len());
         state.queue.insert(at, entry);
         drop(state);
         self.changes.send_modify(|n| *n += 1);
@@ -597,7 +586,7 @@ mod tests {
         let first = arbiter.enqueue(&ask("low", 1), deadline);
         let urgent = arbiter.enqueue(&Ask { priority: 5, ..ask("high", 1) }, deadline);
         let later = arbiter.enqueue(&ask("low2", 1), deadline);
-        let order: Vec<String> = arbiter.board().queue.iter().map(|q| q.service.clone()).collect();
+        let order: Vec<String> = arbiter.board().queue.iter().map(|q| q.ask.service.clone()).collect();
         assert_eq!(order, ["high", "low", "low2"]);
         assert!(urgent.is_first() && !first.is_first());
         drop(urgent);

@@ -35,10 +35,10 @@ pub fn run(d: &Daemon) -> GpusView {
         .queue
         .iter()
         .map(|q| QueuedView {
-            service: q.service.clone(),
-            vram_bytes: q.vram,
-            gpus: q.gpus,
-            priority: q.priority,
+            service: q.ask.service.clone(),
+            vram_bytes: q.ask.vram,
+            gpus: q.ask.gpus,
+            priority: q.ask.priority,
             since: q.since,
             deadline: q.deadline,
         })
