@@ -333,7 +333,8 @@ pub fn measure(groups: &[(String, u32)]) -> HashMap<String, Reading> {
 
 /// The process group of `pid`, if it is still there.
 pub fn group_of(pid: u32) -> Option<u32> {
-    proc_stat(pid).map(|s| s.pgrp)
+    let pid = i32::try_from(pid).ok()?;
+    nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))).ok().map(|group| group.as_raw() as u32)
 }
 
 fn proc_stat(pid: u32) -> Option<ProcStat> {

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg, setsockopt, sockopt};
-use nix::unistd::{Pid, getpgid};
 use tokio::io::Interest;
 use tokio::net::UnixDatagram;
 use tokio::sync::oneshot;
@@ -100,8 +99,8 @@ fn receive(socket: &UnixDatagram, buf: &mut [u8]) -> io::Result<(usize, Option<U
 /// one of this daemon's user that is already gone (`systemd-notify` exits
 /// at once, so its group can no longer be read).
 fn from_group(creds: UnixCredentials, pgid: u32) -> bool {
-    match getpgid(Some(Pid::from_raw(creds.pid()))) {
-        Ok(group) => group.as_raw() as u32 == pgid,
-        Err(_) => creds.uid() == nix::unistd::geteuid().as_raw(),
+    match u32::try_from(creds.pid()).ok().and_then(super::group_of) {
+        Some(group) => group == pgid,
+        None => creds.uid() == nix::unistd::geteuid().as_raw(),
     }
 }
