@@ -22,7 +22,6 @@ const state = {
   lastEventId: null,
   sort: { key: 'name', dir: 1 },
   detail: null, // {name, tab, ctrl, paused, buffer}
-  gpuShape: null, // 'gpus' once GET /gpus answers, 'fallback' while it is 404
   gpuHolders: new Set(), // the services that hold a GPU now (their rows are marked)
   gpuQueued: false, // someone waits for a GPU: the panel is re-read every second
 };
@@ -321,7 +320,6 @@ async function loadList() {
     }
   }
   state.invalid = list.invalid || [];
-  state.gpuHolder = list.gpu_service_running;
   renderInvalid();
   renderTags();
   await Promise.all(fresh.map(refreshRow));
@@ -795,23 +793,17 @@ for (const id of ['f-status', 'f-tag', 'f-gpu', 'f-text']) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// GPU panel: `GET /gpus` when the daemon has it, else the holder from the service list
+// GPU panel: `GET /gpus`
 // ---------------------------------------------------------------------------------------------
 
 async function refreshGpu() {
-  let gpus = null;
+  let gpus;
   try {
-    if (state.gpuShape !== 'fallback') {
-      const { status, body } = await api('/gpus');
-      if (status === 200) gpus = body;
-      state.gpuShape = status === 404 ? 'fallback' : 'gpus';
-    }
-    // The holders the rows mark: from `GET /gpus`, else (a daemon without it) from `GET /health`.
-    const holder = gpus ? gpus.holder : (await getJson('/health')).gpu_service_running;
-    const holders = new Set(holder ? [holder] : []);
-    for (const gpu of (gpus && gpus.gpus) || []) for (const h of gpu.holders) holders.add(h.service);
-    state.gpuHolder = holder;
-    state.gpuQueued = !!(gpus && gpus.queue && gpus.queue.length) || [...state.services.values()].some((s) => s.waiting);
+    gpus = await getJson('/gpus');
+    // The holders the rows mark: the exclusive policy's one, and every GPU's.
+    const holders = new Set(gpus.holder ? [gpus.holder] : []);
+    for (const gpu of gpus.gpus) for (const h of gpu.holders) holders.add(h.service);
+    state.gpuQueued = gpus.queue.length > 0 || [...state.services.values()].some((s) => s.waiting);
     if ([...holders].sort().join() !== [...state.gpuHolders].sort().join()) {
       state.gpuHolders = holders;
       for (const name of state.services.keys()) renderRow(name);
@@ -819,7 +811,7 @@ async function refreshGpu() {
   } catch (err) {
     if (err instanceof NeedToken) return;
   }
-  $('gpu-body').replaceChildren(...(gpus ? gpuPanel(gpus) : gpuFallback()));
+  if (gpus) $('gpu-body').replaceChildren(...gpuPanel(gpus));
 }
 
 function gpuPanel(g) {
@@ -882,34 +874,6 @@ function gpuQueue(queue) {
 }
 
 /** Before `GET /gpus`: the holder the daemon names, and every service that needs a GPU. */
-function gpuFallback() {
-  const holder = state.gpuHolder;
-  const out = [];
-  const p = el('p', 'holder');
-  if (holder) {
-    const s = state.services.get(holder);
-    p.append(el('strong', '', holder), ` holds the GPU` + (s ? ` (declares ${fmtGb(s.summary.vram_gb)}).` : '.'));
-  } else {
-    p.textContent = 'No service holds the GPU.';
-  }
-  out.push(p);
-  const gpuServices = [...state.services.values()].filter((s) => s.summary.gpu_required);
-  if (gpuServices.length) {
-    const t = table(['GPU service', 'Declared', 'Status']);
-    for (const s of gpuServices.sort((a, b) => a.summary.name.localeCompare(b.summary.name))) {
-      const st = s.status || {};
-      const tr = t.tBodies[0].insertRow();
-      if (s.summary.name === holder) tr.className = 'holds';
-      cells(tr, [s.summary.name, fmtGb(s.summary.vram_gb), (st.status || s.summary.status) + (st.next ? ` · ${st.next}` : '')]);
-    }
-    out.push(t);
-  }
-  const waiting = gpuServices.filter((s) => s.status && /GPU/i.test(s.status.next || ''));
-  out.push(gpuQueue(waiting.map((s) => ({ service: s.summary.name, vram_bytes: s.summary.vram_gb * 2 ** 30, gpus: 1, priority: 0, since: null }))));
-  out.push(el('p', 'muted', 'Measured GPU memory shows here when the daemon reports it (GET /gpus).'));
-  return out;
-}
-
 function table(headings) {
   const t = el('table', 'mini');
   const tr = t.createTHead().insertRow();
