@@ -81,11 +81,86 @@ impl Stream {
     }
 }
 
+/// Lines read together, in the form the log file takes (`TS STREAM LINE\n` each, one time
+/// stamp for all): written to the file in one call, then kept in the ring as they are, the
+/// lines found by their offsets. One allocation a read, not one a line.
+pub struct Batch {
+    ts: jiff::Timestamp,
+    stream: Stream,
+    /// The length of `TS STREAM ` before every line.
+    prefix_len: usize,
+    bytes: Vec<u8>,
+    /// Where each line's prefix starts in `bytes`.
+    starts: Vec<u32>,
+    /// Bytes of line text (less prefixes and newlines).
+    text_bytes: usize,
+}
+
+impl Batch {
+    /// An empty batch stamped now, with room for about `capacity` bytes of lines.
+    pub fn new(stream: Stream, capacity: usize) -> Batch {
+        Batch::stamped(jiff::Timestamp::now(), stream, capacity)
+    }
+
+    fn stamped(ts: jiff::Timestamp, stream: Stream, capacity: usize) -> Batch {
+        let mut bytes = Vec::with_capacity(capacity + capacity / 2 + 64);
+        let _ = write!(bytes, "{ts} {:<6} ", stream.as_str());
+        let prefix_len = bytes.len();
+        bytes.clear();
+        Batch { ts, stream, prefix_len, bytes, starts: Vec::new(), text_bytes: 0 }
+    }
+
+    /// Add a line; bytes that are not UTF-8 are replaced.
+    pub fn line(&mut self, raw: &[u8]) {
+        match std::str::from_utf8(raw) {
+            Ok(text) => self.text(text),
+            Err(_) => self.text(&String::from_utf8_lossy(raw)),
+        }
+    }
+
+    pub fn text(&mut self, text: &str) {
+        let start = self.bytes.len();
+        self.starts.push(u32::try_from(start).unwrap_or(u32::MAX));
+        // The prefix is the same for every line: copied from the first one.
+        if start == 0 {
+            let _ = write!(self.bytes, "{} {:<6} ", self.ts, self.stream.as_str());
+        } else {
+            self.bytes.extend_from_within(..self.prefix_len);
+        }
+        self.bytes.extend_from_slice(text.as_bytes());
+        self.bytes.push(b'\n');
+        self.text_bytes += text.len();
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// Line `i`'s text.
+    fn get(&self, i: usize) -> &str {
+        let start = self.starts[i] as usize + self.prefix_len;
+        let end = self.starts.get(i + 1).map_or(self.bytes.len(), |&next| next as usize) - 1;
+        // Only whole `&str`s were ever appended, so every line is UTF-8.
+        std::str::from_utf8(&self.bytes[start..end]).unwrap_or_default()
+    }
+
+    fn log_line(&self, i: usize) -> LogLine {
+        LogLine { ts: self.ts, stream: self.stream, line: self.get(i).to_string() }
+    }
+}
+
 struct Inner {
-    ring: VecDeque<LogLine>,
-    /// Bytes of line text in `ring`.
+    /// The newest batches; the first `skip` lines of the first have left the ring.
+    ring: VecDeque<Batch>,
+    skip: usize,
+    /// Lines in the ring (less `skip`), and their bytes of text.
+    ring_lines: usize,
     ring_bytes: usize,
-    /// The number of lines written before `ring[0]`: its position in the
+    /// The number of lines written before the oldest in the ring: its position in the
     /// service's output, which followers count in.
     dropped: u64,
     /// Written once per batch of lines (no buffer kept per service).
@@ -135,30 +210,40 @@ impl LogStore {
     /// wrote; the end of that is read back, so a tail spans the restart.
     pub fn new(path: PathBuf) -> Self {
         let file_bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        let mut inner = Inner { ring: VecDeque::new(), ring_bytes: 0, dropped: 0, file: None, file_bytes };
+        let mut inner =
+            Inner { ring: VecDeque::new(), skip: 0, ring_lines: 0, ring_bytes: 0, dropped: 0, file: None, file_bytes };
         for line in read_back(&path) {
-            inner.keep(line);
+            let mut batch = Batch::stamped(line.ts, line.stream, line.line.len());
+            batch.text(&line.line);
+            inner.keep(batch);
         }
         let written = watch::Sender::new(inner.end());
         LogStore { inner: Mutex::new(inner), path, written }
     }
 
     pub fn push(&self, stream: Stream, text: &str) {
-        self.push_many(stream, std::iter::once(text.to_string()));
+        let mut batch = Batch::new(stream, text.len());
+        batch.text(text);
+        self.push_batch(batch);
     }
 
-    /// Record lines read together; the file is flushed once per batch.
+    /// Record lines read together.
     pub fn push_many(&self, stream: Stream, lines: impl IntoIterator<Item = String>) {
-        let mut inner = self.lock();
-        let mut out = Vec::new();
-        // Lines read together were written together: one time stamp, formatted once.
-        let ts = jiff::Timestamp::now();
-        let prefix = format!("{ts} {:<6} ", stream.as_str());
-        for text in lines {
-            inner.write_file(&self.path, &prefix, &text, &mut out);
-            inner.keep(LogLine { ts, stream, line: text });
+        let mut batch = Batch::new(stream, 0);
+        for line in lines {
+            batch.text(&line);
         }
-        inner.flush_file(&mut out);
+        self.push_batch(batch);
+    }
+
+    /// Record a batch: one write to the file, then into the ring as it is.
+    pub fn push_batch(&self, batch: Batch) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut inner = self.lock();
+        inner.write_file(&self.path, &batch.bytes);
+        inner.keep(batch);
         // Under the lock, so the count never goes back.
         self.written.send_replace(inner.end());
     }
@@ -184,8 +269,8 @@ impl LogStore {
             *next = inner.dropped;
             return Followed::Lost(lost);
         }
-        let skip = usize::try_from(*next - inner.dropped).unwrap_or(usize::MAX);
-        let lines: Vec<LogLine> = inner.ring.iter().skip(skip).take(FOLLOW_BATCH).cloned().collect();
+        let after = usize::try_from(inner.end() - *next).unwrap_or(usize::MAX);
+        let lines: Vec<LogLine> = inner.newest(after).take(FOLLOW_BATCH).collect();
         *next += lines.len() as u64;
         Followed::Lines(lines)
     }
@@ -196,32 +281,59 @@ impl LogStore {
 }
 
 impl Inner {
-    /// Add a line to the ring, dropping the oldest beyond its bounds.
-    fn keep(&mut self, line: LogLine) {
-        self.ring_bytes += line.line.len();
-        self.ring.push_back(line);
-        while self.ring.len() > RING_LINES || self.ring_bytes > RING_BYTES {
-            let Some(old) = self.ring.pop_front() else { break };
-            self.ring_bytes -= old.line.len();
+    /// Add a batch to the ring, dropping the oldest lines beyond its bounds.
+    fn keep(&mut self, batch: Batch) {
+        self.ring_lines += batch.len();
+        self.ring_bytes += batch.text_bytes;
+        self.ring.push_back(batch);
+        while self.ring_lines > RING_LINES || self.ring_bytes > RING_BYTES {
+            let Some(oldest) = self.ring.front() else { break };
+            self.ring_bytes -= oldest.get(self.skip).len();
+            self.ring_lines -= 1;
             self.dropped += 1;
+            self.skip += 1;
+            if self.skip == oldest.len() {
+                self.ring.pop_front();
+                self.skip = 0;
+            }
         }
     }
 
     /// The position after the newest line.
     fn end(&self) -> u64 {
-        self.dropped + self.ring.len() as u64
+        self.dropped + self.ring_lines as u64
+    }
+
+    /// The newest `n` lines (all, if fewer), oldest first.
+    fn newest(&self, n: usize) -> impl Iterator<Item = LogLine> + '_ {
+        // Walk back from the newest batch to the one holding the first line wanted.
+        let mut first = self.ring.len();
+        let mut from = 0;
+        let mut wanted = n.min(self.ring_lines);
+        while wanted > 0 {
+            first -= 1;
+            let batch = &self.ring[first];
+            let live = if first == 0 { batch.len() - self.skip } else { batch.len() };
+            if wanted <= live {
+                from = batch.len() - wanted;
+                break;
+            }
+            wanted -= live;
+        }
+        self.ring
+            .range(first..)
+            .enumerate()
+            .flat_map(move |(k, batch)| (if k == 0 { from } else { 0 }..batch.len()).map(move |i| batch.log_line(i)))
     }
 
     fn tail(&self, n: usize) -> Vec<LogLine> {
-        self.ring.iter().skip(self.ring.len().saturating_sub(n)).cloned().collect()
+        self.newest(n).collect()
     }
 
-    /// Add a line (`prefix`: its rendered time stamp and stream, as
-    /// [`LogLine`]'s `Display` writes them) to `out`, the batch for the file,
-    /// rotating first if the file is full.
-    fn write_file(&mut self, path: &PathBuf, prefix: &str, text: &str, out: &mut Vec<u8>) {
+    /// Write a batch (lines in the file's form) to the file in one call, rotating first if the
+    /// file is full.
+    fn write_file(&mut self, path: &PathBuf, bytes: &[u8]) {
         if self.file_bytes >= ROTATE_BYTES {
-            self.flush_file(out);
             self.file = None;
             rotate(path);
             self.file_bytes = 0;
@@ -238,23 +350,10 @@ impl Inner {
                 }
             }
         }
-        if self.file.is_some() {
-            let before = out.len();
-            out.extend_from_slice(prefix.as_bytes());
-            out.extend_from_slice(text.as_bytes());
-            out.push(b'\n');
-            self.file_bytes += (out.len() - before) as u64;
+        if let Some(f) = self.file.as_mut() {
+            let _ = f.write_all(bytes);
+            self.file_bytes += bytes.len() as u64;
         }
-    }
-
-    /// Write the batch to the file in one call.
-    fn flush_file(&mut self, out: &mut Vec<u8>) {
-        if let Some(f) = self.file.as_mut()
-            && !out.is_empty()
-        {
-            let _ = f.write_all(out);
-        }
-        out.clear();
     }
 }
 
@@ -308,58 +407,70 @@ impl LineSplitter {
     /// The lines `chunk` completes.
     pub fn split(&mut self, chunk: &[u8]) -> Vec<String> {
         let mut lines = Vec::new();
-        // Every piece but the last ended with a newline.
-        let ends = memchr::memchr_iter(b'\n', chunk).map(|at| (at, true)).chain(std::iter::once((chunk.len(), false)));
+        self.split_with(chunk, |line| lines.push(String::from_utf8_lossy(line).into_owned()));
+        lines
+    }
+
+    /// Calls `line` with each line `chunk` completes, without its newline (nor a `\r` before
+    /// it): a line wholly inside `chunk` is a slice of it, not a copy.
+    pub fn split_with(&mut self, chunk: &[u8], mut line: impl FnMut(&[u8])) {
         let mut start = 0;
-        for (end, newline) in ends {
-            let piece = &chunk[start..end];
+        for end in memchr::memchr_iter(b'\n', chunk) {
+            self.piece(&chunk[start..end], true, &mut line);
             start = end + 1;
-            if !self.cutting {
-                let room = self.max - self.partial.len();
-                if piece.len() > room {
-                    self.partial.extend_from_slice(&piece[..room]);
-                    lines.push(self.cut());
-                    self.cutting = true;
-                } else {
-                    self.partial.extend_from_slice(piece);
-                }
-            }
-            if newline && !std::mem::take(&mut self.cutting) {
-                lines.push(self.take(true));
+        }
+        self.piece(&chunk[start..], false, &mut line);
+    }
+
+    /// A piece of a line, and whether a newline ended it.
+    fn piece(&mut self, piece: &[u8], newline: bool, line: &mut impl FnMut(&[u8])) {
+        if newline && self.partial.is_empty() && !self.cutting && piece.len() <= self.max {
+            return line(strip_cr(piece));
+        }
+        if !self.cutting {
+            let room = self.max - self.partial.len();
+            if piece.len() > room {
+                self.partial.extend_from_slice(&piece[..room]);
+                line(self.cut().as_bytes());
+                self.cutting = true;
+            } else {
+                self.partial.extend_from_slice(piece);
             }
         }
-        lines
+        if newline {
+            if !std::mem::take(&mut self.cutting) {
+                line(strip_cr(&self.partial));
+            }
+            self.partial.clear();
+        }
     }
 
     /// The unfinished last line, once the stream has ended.
     pub fn finish(&mut self) -> Option<String> {
         let cut = std::mem::take(&mut self.cutting);
-        (!cut && !self.partial.is_empty()).then(|| self.take(true))
-    }
-
-    /// The line so far, without a trailing `\r` if `whole`.
-    fn take(&mut self, whole: bool) -> String {
-        let bytes = if whole { self.partial.strip_suffix(b"\r").unwrap_or(&self.partial) } else { &self.partial };
-        // Checking the whole line first is much faster than the lossy path, which is only
-        // for the rare line that is not UTF-8.
-        let line = match std::str::from_utf8(bytes) {
-            Ok(text) => text.to_owned(),
-            Err(_) => String::from_utf8_lossy(bytes).into_owned(),
-        };
+        let last =
+            (!cut && !self.partial.is_empty()).then(|| String::from_utf8_lossy(strip_cr(&self.partial)).into_owned());
         self.partial.clear();
-        line
+        last
     }
 
     /// The first `max` bytes of an over-long line (less a character cut in
-    /// two), and the marker.
+    /// two), and the marker; the line so far is dropped.
     fn cut(&mut self) -> String {
         if let Err(e) = std::str::from_utf8(&self.partial)
             && e.error_len().is_none()
         {
             self.partial.truncate(e.valid_up_to());
         }
-        format!("{}… [line cut at {} bytes]", self.take(false), self.max)
+        let cut = format!("{}… [line cut at {} bytes]", String::from_utf8_lossy(&self.partial), self.max);
+        self.partial.clear();
+        cut
     }
+}
+
+/// A line without the `\r` of a `\r\n` ending.
+fn strip_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
 }
 
 #[cfg(test)]

@@ -5,6 +5,9 @@
 //!
 //! One thread owns the connection and serves requests in order, so an
 //! event is written before it is published and ids are strictly increasing.
+//! The requests waiting when it turns to them are written in one transaction
+//! (group commit): a thousand services starting at once cost a few commits,
+//! not thousands; what waits on a write hears back once it is committed.
 //! The database uses WAL with `synchronous=NORMAL`: a write survives the
 //! daemon being killed, which is the failure it is there for.
 //!
@@ -62,6 +65,8 @@ impl Default for Retention {
     }
 }
 
+/// The most requests written in one transaction.
+const COMMIT_BATCH: usize = 512;
 /// The most events one pruning step deletes.
 const PRUNE_BATCH: usize = 2000;
 /// How often the history is pruned once it is within its retention.
@@ -237,6 +242,13 @@ impl Store {
     }
 }
 
+/// What a batch owes once it is committed.
+enum Committed {
+    Event(Event),
+    Flushed(oneshot::Sender<()>),
+    Written(std::sync::mpsc::Sender<()>),
+}
+
 struct Owner {
     conn: Connection,
     live: broadcast::Sender<Event>,
@@ -258,13 +270,47 @@ impl Owner {
                 prune_at = Instant::now() + if deleted == PRUNE_BATCH { Duration::ZERO } else { PRUNE_EVERY };
             }
             match rx.recv_timeout(prune_at.saturating_duration_since(Instant::now())) {
-                Ok(request) => {
-                    if let Err(e) = self.handle(request) {
-                        tracing::error!("state database: {e}");
-                    }
+                Ok(first) => {
+                    let mut batch = vec![first];
+                    batch.extend(std::iter::from_fn(|| rx.try_recv().ok()).take(COMMIT_BATCH - 1));
+                    self.serve(batch);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+    }
+
+    /// Serve `batch` in one transaction; once it is committed, publish its events and answer
+    /// those waiting on it.
+    fn serve(&self, batch: Vec<Request>) {
+        let mut committed = Vec::new();
+        let result = self.conn.unchecked_transaction().and_then(|tx| {
+            for request in batch {
+                if let Err(e) = self.handle(request, &mut committed) {
+                    tracing::error!("state database: {e}");
+                }
+            }
+            tx.commit()
+        });
+        if let Err(e) = result {
+            tracing::error!("state database: {e}");
+        }
+        for done in committed {
+            match done {
+                Committed::Event(event) => {
+                    match &event.service {
+                        Some(s) => tracing::info!(event = event.id, service = %s, "{}", event.message),
+                        None => tracing::info!(event = event.id, "{}", event.message),
+                    }
+                    let _ = self.live.send(event);
+                }
+                Committed::Flushed(reply) => {
+                    let _ = reply.send(());
+                }
+                Committed::Written(reply) => {
+                    let _ = reply.send(());
+                }
             }
         }
     }
@@ -296,9 +342,9 @@ impl Owner {
         Ok(count)
     }
 
-    fn handle(&self, request: Request) -> rusqlite::Result<()> {
+    fn handle(&self, request: Request, committed: &mut Vec<Committed>) -> rusqlite::Result<()> {
         match request {
-            Request::Append { service, kind } => self.append(service, kind)?,
+            Request::Append { service, kind } => committed.push(Committed::Event(self.append(service, kind)?)),
             Request::Query { filter, take, reply } => {
                 let _ = reply.send(self.query(&filter, take)?);
             }
@@ -320,11 +366,12 @@ impl Owner {
                     Desired::Stopped => (false, None),
                     Desired::GaveUp(reason) => (true, Some(reason)),
                 };
-                self.conn.execute(
-                    "INSERT INTO desired (service, running, updated, gave_up) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (service) DO UPDATE SET running = ?2, updated = ?3, gave_up = ?4",
-                    params![service, running, jiff::Timestamp::now().to_string(), gave_up],
-                )?;
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO desired (service, running, updated, gave_up) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (service) DO UPDATE SET running = ?2, updated = ?3, gave_up = ?4",
+                    )?
+                    .execute(params![service, running, jiff::Timestamp::now().to_string(), gave_up])?;
             }
             Request::Desired { reply } => {
                 let mut stmt = self.conn.prepare("SELECT service, running, gave_up FROM desired")?;
@@ -339,21 +386,22 @@ impl Owner {
                 let _ = reply.send(rows.collect::<Result<_, _>>()?);
             }
             Request::RecordProcess(p) => {
-                self.conn.execute(
-                    "INSERT OR REPLACE INTO processes (service, pgid, start_ticks, boot_id, daemon_pid, daemon_start_ticks)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![
+                self.conn
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO processes (service, pgid, start_ticks, boot_id, daemon_pid, daemon_start_ticks)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?
+                    .execute(params![
                         p.service,
                         p.group.pgid,
                         p.group.start_ticks as i64,
                         p.group.boot_id,
                         p.group.daemon_pid,
                         p.group.daemon_start_ticks as i64
-                    ],
-                )?;
+                    ])?;
             }
             Request::ForgetProcess { service } => {
-                self.conn.execute("DELETE FROM processes WHERE service = ?1", params![service])?;
+                self.conn.prepare_cached("DELETE FROM processes WHERE service = ?1")?.execute(params![service])?;
             }
             Request::Processes { reply } => {
                 let mut stmt = self.conn.prepare(
@@ -375,36 +423,25 @@ impl Owner {
                     .collect::<Result<_, _>>()?;
                 let _ = reply.send(rows);
             }
-            Request::Flush { reply } => {
-                let _ = reply.send(());
-            }
-            Request::Written { reply } => {
-                let _ = reply.send(());
-            }
+            Request::Flush { reply } => committed.push(Committed::Flushed(reply)),
+            Request::Written { reply } => committed.push(Committed::Written(reply)),
         }
         Ok(())
     }
 
-    fn append(&self, service: Option<String>, kind: EventKind) -> rusqlite::Result<()> {
+    /// Write an event (inside the batch's transaction); it is published once committed.
+    fn append(&self, service: Option<String>, kind: EventKind) -> rusqlite::Result<Event> {
         let ts = jiff::Timestamp::now();
         let message = kind.describe();
         let kind_name = kind.name();
-        let tx = self.conn.unchecked_transaction()?;
-        tx.execute(
-            "INSERT INTO events (ts, service, kind, body) VALUES (?1, ?2, ?3, '')",
-            params![ts.to_string(), service, kind_name],
-        )?;
-        let id = tx.last_insert_rowid() as u64;
+        self.conn
+            .prepare_cached("INSERT INTO events (ts, service, kind, body) VALUES (?1, ?2, ?3, '')")?
+            .execute(params![ts.to_string(), service, kind_name])?;
+        let id = self.conn.last_insert_rowid() as u64;
         let event = Event { id, ts, service, kind, message };
         let body = serde_json::to_string(&event).unwrap_or_default();
-        tx.execute("UPDATE events SET body = ?1 WHERE id = ?2", params![body, id as i64])?;
-        tx.commit()?;
-        match &event.service {
-            Some(s) => tracing::info!(event = event.id, service = %s, "{}", event.message),
-            None => tracing::info!(event = event.id, "{}", event.message),
-        }
-        let _ = self.live.send(event);
-        Ok(())
+        self.conn.prepare_cached("UPDATE events SET body = ?1 WHERE id = ?2")?.execute(params![body, id as i64])?;
+        Ok(event)
     }
 
     fn query(&self, filter: &Filter, take: Take) -> rusqlite::Result<Vec<Event>> {

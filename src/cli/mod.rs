@@ -415,6 +415,13 @@ pub fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     let json = cli.command.json();
+    if matches!(cli.command, Sub::Serve(_)) {
+        // Before the runtime opens anything: the daemon's spawn slots are its lowest descriptors.
+        if let Err(e) = crate::runtime::reserve_spawn_slots() {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
     let result = runtime.block_on(async {
         match cli.command {

@@ -9,8 +9,9 @@
 pub mod compose;
 mod native;
 mod notify;
+mod spawn;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use crate::manifest::{Manifest, Runtime as Kind};
 use crate::usage::Reading;
 
 pub use native::{Native, group_of};
+pub use spawn::reserve as reserve_spawn_slots;
 
 /// How an instance ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -166,6 +168,14 @@ pub fn scrub_env(command: &mut tokio::process::Command) -> &mut tokio::process::
         command.env_remove(name);
     }
     command
+}
+
+/// The environment a native service gets: the daemon's, less [`DAEMON_ONLY_ENV`], plus `vars`.
+pub fn service_env(vars: BTreeMap<String, String>) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    let mut env: BTreeMap<std::ffi::OsString, std::ffi::OsString> =
+        std::env::vars_os().filter(|(k, _)| !DAEMON_ONLY_ENV.iter().any(|d| k == d)).collect();
+    env.extend(vars.into_iter().map(|(k, v)| (k.into(), v.into())));
+    env.into_iter().collect()
 }
 
 /// GPU placement chosen by the arbiter, handed to the instance.

@@ -1,23 +1,22 @@
-//! Native processes: one process group per service, output piped into the
-//! service's [`LogStore`], exits observed by tokio's child reaper (SIGCHLD
-//! driven, never polled), and `PR_SET_PDEATHSIG` so a service dies with a
-//! daemon that is killed outright.
+//! Native processes: one process group per service, started by [`spawn`] (with
+//! `PR_SET_PDEATHSIG`, so a service dies with a daemon that is killed outright),
+//! output piped into the service's [`LogStore`], exits awaited on a pidfd (never
+//! polled).
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::process::ExitStatusExt;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::{Pid, SysconfVar, sysconf};
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::Command;
+use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 
 use super::notify::NotifySocket;
+use super::spawn;
 use super::{Ended, ExitInfo, GroupRecord, Instance, LaunchError, Launched, Parts, Placement};
-use crate::logs::{LineSplitter, LogStore, Stream};
+use crate::logs::{Batch, LineSplitter, LogStore, Stream};
 use crate::manifest::{Manifest, Ready, Runtime as Kind};
 use crate::usage::Reading;
 
@@ -62,37 +61,19 @@ impl Native {
             ),
             None => None,
         };
-        let mut cmd = Command::new(program);
-        // The daemon's token and systemd variables are not the service's to
-        // see; its own notification socket, if it asked for one, is.
-        super::scrub_env(&mut cmd).args(args).current_dir(working_dir).envs(&vars);
+        let mut env = super::service_env(vars);
         if let Some(notify) = &notify {
-            cmd.env("NOTIFY_SOCKET", &notify.env);
+            env.push(("NOTIFY_SOCKET".into(), notify.env.clone().into()));
         }
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-        let daemon_pid = std::process::id();
-        // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) run
-        // between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-                // The daemon may have died before prctl took effect.
-                if nix::unistd::getppid().as_raw() as u32 != daemon_pid {
-                    nix::libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().map_err(|e| format!("cannot run `{program}`: {e}"))?;
-        let pid = child.id().expect("a just-spawned child has a pid");
+        let spec = spawn::Spec { program, args, env, cwd: working_dir };
+        let spawned = spawn::spawn(spec).map_err(|e| format!("cannot run `{program}`: {e}"))?;
+        let pid = spawned.pid;
         let start_ticks = proc_stat(pid).map(|s| s.start_ticks).unwrap_or(0);
         logs.push(Stream::Nanny, &format!("started `{}` (pid {pid})", command.join(" ")));
         let mut pumps = Vec::new();
-        if let Some(out) = child.stdout.take() {
-            pumps.push(tokio::spawn(pump(out, Stream::Stdout, logs.clone())));
-        }
-        if let Some(err) = child.stderr.take() {
-            pumps.push(tokio::spawn(pump(err, Stream::Stderr, logs.clone())));
+        for (fd, stream) in [(spawned.stdout, Stream::Stdout), (spawned.stderr, Stream::Stderr)] {
+            let pipe = pipe::Receiver::from_owned_fd(fd).map_err(|e| format!("cannot read the output: {e}"))?;
+            pumps.push(tokio::spawn(pump(pipe, stream, logs.clone())));
         }
         let (mut ready, mut progress, mut listening) = (None, None, None);
         if let Some(notify) = notify {
@@ -106,10 +87,8 @@ impl Native {
         let grace = Arc::new(Mutex::new(None));
         let stopping = grace.clone();
         tokio::spawn(async move {
-            let info = match child.wait().await {
-                Ok(status) => {
-                    ExitInfo { code: status.code(), signal: status.signal().and_then(|s| Signal::try_from(s).ok()) }
-                }
+            let info = match spawned.exit.wait().await {
+                Ok(info) => info,
                 Err(e) => {
                     tracing::error!(pid, "waiting for child failed: {e}");
                     ExitInfo { code: None, signal: None }
@@ -288,7 +267,9 @@ async fn pump(mut pipe: impl AsyncRead + Unpin, stream: Stream, logs: Arc<LogSto
         match pipe.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                logs.push_many(stream, lines.split(&buf[..n]));
+                let mut batch = Batch::new(stream, n);
+                lines.split_with(&buf[..n], |line| batch.line(line));
+                logs.push_batch(batch);
                 if n == buf.len() && buf.len() < PUMP_MAX {
                     buf.resize(buf.len() * 4, 0);
                 }
