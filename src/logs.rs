@@ -118,6 +118,26 @@ impl Batch {
         }
     }
 
+    /// Add the lines `chunk` completes (see [`LineSplitter::split_with`]). The chunk's UTF-8
+    /// is checked once, not line by line: a line inside its valid part is taken as it is.
+    pub fn lines_of(&mut self, chunk: &[u8], splitter: &mut LineSplitter) {
+        let valid = match simdutf8::compat::from_utf8(chunk) {
+            Ok(text) => text,
+            Err(e) => std::str::from_utf8(&chunk[..e.valid_up_to()]).unwrap_or_default(),
+        };
+        let base = chunk.as_ptr() as usize;
+        splitter.split_with(chunk, |line| {
+            // A line that is a slice of the chunk's valid part (not one carried over from the
+            // chunk before, nor a cut one) starts and ends at a newline or `\r`: a character
+            // boundary, so it slices `valid` as it is.
+            let at = (line.as_ptr() as usize).wrapping_sub(base);
+            match valid.get(at..at + line.len()) {
+                Some(text) if at < chunk.len() && text.as_ptr() == line.as_ptr() => self.text(text),
+                _ => self.line(line),
+            }
+        });
+    }
+
     pub fn text(&mut self, text: &str) {
         let start = self.bytes.len();
         self.starts.push(u32::try_from(start).unwrap_or(u32::MAX));
@@ -154,9 +174,11 @@ impl Batch {
 }
 
 struct Inner {
-    /// The newest batches; the first `skip` lines of the first have left the ring.
+    /// The newest batches; the first `skip` lines of the first (`skip_bytes` of its text) have
+    /// left the ring.
     ring: VecDeque<Batch>,
     skip: usize,
+    skip_bytes: usize,
     /// Lines in the ring (less `skip`), and their bytes of text.
     ring_lines: usize,
     ring_bytes: usize,
@@ -210,8 +232,16 @@ impl LogStore {
     /// wrote; the end of that is read back, so a tail spans the restart.
     pub fn new(path: PathBuf) -> Self {
         let file_bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        let mut inner =
-            Inner { ring: VecDeque::new(), skip: 0, ring_lines: 0, ring_bytes: 0, dropped: 0, file: None, file_bytes };
+        let mut inner = Inner {
+            ring: VecDeque::new(),
+            skip: 0,
+            skip_bytes: 0,
+            ring_lines: 0,
+            ring_bytes: 0,
+            dropped: 0,
+            file: None,
+            file_bytes,
+        };
         for line in read_back(&path) {
             let mut batch = Batch::stamped(line.ts, line.stream, line.line.len());
             batch.text(&line.line);
@@ -281,21 +311,35 @@ impl LogStore {
 }
 
 impl Inner {
-    /// Add a batch to the ring, dropping the oldest lines beyond its bounds.
+    /// Add a batch to the ring, dropping the oldest lines beyond its bounds: whole batches
+    /// while that leaves enough, then line by line.
     fn keep(&mut self, batch: Batch) {
         self.ring_lines += batch.len();
         self.ring_bytes += batch.text_bytes;
         self.ring.push_back(batch);
         while self.ring_lines > RING_LINES || self.ring_bytes > RING_BYTES {
             let Some(oldest) = self.ring.front() else { break };
-            self.ring_bytes -= oldest.get(self.skip).len();
-            self.ring_lines -= 1;
-            self.dropped += 1;
-            self.skip += 1;
-            if self.skip == oldest.len() {
-                self.ring.pop_front();
-                self.skip = 0;
+            let (lines, bytes) = (oldest.len() - self.skip, oldest.text_bytes - self.skip_bytes);
+            // Would line by line drop its last line too? Then it goes whole.
+            if self.ring_lines - lines >= RING_LINES || self.ring_bytes - bytes > RING_BYTES {
+                self.drop_front(lines, bytes);
+                continue;
             }
+            let line = oldest.get(self.skip).len();
+            self.drop_front(1, line);
+        }
+    }
+
+    /// `lines` lines (`bytes` of text) leave the front of the ring.
+    fn drop_front(&mut self, lines: usize, bytes: usize) {
+        self.ring_lines -= lines;
+        self.ring_bytes -= bytes;
+        self.dropped += lines as u64;
+        self.skip += lines;
+        self.skip_bytes += bytes;
+        if self.ring.front().is_some_and(|oldest| self.skip == oldest.len()) {
+            self.ring.pop_front();
+            (self.skip, self.skip_bytes) = (0, 0);
         }
     }
 
@@ -512,6 +556,50 @@ mod tests {
         // The daemon's own frames are never cut.
         let mut frames = LineSplitter::unbounded();
         assert_eq!(frames.split(&[&vec![b'f'; 3 * MAX_LINE_BYTES][..], b"\n"].concat())[0].len(), 3 * MAX_LINE_BYTES);
+    }
+
+    #[test]
+    fn a_reads_lines_are_checked_once_and_carried_over_chunks() {
+        let mut lines = LineSplitter::default();
+        let mut batch = Batch::new(Stream::Stdout, 64);
+        // A character cut in two by the read, a `\r\n`, bytes that are not UTF-8.
+        batch.lines_of(b"one\ncaf\xc3", &mut lines);
+        batch.lines_of(b"\xa9 ok\r\nbad \xff\n\nlast", &mut lines);
+        let texts: Vec<&str> = (0..batch.len()).map(|i| batch.get(i)).collect();
+        assert_eq!(texts, ["one", "café ok", "bad \u{FFFD}", ""]);
+        assert_eq!(lines.finish().as_deref(), Some("last"));
+        // The batch is the file's form, as it is written.
+        let file = String::from_utf8(batch.bytes.clone()).unwrap();
+        assert_eq!(file.lines().count(), 4);
+        assert!(file.lines().all(|l| LogLine::parse(l).is_some_and(|p| p.stream == Stream::Stdout)), "{file}");
+    }
+
+    #[tokio::test]
+    async fn batches_leave_the_ring_whole_or_line_by_line_and_positions_stay_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LogStore::new(dir.path().join("s.log")));
+        let (_, mut follower) = store.follow(0);
+        let mut n = 0;
+        for _ in 0..(3 * RING_LINES / 97) {
+            let mut batch = Batch::new(Stream::Stdout, 97 * 6);
+            for _ in 0..97 {
+                batch.text(&n.to_string());
+                n += 1;
+            }
+            store.push_batch(batch);
+        }
+        let kept = store.tail(usize::MAX);
+        assert_eq!(kept.len(), RING_LINES, "exactly the bound, though batches hold 97 lines");
+        assert_eq!(kept.last().unwrap().line, (n - 1).to_string());
+        assert_eq!(kept[0].line, (n - RING_LINES).to_string());
+        assert_eq!(
+            store.tail(3).iter().map(|l| l.line.clone()).collect::<Vec<_>>(),
+            [n - 3, n - 2, n - 1].map(|k| k.to_string())
+        );
+        let lost = (n - RING_LINES) as u64;
+        assert!(matches!(follower.next().await, Some(Followed::Lost(l)) if l == lost));
+        let Some(Followed::Lines(lines)) = follower.next().await else { panic!("lines after the loss") };
+        assert_eq!(lines[0].line, (n - RING_LINES).to_string(), "it resumes at the oldest line kept");
     }
 
     #[test]

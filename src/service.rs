@@ -121,6 +121,8 @@ impl Snapshot {
 type StartReply = oneshot::Sender<Result<(), Failure>>;
 type StopReply = oneshot::Sender<Result<(), StartError>>;
 
+/// What a service task is told. Sent boxed: the channel's memory is a block of slots per
+/// service, which a large message would make kilobytes for every idle service.
 enum Message {
     Start {
         on_busy: OnBusy,
@@ -162,7 +164,7 @@ enum Message {
 /// The daemon's handle on a service task. Cheap to clone.
 #[derive(Clone)]
 pub struct ServiceHandle {
-    tx: mpsc::UnboundedSender<Message>,
+    tx: mpsc::UnboundedSender<Box<Message>>,
     /// The published snapshot; `borrow()` it briefly to read without cloning.
     pub status: watch::Receiver<Snapshot>,
     pub logs: Arc<LogStore>,
@@ -239,7 +241,7 @@ impl ServiceHandle {
     pub async fn start(&self, on_busy: OnBusy, if_current: Option<u64>) -> Result<(), Failure> {
         let (reply, rx) = oneshot::channel();
         let removed = || Failure { error: StartError::Removed { name: self.name() }, next: None };
-        if self.tx.send(Message::Start { on_busy, if_current, reply }).is_err() {
+        if self.tx.send(Box::new(Message::Start { on_busy, if_current, reply })).is_err() {
             return Err(removed());
         }
         rx.await.unwrap_or_else(|_| Err(removed()))
@@ -258,16 +260,16 @@ impl ServiceHandle {
 
     /// At daemon start: the restart policy had given up on it.
     pub fn gave_up(&self, reason: String) {
-        let _ = self.tx.send(Message::GaveUp(reason));
+        let _ = self.tx.send(Box::new(Message::GaveUp(reason)));
     }
 
     pub fn update(&self, manifest: Arc<Manifest>) {
-        let _ = self.tx.send(Message::Update(manifest));
+        let _ = self.tx.send(Box::new(Message::Update(manifest)));
     }
 
     async fn ask_stop(&self, goal: Goal) -> Result<(), StartError> {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Message::Stop { goal, reply }).is_ok() {
+        if self.tx.send(Box::new(Message::Stop { goal, reply })).is_ok() {
             return rx.await.unwrap_or(Ok(()));
         }
         Ok(())
@@ -300,8 +302,8 @@ struct Task {
     snap: Snapshot,
     shared: Shared,
     logs: Arc<LogStore>,
-    rx: mpsc::UnboundedReceiver<Message>,
-    tx: mpsc::UnboundedSender<Message>,
+    rx: mpsc::UnboundedReceiver<Box<Message>>,
+    tx: mpsc::UnboundedSender<Box<Message>>,
     status: watch::Sender<Snapshot>,
     /// Incremented per instance; stale exits and probes are ignored.
     generation: u64,
@@ -348,7 +350,7 @@ impl Task {
             let deadline = self.machine.deadline().map(Instant::from_std);
             let next_probe = self.next_probe.filter(|_| !self.probe_in_flight);
             tokio::select! {
-                Some(message) = self.rx.recv() => self.on_message(message),
+                Some(message) = self.rx.recv() => self.on_message(*message),
                 _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => self.turn(Input::Timer),
                 _ = sleep_until(next_probe.unwrap_or_else(Instant::now)), if next_probe.is_some() => self.launch_probe(),
             }
@@ -551,7 +553,7 @@ impl Task {
         let exited = launched.exited;
         tokio::spawn(async move {
             if let Ok(ended) = exited.await {
-                let _ = tx.send(Message::Exited { generation, ended });
+                let _ = tx.send(Box::new(Message::Exited { generation, ended }));
             }
         });
         let awaits_ready = launched.ready.is_some();
@@ -566,7 +568,7 @@ impl Task {
             let tx = self.tx.clone();
             tokio::spawn(async move {
                 while let Some(stage) = progress.recv().await {
-                    if tx.send(Message::Progress { generation, stage }).is_err() {
+                    if tx.send(Box::new(Message::Progress { generation, stage })).is_err() {
                         return;
                     }
                 }
@@ -576,7 +578,7 @@ impl Task {
             let tx = self.tx.clone();
             tokio::spawn(async move {
                 if let Ok(parts) = ready.await {
-                    let _ = tx.send(Message::Ready { generation, parts });
+                    let _ = tx.send(Box::new(Message::Ready { generation, parts }));
                 }
             });
         }
@@ -740,7 +742,7 @@ impl Task {
         let (watch, tx) = (self.watch, self.tx.clone());
         let task = tokio::spawn(async move {
             started.await;
-            let _ = tx.send(Message::StartedOutside { watch });
+            let _ = tx.send(Box::new(Message::StartedOutside { watch }));
         });
         self.outside = Some(task.abort_handle());
     }
@@ -756,12 +758,12 @@ impl Task {
                 if let Ok(Some(launched)) =
                     tokio::time::timeout(ADOPT_TIMEOUT, runtime.adopt(&manifest, logs.clone())).await
                 {
-                    let _ = tx.send(Message::Found(launched));
+                    let _ = tx.send(Box::new(Message::Found(launched)));
                     return;
                 }
                 tokio::time::sleep(ADOPT_RETRY).await;
             }
-            let _ = tx.send(Message::NothingToAdopt);
+            let _ = tx.send(Box::new(Message::NothingToAdopt));
         });
     }
 
@@ -797,7 +799,7 @@ impl Task {
         let (generation, tx) = (self.generation, self.tx.clone());
         tokio::spawn(async move {
             let result = health::timed(timeout, check).await;
-            let _ = tx.send(Message::Probed { generation, result });
+            let _ = tx.send(Box::new(Message::Probed { generation, result }));
         });
     }
 

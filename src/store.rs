@@ -104,6 +104,7 @@ pub struct Store {
 const SCHEMA: &str = "
     PRAGMA journal_mode = WAL;
     PRAGMA synchronous = NORMAL;
+    PRAGMA cache_size = -512;
     CREATE TABLE IF NOT EXISTS events (
         id      INTEGER PRIMARY KEY AUTOINCREMENT,
         ts      TEXT NOT NULL,

@@ -416,6 +416,10 @@ pub fn main() -> ExitCode {
     };
     let json = cli.command.json();
     if matches!(cli.command, Sub::Serve(_)) {
+        // Two malloc arenas, not one per thread: the daemon's threads mostly wait, and every
+        // arena keeps memory of its own (about 2 MB less at a thousand services).
+        // SAFETY: a plain libc call, made before any other thread exists.
+        unsafe { nix::libc::mallopt(nix::libc::M_ARENA_MAX, 2) };
         // Before the runtime opens anything: the daemon's spawn slots are its lowest descriptors.
         if let Err(e) = crate::runtime::reserve_spawn_slots() {
             eprintln!("error: {e}");

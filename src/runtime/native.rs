@@ -4,12 +4,12 @@
 //! polled).
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::{Pid, SysconfVar, sysconf};
-use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 
@@ -70,11 +70,8 @@ impl Native {
         let pid = spawned.pid;
         let start_ticks = proc_stat(pid).map(|s| s.start_ticks).unwrap_or(0);
         logs.push(Stream::Nanny, &format!("started `{}` (pid {pid})", command.join(" ")));
-        let mut pumps = Vec::new();
-        for (fd, stream) in [(spawned.stdout, Stream::Stdout), (spawned.stderr, Stream::Stderr)] {
-            let pipe = pipe::Receiver::from_owned_fd(fd).map_err(|e| format!("cannot read the output: {e}"))?;
-            pumps.push(tokio::spawn(pump(pipe, stream, logs.clone())));
-        }
+        let mut output = Output::new(spawned.stdout, spawned.stderr, logs.clone())
+            .map_err(|e| format!("cannot read the output: {e}"))?;
         let (mut ready, mut progress, mut listening) = (None, None, None);
         if let Some(notify) = notify {
             let (ready_tx, ready_rx) = oneshot::channel();
@@ -86,8 +83,9 @@ impl Native {
         let (tx, exited) = oneshot::channel();
         let grace = Arc::new(Mutex::new(None));
         let stopping = grace.clone();
+        // One task per instance: it drains the output all along, and reports the end.
         tokio::spawn(async move {
-            let info = match spawned.exit.wait().await {
+            let info = match output.alongside(spawned.exit.wait()).await {
                 Ok(info) => info,
                 Err(e) => {
                     tracing::error!(pid, "waiting for child failed: {e}");
@@ -99,16 +97,16 @@ impl Native {
             // at once after a crash, whatever the leader left goes with it.
             let grace_until = *stopping.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(until) = grace_until {
-                wait_group_gone(pid, until).await;
+                output.alongside(wait_group_gone(pid, until)).await;
             }
             // Nothing is reported (and no GPU released) while a member lives.
             if signal_group(pid, Signal::SIGKILL) {
-                wait_group_gone(pid, Instant::now() + GROUP_EXIT_WAIT).await;
+                output.alongside(wait_group_gone(pid, Instant::now() + GROUP_EXIT_WAIT)).await;
             }
             // What the group wrote is in the log before its end is reported (a failed start's
             // answer quotes its last lines); a pipe still held by a process that left the
             // group is not waited for long.
-            let _ = tokio::time::timeout(OUTPUT_DRAIN_WAIT, futures_util::future::join_all(pumps)).await;
+            let _ = tokio::time::timeout(OUTPUT_DRAIN_WAIT, output.until_ended()).await;
             if let Some(listening) = listening {
                 listening.abort();
             }
@@ -256,28 +254,106 @@ fn signal_group(pgid: u32, signal: Signal) -> bool {
 
 /// The read buffer of a pipe starts this small (most services say little)...
 const PUMP_FIRST: usize = 1024;
-/// ...and grows, while reads fill it, up to this.
-const PUMP_MAX: usize = 64 * 1024;
+/// ...and grows, while reads fill it, up to a pipe's default size...
+const PIPE_BYTES: usize = 64 * 1024;
+/// ...and beyond, the pipe with it, for a service that keeps it full (the most an
+/// unprivileged process may ask of a pipe by default).
+const PUMP_BUSY: usize = 1024 * 1024;
 
-/// Drain one pipe into the log store as fast as it fills.
-async fn pump(mut pipe: impl AsyncRead + Unpin, stream: Stream, logs: Arc<LogStore>) {
-    let mut buf = vec![0u8; PUMP_FIRST];
-    let mut lines = LineSplitter::default();
-    loop {
-        match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let mut batch = Batch::new(stream, n);
-                lines.split_with(&buf[..n], |line| batch.line(line));
-                logs.push_batch(batch);
-                if n == buf.len() && buf.len() < PUMP_MAX {
-                    buf.resize(buf.len() * 4, 0);
+/// A service's stdout and stderr, drained into its log by the instance's task, alongside
+/// whatever else it waits for.
+struct Output {
+    pipes: [Option<Pump>; 2],
+    logs: Arc<LogStore>,
+}
+
+/// One pipe, read as fast as it fills. Its read buffer is held only while there is something
+/// to read: a quiet service costs no buffer.
+struct Pump {
+    pipe: pipe::Receiver,
+    stream: Stream,
+    lines: LineSplitter,
+    size: usize,
+}
+
+impl Output {
+    fn new(stdout: OwnedFd, stderr: OwnedFd, logs: Arc<LogStore>) -> std::io::Result<Output> {
+        let pump = |fd, stream| -> std::io::Result<Option<Pump>> {
+            let pipe = pipe::Receiver::from_owned_fd(fd)?;
+            Ok(Some(Pump { pipe, stream, lines: LineSplitter::default(), size: PUMP_FIRST }))
+        };
+        Ok(Output { pipes: [pump(stdout, Stream::Stdout)?, pump(stderr, Stream::Stderr)?], logs })
+    }
+
+    /// Wait for `work`, draining the pipes meanwhile.
+    async fn alongside<T>(&mut self, work: impl Future<Output = T>) -> T {
+        tokio::pin!(work);
+        while self.pipes.iter().any(Option::is_some) {
+            tokio::select! {
+                biased;
+                done = &mut work => return done,
+                () = self.step() => {}
+            }
+        }
+        work.await
+    }
+
+    /// Drain the pipes until both have ended.
+    async fn until_ended(&mut self) {
+        while self.pipes.iter().any(Option::is_some) {
+            self.step().await;
+        }
+    }
+
+    /// Take what one pipe has once it has some (or has ended).
+    async fn step(&mut self) {
+        let logs = &self.logs;
+        let [out, err] = &mut self.pipes;
+        let (which, open) = tokio::select! {
+            open = async { out.as_mut().expect("an open pipe").drain(logs).await }, if out.is_some() => (0, open),
+            open = async { err.as_mut().expect("an open pipe").drain(logs).await }, if err.is_some() => (1, open),
+            else => return,
+        };
+        if !open {
+            self.pipes[which] = None;
+        }
+    }
+}
+
+impl Pump {
+    /// Wait for output, then take all there is; false once the pipe has ended (its unfinished
+    /// last line logged).
+    async fn drain(&mut self, logs: &LogStore) -> bool {
+        if self.pipe.readable().await.is_ok() {
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                buf.reserve(self.size);
+                match self.pipe.try_read_buf(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        let mut batch = Batch::new(self.stream, n);
+                        batch.lines_of(&buf, &mut self.lines);
+                        logs.push_batch(batch);
+                        if n == self.size && self.size < PUMP_BUSY {
+                            // A full read: the service writes faster than it is read. A bigger
+                            // buffer, and at its limit a bigger pipe, halve the wake-ups each time.
+                            self.size *= 4;
+                            if self.size > PIPE_BYTES {
+                                let size = nix::fcntl::FcntlArg::F_SETPIPE_SZ(PUMP_BUSY as i32);
+                                let _ = nix::fcntl::fcntl(&self.pipe, size);
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                    Err(_) => break,
                 }
             }
         }
-    }
-    if let Some(last) = lines.finish() {
-        logs.push(stream, &last);
+        if let Some(last) = self.lines.finish() {
+            logs.push(self.stream, &last);
+        }
+        false
     }
 }
 
