@@ -176,8 +176,9 @@ class Run:
     def scale(self, tool, n, api):
         ws = self.ws(tool, f"scale-{n}")
         counter = procs.Counter(f"sleep {self.tag}")
-        t0 = time.monotonic()
         tool.scale_start(ws, n, self.tag)
+        # From the supervisor's launch, after its configuration (N files) is written.
+        t0 = procs.launched_at
         procs.wait_for(lambda: counter.count() >= n, 60 + n * 0.2, 0.01, f"{n} services up")
         up = time.monotonic() - t0
         time.sleep(2)  # let start-up work (first checks, logs) finish before measuring idle

@@ -16,8 +16,13 @@ _groups = []
 _markers = []
 
 
+launched_at = 0.0  # time.monotonic() when the latest `spawn` began
+
+
 def spawn(args, **kw):
     """Popen in a session of its own, remembered so that `cleanup` can kill its group."""
+    global launched_at
+    launched_at = time.monotonic()
     p = subprocess.Popen(args, start_new_session=True, **kw)
     _groups.append(p)
     return p

@@ -10,10 +10,11 @@ use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 /// Lines kept in memory per service (also the largest `tail` accepted).
 pub const RING_LINES: usize = 10_000;
@@ -176,7 +177,7 @@ impl Batch {
 struct Inner {
     /// The newest batches; the first `skip` lines of the first (`skip_bytes` of its text) have
     /// left the ring.
-    ring: VecDeque<Batch>,
+    ring: VecDeque<Arc<Batch>>,
     skip: usize,
     skip_bytes: usize,
     /// Lines in the ring (less `skip`), and their bytes of text.
@@ -185,13 +186,18 @@ struct Inner {
     /// The number of lines written before the oldest in the ring: its position in the
     /// service's output, which followers count in.
     dropped: u64,
-    /// Written once per batch of lines (no buffer kept per service).
+}
+
+/// A service's log file, written by the writer thread only.
+struct Sink {
+    path: PathBuf,
+    /// Open while written to; a batch is one write.
     file: Option<File>,
-    file_bytes: u64,
+    bytes: u64,
 }
 
 pub struct LogStore {
-    path: PathBuf,
+    sink: Arc<Mutex<Sink>>,
     inner: Mutex<Inner>,
     /// How many lines were ever written; followers wait on its changes.
     written: watch::Sender<u64>,
@@ -231,24 +237,21 @@ impl LogStore {
     /// A store writing to `path`, appending to what a previous daemon
     /// wrote; the end of that is read back, so a tail spans the restart.
     pub fn new(path: PathBuf) -> Self {
-        let file_bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        let mut inner = Inner {
-            ring: VecDeque::new(),
-            skip: 0,
-            skip_bytes: 0,
-            ring_lines: 0,
-            ring_bytes: 0,
-            dropped: 0,
-            file: None,
-            file_bytes,
-        };
+        // What an earlier store of this file still has on its way is read back too.
+        if WRITER.get().is_some_and(|w| w.shared.backlog.load(Ordering::Acquire) > 0) {
+            flush();
+        }
+        let file_bytes = fs::metadata(&path).map(|m| m.len()).ok();
+        let mut inner =
+            Inner { ring: VecDeque::new(), skip: 0, skip_bytes: 0, ring_lines: 0, ring_bytes: 0, dropped: 0 };
         for line in read_back(&path) {
             let mut batch = Batch::stamped(line.ts, line.stream, line.line.len());
             batch.text(&line.line);
-            inner.keep(batch);
+            inner.keep(Arc::new(batch));
         }
         let written = watch::Sender::new(inner.end());
-        LogStore { inner: Mutex::new(inner), path, written }
+        let sink = Arc::new(Mutex::new(Sink { path, file: None, bytes: file_bytes.unwrap_or(0) }));
+        LogStore { inner: Mutex::new(inner), sink, written }
     }
 
     pub fn push(&self, stream: Stream, text: &str) {
@@ -271,8 +274,10 @@ impl LogStore {
         if batch.is_empty() {
             return;
         }
+        let batch = Arc::new(batch);
         let mut inner = self.lock();
-        inner.write_file(&self.path, &batch.bytes);
+        // Under the lock, so the file has the lines in the ring's order.
+        writer().write(&self.sink, &batch);
         inner.keep(batch);
         // Under the lock, so the count never goes back.
         self.written.send_replace(inner.end());
@@ -313,7 +318,7 @@ impl LogStore {
 impl Inner {
     /// Add a batch to the ring, dropping the oldest lines beyond its bounds: whole batches
     /// while that leaves enough, then line by line.
-    fn keep(&mut self, batch: Batch) {
+    fn keep(&mut self, batch: Arc<Batch>) {
         self.ring_lines += batch.len();
         self.ring_bytes += batch.text_bytes;
         self.ring.push_back(batch);
@@ -373,31 +378,121 @@ impl Inner {
     fn tail(&self, n: usize) -> Vec<LogLine> {
         self.newest(n).collect()
     }
+}
 
-    /// Write a batch (lines in the file's form) to the file in one call, rotating first if the
-    /// file is full.
-    fn write_file(&mut self, path: &PathBuf, bytes: &[u8]) {
-        if self.file_bytes >= ROTATE_BYTES {
+impl Sink {
+    /// Write a batch (lines in the file's form) in one call, rotating first if the file is full.
+    fn write(&mut self, bytes: &[u8]) {
+        if self.bytes >= ROTATE_BYTES {
             self.file = None;
-            rotate(path);
-            self.file_bytes = 0;
+            rotate(&self.path);
+            self.bytes = 0;
         }
         if self.file.is_none() {
-            if let Some(dir) = path.parent() {
+            if let Some(dir) = self.path.parent() {
                 let _ = fs::create_dir_all(dir);
             }
-            match OpenOptions::new().create(true).append(true).open(path) {
+            match OpenOptions::new().create(true).append(true).open(&self.path) {
                 Ok(f) => self.file = Some(f),
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), "cannot open log file: {e}");
+                    tracing::warn!(path = %self.path.display(), "cannot open log file: {e}");
                     return;
                 }
             }
         }
         if let Some(f) = self.file.as_mut() {
             let _ = f.write_all(bytes);
-            self.file_bytes += bytes.len() as u64;
+            self.bytes += bytes.len() as u64;
         }
+    }
+}
+
+/// The thread that writes every service's log file, so that a service flooding its output is
+/// read on one core while its file is written on another. It is handed each batch the ring
+/// keeps (shared, not copied), in order; a pump waits ([`room`]) while more than
+/// `BACKLOG_BYTES` are on their way, so the backlog stays bounded and a flooding service is
+/// slowed to the disk's pace. What is on its way when the daemon is killed outright is lost
+/// from the file (not from the ring); a daemon that stops [`flush`]es.
+struct Writer {
+    jobs: std::sync::mpsc::Sender<Job>,
+    shared: Arc<WriterShared>,
+}
+
+struct WriterShared {
+    /// Bytes handed to the writer and not yet written.
+    backlog: AtomicUsize,
+    drained: Notify,
+}
+
+enum Job {
+    Write(Arc<Mutex<Sink>>, Arc<Batch>),
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+/// The most bytes on their way to the log files before pumps wait.
+const BACKLOG_BYTES: usize = 8 * 1024 * 1024;
+
+static WRITER: OnceLock<Writer> = OnceLock::new();
+
+fn writer() -> &'static Writer {
+    WRITER.get_or_init(|| {
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        let shared = Arc::new(WriterShared { backlog: AtomicUsize::new(0), drained: Notify::new() });
+        let theirs = shared.clone();
+        let spawned = std::thread::Builder::new().name("nanny-logs".into()).spawn(move || {
+            for job in rx {
+                match job {
+                    Job::Write(sink, batch) => {
+                        sink.lock().unwrap_or_else(|p| p.into_inner()).write(&batch.bytes);
+                        theirs.backlog.fetch_sub(batch.bytes.len(), Ordering::AcqRel);
+                        theirs.drained.notify_waiters();
+                    }
+                    Job::Flush(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the log writer thread: {e}");
+        }
+        Writer { jobs, shared }
+    })
+}
+
+impl Writer {
+    fn write(&self, sink: &Arc<Mutex<Sink>>, batch: &Arc<Batch>) {
+        self.shared.backlog.fetch_add(batch.bytes.len(), Ordering::AcqRel);
+        if self.jobs.send(Job::Write(sink.clone(), batch.clone())).is_err() {
+            self.shared.backlog.fetch_sub(batch.bytes.len(), Ordering::AcqRel);
+        }
+    }
+}
+
+/// Resolves once the log files' backlog is within its bound: a pump waits on it before it
+/// reads more.
+pub async fn room() {
+    let shared = &writer().shared;
+    loop {
+        // Registered before the check, so a drain in between is not missed.
+        let drained = shared.drained.notified();
+        if !backlogged() {
+            return;
+        }
+        drained.await;
+    }
+}
+
+/// Whether the log files' backlog is beyond its bound (see [`room`]).
+pub fn backlogged() -> bool {
+    writer().shared.backlog.load(Ordering::Acquire) > BACKLOG_BYTES
+}
+
+/// Blocks until everything handed to the log writer so far is in the files.
+pub fn flush() {
+    let (done, wait) = std::sync::mpsc::channel();
+    if writer().jobs.send(Job::Flush(done)).is_ok() {
+        let _ = wait.recv();
     }
 }
 
@@ -675,6 +770,7 @@ mod tests {
             store.push(Stream::Stdout, &big);
         }
         store.push(Stream::Stderr, "last");
+        flush();
         let tail = store.tail(2);
         assert_eq!(tail.len(), 2);
         assert_eq!(tail[1].line, "last");

@@ -215,6 +215,8 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         _ = terminate.recv() => return Err(fail("second signal: exiting without waiting for services".into())),
         _ = interrupt.recv() => return Err(fail("second signal: exiting without waiting for services".into())),
     }
+    // The services' last lines are in their files before the daemon exits.
+    let _ = tokio::task::spawn_blocking(crate::logs::flush).await;
     Ok(())
 }
 

@@ -324,6 +324,8 @@ impl Pump {
     /// Wait for output, then take all there is; false once the pipe has ended (its unfinished
     /// last line logged).
     async fn drain(&mut self, logs: &LogStore) -> bool {
+        // Not more than the log files can take: a flood waits for the disk.
+        crate::logs::room().await;
         if self.pipe.readable().await.is_ok() {
             let mut buf = Vec::new();
             loop {
@@ -335,6 +337,9 @@ impl Pump {
                         let mut batch = Batch::new(self.stream, n);
                         batch.lines_of(&buf, &mut self.lines);
                         logs.push_batch(batch);
+                        if crate::logs::backlogged() {
+                            return true;
+                        }
                         if n == self.size && self.size < PUMP_BUSY {
                             // A full read: the service writes faster than it is read. A bigger
                             // buffer, and at its limit a bigger pipe, halve the wake-ups each time.
