@@ -218,7 +218,7 @@ class Run:
         if not lat:
             raise RuntimeError(f"no successful request ({errors[:3]})")
         d = dist_ms(lat)
-        return {**d, "rate": self.p["api_rate"], "achieved_rps": achieved, "errors": len(errors), "services": self.p["api_n"], "what": target["what"]}
+        return {**d, "rate": self.p["api_rate"], "achieved_rps": achieved, "errors": len(errors), "late": errors.count("late"), "services": self.p["api_n"], "what": target["what"]}
 
     # --- (e) 1 GB of output ---------------------------------------------------------------------
 
@@ -459,13 +459,18 @@ def main():
     if args.merge and os.path.exists(previous):
         with open(previous) as f:
             old = json.load(f)
-        merged = old["results"]
-        for w, by in run.results.items():
-            merged.setdefault(w, {}).update(by)
+        # This run's figures and metadata; an earlier run's figures are kept where this run
+        # measured nothing of that tool and workload, and the footnotes say whose they are.
+        merged = {w: dict(by) for w, by in run.results.items()}
+        kept = []
+        for w, by in old["results"].items():
+            for t, v in by.items():
+                if t not in merged.setdefault(w, {}):
+                    merged[w][t] = v
+                    kept.append(f"{w}/{t}")
         unavailable = {t: why for t, why in (old.get("unavailable", {}) | unavailable).items() if not any(t in by for by in merged.values())}
-        doc |= {"results": merged, "unavailable": unavailable, "duration_s": old.get("duration_s", 0), "label": old.get("label", "") or args.label,
-                "merged": old.get("merged", []) + [{"date": doc["date"], "only": only, "tools": [t.name for t in tools], "duration_s": took}]}
-        doc["date"] = old.get("date", doc["date"])
+        earlier = old.get("merged", []) + [{"date": old["date"], "label": old.get("label", ""), "cpu": old["machine"]["cpu"], "kept": kept}]
+        doc |= {"results": merged, "unavailable": unavailable, "merged": [e for e in earlier if e.get("kept")]}
     with open(previous, "w") as f:
         json.dump(doc, f, indent=2)
     table = report.markdown(doc)

@@ -81,15 +81,20 @@ def markdown(doc):
     notes.append(f"{doc['mode']} run {doc['date']}{' (' + doc['label'] + ')' if doc.get('label') else ''}, {doc['duration_s']:.0f} s; "
                  f"{m['cpu']}, {m['cores']} cores, {m['mem_mb']} MB, Linux {m['kernel']}, load average {'/'.join(m.get('loadavg_before', []))} before and {'/'.join(m.get('loadavg_after', []))} after; "
                  + ", ".join(f"{k} {v}" for k, v in m["versions"].items()))
+    for e in doc.get("merged", []):
+        notes.append(f"kept from the run of {e['date']} ({e.get('label') or 'no label'}; {e.get('cpu', '')}): " + ", ".join(e.get("kept", [])) + ".")
     floor = results.get("crash", {}).get("floor")
     if floor:
         notes.append(f"(a) floor: the same script respawned by a bash loop: p50 {fmt(floor['p50'])} ms, p99 {fmt(floor['p99'])} ms.")
     for t, v in results.get("crash", {}).items():
         if "restart_delay" in v:
             notes.append(f"(a) {t}: restart delay {v['restart_delay']}.")
-    base = results.get("logs", {}).get("baseline")
-    if base:
-        notes.append(f"(e) the writer into a file, no supervisor: {fmt(base['wall_s'])} s.")
+    for t, v in results.get("logs", {}).items():
+        if t == "baseline":
+            notes.append(f"(e) the writer into a file, no supervisor: {fmt(v['wall_s'])} s (once, before the tools).")
+        elif "runs" in v:
+            pairs = ", ".join(f"{fmt(r['wall_s'])} s / {fmt(r['baseline_s'])} s" for r in v["runs"])
+            notes.append(f"(e) {t}: the median of {len(v['runs'])} pairs (under the tool / into a file, each pair run back to back): {pairs}.")
     api = results.get("api", {})
     for t, v in api.items():
         if "what" in v:
