@@ -511,13 +511,37 @@ fn read_back(path: &PathBuf) -> Vec<LogLine> {
     String::from_utf8_lossy(&bytes).lines().filter_map(LogLine::parse).collect()
 }
 
-/// `x.log` → `x.log.1` → … → `x.log.KEEP` (the oldest is dropped).
+/// `x.log` → `x.log.1` → … → `x.log.KEEP`. The oldest is deleted on a thread of its own
+/// (`nanny-logs-rm`): freeing a file's cached pages takes long enough to slow the writer of a
+/// flooding service. It waits as `x.log.deleting` meanwhile (deleted here, the slow way, if
+/// the one before it is still there).
 fn rotate(path: &PathBuf) {
     let numbered = |n: u32| PathBuf::from(format!("{}.{n}", path.display()));
+    let doomed = PathBuf::from(format!("{}.deleting", path.display()));
+    if !doomed.exists() && fs::rename(numbered(ROTATE_KEEP), &doomed).is_ok() {
+        remover().send(doomed).ok();
+    }
     for n in (1..ROTATE_KEEP).rev() {
         let _ = fs::rename(numbered(n), numbered(n + 1));
     }
     let _ = fs::rename(path, numbered(1));
+}
+
+/// The thread that deletes rotated-out log files.
+fn remover() -> &'static std::sync::mpsc::Sender<PathBuf> {
+    static REMOVER: OnceLock<std::sync::mpsc::Sender<PathBuf>> = OnceLock::new();
+    REMOVER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
+        let spawned = std::thread::Builder::new().name("nanny-logs-rm".into()).spawn(move || {
+            for path in rx {
+                let _ = fs::remove_file(path);
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the log remover thread: {e}");
+        }
+        tx
+    })
 }
 
 /// Splits a byte stream into lines, carrying an unfinished line to the next
