@@ -103,11 +103,11 @@ impl Batch {
         Batch::stamped(jiff::Timestamp::now(), stream, capacity)
     }
 
+    /// The prefix is formatted once, here: it is the first line's, and copied for the others.
     fn stamped(ts: jiff::Timestamp, stream: Stream, capacity: usize) -> Batch {
         let mut bytes = Vec::with_capacity(capacity + capacity / 2 + 64);
         let _ = write!(bytes, "{ts} {:<6} ", stream.as_str());
         let prefix_len = bytes.len();
-        bytes.clear();
         Batch { ts, stream, prefix_len, bytes, starts: Vec::new(), text_bytes: 0 }
     }
 
@@ -126,26 +126,24 @@ impl Batch {
             Ok(text) => text,
             Err(e) => std::str::from_utf8(&chunk[..e.valid_up_to()]).unwrap_or_default(),
         };
-        let base = chunk.as_ptr() as usize;
+        let within = chunk.as_ptr_range();
         splitter.split_with(chunk, |line| {
-            // A line that is a slice of the chunk's valid part (not one carried over from the
-            // chunk before, nor a cut one) starts and ends at a newline or `\r`: a character
-            // boundary, so it slices `valid` as it is.
-            let at = (line.as_ptr() as usize).wrapping_sub(base);
-            match valid.get(at..at + line.len()) {
-                Some(text) if at < chunk.len() && text.as_ptr() == line.as_ptr() => self.text(text),
-                _ => self.line(line),
+            // A line that is a slice of the chunk (not one carried over from the chunk before,
+            // nor a cut one) starts and ends at a newline or `\r`: a character boundary, so
+            // inside the valid part it slices `valid` as it is.
+            let at = within.contains(&line.as_ptr()).then(|| line.as_ptr() as usize - within.start as usize);
+            match at.and_then(|at| valid.get(at..at + line.len())) {
+                Some(text) => self.text(text),
+                None => self.line(line),
             }
         });
     }
 
     pub fn text(&mut self, text: &str) {
-        let start = self.bytes.len();
+        // The first line's prefix is already there; the others copy it.
+        let start = if self.starts.is_empty() { 0 } else { self.bytes.len() };
         self.starts.push(u32::try_from(start).unwrap_or(u32::MAX));
-        // The prefix is the same for every line: copied from the first one.
-        if start == 0 {
-            let _ = write!(self.bytes, "{} {:<6} ", self.ts, self.stream.as_str());
-        } else {
+        if start > 0 {
             self.bytes.extend_from_within(..self.prefix_len);
         }
         self.bytes.extend_from_slice(text.as_bytes());

@@ -296,6 +296,8 @@ impl Owner {
         });
         if let Err(e) = result {
             tracing::error!("state database: {e}");
+            // An event is published only once it is persisted; those waiting still hear back.
+            committed.retain(|done| !matches!(done, Committed::Event(_)));
         }
         for done in committed {
             match done {

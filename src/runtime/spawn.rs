@@ -87,6 +87,7 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<Spawned> {
             CString::new(entry).map_err(|_| invalid("an environment variable holds a NUL byte"))
         })
         .collect::<Result<_, _>>()?;
+    let cwd = cstring(spec.cwd.as_os_str())?;
     let (out_read, out_write) = pipe()?;
     let (err_read, err_write) = pipe()?;
     let mut slots = slots()?.lock().unwrap_or_else(|p| p.into_inner());
@@ -99,7 +100,7 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<Spawned> {
         path,
         argv: args.iter().map(|a| a.as_ptr()).chain(std::iter::once(ptr::null())).collect(),
         envp: env.iter().map(|e| e.as_ptr()).chain(std::iter::once(ptr::null())).collect(),
-        cwd: cstring(spec.cwd.as_os_str())?,
+        cwd,
         stdio,
         copy_below: stdio.into_iter().max().unwrap_or(2) as libc::c_uint + 1,
         daemon: std::process::id() as libc::pid_t,
