@@ -33,7 +33,7 @@ ROOT = os.path.dirname(HERE)
 WORKLOADS = ["crash", "ready", "scale", "api", "logs", "gpu"]
 TOOLS = ["nanny", "supervisord", "s6", "horust"]
 
-FULL = dict(crashes=200, ready_trials=30, scale_ns=[100, 1000], idle_s={100: 20, 1000: 60}, api_n=1000, api_rate=1000, api_s=10, log_bytes=1 << 30, log_runs=3, gpu_swaps=20)
+FULL = dict(crashes=200, ready_trials=30, scale_ns=[100, 1000], idle_s={100: 20, 1000: 60}, api_n=1000, api_rate=1000, api_s=10, log_bytes=1 << 30, log_runs=5, gpu_swaps=20)
 SMOKE = dict(crashes=4, ready_trials=3, scale_ns=[20], idle_s={20: 1}, api_n=20, api_rate=100, api_s=1, log_bytes=4 << 20, log_runs=1, gpu_swaps=2)
 
 CRASH_SH = """#!/bin/bash

@@ -334,7 +334,7 @@ impl Pump {
                 match self.pipe.try_read_buf(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => {
-                        let mut batch = Batch::new(self.stream, n);
+                        let mut batch = Batch::new(self.stream, 0);
                         batch.lines_of(&buf, &mut self.lines);
                         logs.push_batch(batch);
                         if crate::logs::backlogged() {
