@@ -11,17 +11,24 @@ use sd_notify::NotifyState;
 
 use crate::daemon::Daemon;
 
-/// How often the `STATUS=` line is refreshed (sent only when it changes).
-const STATUS_EVERY: Duration = Duration::from_secs(2);
+/// The `STATUS=` line is refreshed this long after an event (a burst of events, once), and
+/// sent only when it changes.
+const STATUS_AFTER: Duration = Duration::from_secs(2);
 
-/// The daemon is up: say so, then keep the status line and the watchdog going.
+/// The daemon is up: say so, then keep the status line and the watchdog going. Outside
+/// systemd nothing runs: a daemon nobody watches spends no CPU on it.
 pub fn ready(d: &Daemon) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
     let mut last = status(d);
     notify(&[NotifyState::Ready, NotifyState::Status(&last)]);
-    let d = d.clone();
+    let (d, mut events) = (d.clone(), d.store.subscribe());
     tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(STATUS_EVERY).await;
+        // Woken by events, not by a clock: with nothing happening it sleeps.
+        while !matches!(events.recv().await, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+            tokio::time::sleep(STATUS_AFTER).await;
+            events = events.resubscribe();
             let now = status(&d);
             if now != last {
                 notify(&[NotifyState::Status(&now)]);
