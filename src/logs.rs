@@ -216,7 +216,16 @@ struct Sink {
     /// Open while written to; a batch is one write.
     file: Option<File>,
     bytes: u64,
+    /// Whether the file was ever there: until then, only the daemon's own lines about a
+    /// service that has written nothing yet wait in `waiting` (shared with the ring), so that
+    /// starting a thousand quiet services creates no files. The file is created once the
+    /// service writes, once they outgrow `WAITING_BYTES`, or at a [`flush`].
+    created: bool,
+    waiting: Vec<Arc<Batch>>,
 }
+
+/// The most bytes of the daemon's lines that wait for a service's first output.
+const WAITING_BYTES: usize = 64 * 1024;
 
 pub struct LogStore {
     sink: Arc<Mutex<Sink>>,
@@ -272,7 +281,14 @@ impl LogStore {
             inner.keep(Arc::new(batch));
         }
         let written = watch::Sender::new(inner.end());
-        let sink = Arc::new(Mutex::new(Sink { path, file: None, bytes: file_bytes.unwrap_or(0) }));
+        let sink = Sink {
+            path,
+            file: None,
+            bytes: file_bytes.unwrap_or(0),
+            created: file_bytes.is_some(),
+            waiting: Vec::new(),
+        };
+        let sink = Arc::new(Mutex::new(sink));
         LogStore { inner: Mutex::new(inner), sink, written }
     }
 
@@ -334,6 +350,21 @@ impl LogStore {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for LogStore {
+    /// The daemon's lines that wait for the service's first output are written now: the
+    /// service is gone (and a new store of the same file reads them back).
+    fn drop(&mut self) {
+        let bytes: usize = lock(&self.sink).waiting.iter().map(|b| b.bytes.len()).sum();
+        if bytes > 0 {
+            let writer = writer();
+            writer.shared.backlog.fetch_add(bytes, Ordering::AcqRel);
+            if writer.jobs.send(Job::Release(self.sink.clone(), bytes)).is_err() {
+                writer.shared.backlog.fetch_sub(bytes, Ordering::AcqRel);
+            }
+        }
     }
 }
 
@@ -402,9 +433,29 @@ impl Inner {
 }
 
 impl Sink {
-    /// Write batches (lines in the file's form), as many as the file has room for in one
-    /// call, rotating whenever the file is full.
-    fn write(&mut self, mut batches: &[Arc<Batch>]) {
+    /// Write batches (lines in the file's form), or keep them waiting (see `created`); true
+    /// when they are the first to wait.
+    fn write(&mut self, batches: &[Arc<Batch>]) -> bool {
+        let waited: usize = self.waiting.iter().map(|b| b.bytes.len()).sum();
+        let bytes: usize = batches.iter().map(|b| b.bytes.len()).sum();
+        if !self.created && waited + bytes <= WAITING_BYTES && batches.iter().all(|b| b.stream == Stream::Nanny) {
+            self.waiting.extend(batches.iter().cloned());
+            return waited == 0;
+        }
+        let mut all = std::mem::take(&mut self.waiting);
+        all.extend(batches.iter().cloned());
+        self.write_now(&all);
+        false
+    }
+
+    /// Write the lines that wait, if any.
+    fn release(&mut self) {
+        let waiting = std::mem::take(&mut self.waiting);
+        self.write_now(&waiting);
+    }
+
+    /// As many batches as the file has room for in one call, rotating whenever it is full.
+    fn write_now(&mut self, mut batches: &[Arc<Batch>]) {
         while !batches.is_empty() {
             if self.bytes >= ROTATE_BYTES {
                 self.file = None;
@@ -437,7 +488,7 @@ impl Sink {
                 let _ = fs::create_dir_all(dir);
             }
             match OpenOptions::new().create(true).append(true).open(&self.path) {
-                Ok(f) => self.file = Some(f),
+                Ok(f) => (self.file, self.created) = (Some(f), true),
                 Err(e) => tracing::warn!(path = %self.path.display(), "cannot open log file: {e}"),
             }
         }
@@ -477,6 +528,8 @@ struct WriterShared {
 
 enum Job {
     Write(Arc<Mutex<Sink>>, Arc<Batch>),
+    /// The store is gone: write what waits (this many bytes).
+    Release(Arc<Mutex<Sink>>, usize),
     Flush(std::sync::mpsc::Sender<()>),
 }
 
@@ -491,7 +544,7 @@ fn writer() -> &'static Writer {
         let shared = Arc::new(WriterShared { backlog: AtomicUsize::new(0), drained: Notify::new() });
         let theirs = shared.clone();
         let spawned = std::thread::Builder::new().name("nanny-logs".into()).spawn(move || {
-            let mut jobs = Vec::new();
+            let (mut jobs, mut waiting) = (Vec::new(), Vec::new());
             while let Ok(first) = rx.recv() {
                 // Woken by one batch, it gives the next ones a moment to arrive: a flooding
                 // service's batches are written a few hundred at a time, not one per wake-up.
@@ -500,7 +553,7 @@ fn writer() -> &'static Writer {
                 }
                 jobs.push(first);
                 jobs.extend(rx.try_iter().take(GATHER_JOBS));
-                let written = write_all(&mut jobs);
+                let written = write_all(&mut jobs, &mut waiting);
                 theirs.backlog.fetch_sub(written, Ordering::AcqRel);
                 theirs.drained.notify_waiters();
             }
@@ -517,9 +570,10 @@ const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
 /// ...and the most it takes at a time.
 const GATHER_JOBS: usize = 1024;
 
-/// Do `jobs` in order, draining it: each run of batches for one file in one call. The bytes
-/// written (or given up on).
-fn write_all(jobs: &mut Vec<Job>) -> usize {
+/// Do `jobs` in order, draining it: each run of batches for one file in one call. `waiting`
+/// holds the sinks whose lines wait for their file (see `Sink::created`). The bytes written
+/// (or given up on).
+fn write_all(jobs: &mut Vec<Job>, waiting: &mut Vec<Arc<Mutex<Sink>>>) -> usize {
     let mut written = 0;
     let mut jobs = jobs.drain(..).peekable();
     while let Some(job) = jobs.next() {
@@ -533,14 +587,28 @@ fn write_all(jobs: &mut Vec<Job>) -> usize {
                     run.push(batch);
                 }
                 written += run.iter().map(|b| b.bytes.len()).sum::<usize>();
-                sink.lock().unwrap_or_else(|p| p.into_inner()).write(&run);
+                if lock(&sink).write(&run) {
+                    waiting.push(sink);
+                }
+            }
+            Job::Release(sink, bytes) => {
+                lock(&sink).release();
+                waiting.retain(|w| !Arc::ptr_eq(w, &sink));
+                written += bytes;
             }
             Job::Flush(done) => {
+                for sink in waiting.drain(..) {
+                    lock(&sink).release();
+                }
                 let _ = done.send(());
             }
         }
     }
     written
+}
+
+fn lock(sink: &Mutex<Sink>) -> std::sync::MutexGuard<'_, Sink> {
+    sink.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Writer {
@@ -902,5 +970,31 @@ mod tests {
             tail.iter().map(|l| (l.stream, l.line.as_str())).collect::<Vec<_>>(),
             vec![(Stream::Stdout, "first  line"), (Stream::Nanny, "second")]
         );
+    }
+
+    #[test]
+    fn the_daemons_lines_wait_for_the_services_first_output_to_create_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (quiet, talks) = (dir.path().join("quiet.log"), dir.path().join("talks.log"));
+        let quiet_store = LogStore::new(quiet.clone());
+        let talks_store = LogStore::new(talks.clone());
+        quiet_store.push(Stream::Nanny, "started");
+        talks_store.push(Stream::Nanny, "started");
+        talks_store.push(Stream::Stdout, "hello");
+        // Lines are written in order: once `hello` is, `quiet`'s line has been handled too.
+        wait_until(|| fs::read_to_string(&talks).is_ok_and(|t| t.ends_with(" hello\n")));
+        let file = fs::read_to_string(&talks).unwrap();
+        assert!(file.contains(" nanny  started\n"), "the waiting line comes first: {file}");
+        assert!(!quiet.exists(), "a service that wrote nothing has no file yet");
+        flush();
+        assert!(fs::read_to_string(&quiet).unwrap().ends_with(" nanny  started\n"), "written at a flush");
+    }
+
+    fn wait_until(mut cond: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !cond() {
+            assert!(std::time::Instant::now() < deadline, "timed out");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 }

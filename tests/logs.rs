@@ -142,8 +142,11 @@ async fn long_lines_are_cut_once_and_the_ring_stays_within_its_byte_bound() {
     assert!(kept <= RING_BYTES, "{kept} bytes of lines in memory");
     assert!(kept > RING_BYTES - 2 * (MAX_LINE_BYTES + marker.len()), "the ring fills up to its bound: {kept}");
     assert!(cut.len() < 300, "the oldest cut lines left the ring: {} kept", cut.len());
-    // The file has every line once, each cut.
-    let file = std::fs::read_to_string(d.state_dir().join("logs/long.log")).unwrap();
+    // The file has every line once, each cut (written by the log writer thread, just after).
+    let path = d.state_dir().join("logs/long.log");
+    let read = || std::fs::read_to_string(&path).unwrap_or_default();
+    wait_until_sync(Duration::from_secs(10), "the log file has the last line", || read().contains(" stdout done\n"));
+    let file = read();
     let stdout: Vec<&str> = file.lines().filter(|l| l.split_whitespace().nth(1) == Some("stdout")).collect();
     assert_eq!(stdout.len(), 301, "no remainder of a cut line was logged");
     assert_eq!(stdout.iter().filter(|l| l.ends_with(&marker)).count(), 300);
