@@ -718,6 +718,7 @@ impl Task {
         self.snap.wishes = m.wishes;
         self.snap.stop_killed = m.stop_killed;
         self.status.send_replace(self.snap.clone());
+        crate::daemon::list_changed();
         for answer in self.answers.drain(..) {
             match answer {
                 Answer::Start(reply, result) => drop(reply.send(result)),

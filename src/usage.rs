@@ -99,6 +99,7 @@ pub fn spawn(registry: Registry, runtime: Arc<dyn Runtime>, table: Table) {
         loop {
             if !table.wanted() {
                 table.lock().clear();
+                crate::daemon::list_changed();
                 previous.clear();
                 table.wake.notified().await;
             }
@@ -124,6 +125,7 @@ pub fn spawn(registry: Registry, runtime: Arc<dyn Runtime>, table: Table) {
             }
             previous = next;
             *table.lock() = usage;
+            crate::daemon::list_changed();
             tokio::time::sleep(SAMPLE_EVERY).await;
         }
     });

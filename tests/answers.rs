@@ -156,7 +156,8 @@ async fn after_an_edit_ls_and_show_describe_the_running_instance_and_the_pending
     assert!(show["pending"].get("name").is_none(), "only the fields that differ: {show}");
     assert_eq!(d.status("edited").await["restart_pending"], true);
 
-    // A restart applies it: nothing is pending any more.
+    // A restart applies it: nothing is pending any more (the list kept from before is not
+    // answered again: the daemon keeps its JSON only while nothing in it changes).
     let (code, v) = d.post("/services/edited/restart", None).await;
     assert_eq!(code, 200, "{v}");
     let row = &d.services().await["services"][0];

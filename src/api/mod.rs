@@ -186,7 +186,8 @@ async fn health(State(d): State<Daemon>) -> ApiResult {
 
 #[utoipa::path(get, path = "/services", tag = "services", responses((status = 200, description = "Every service, and the invalid manifests", body = ServiceList), (status = 401, description = "Token missing or wrong", body = ErrorBody)))]
 async fn list(State(d): State<Daemon>) -> ApiResult {
-    ok(d.ask(Command::List).await?)
+    let json = d.ask(Command::ListJson).await?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 
 #[utoipa::path(get, path = "/services/{name}", tag = "services", params(("name" = String, Path, description = "The service's name")), responses((status = 200, description = "Configuration and state", body = ServiceDetail), (status = 404, description = "Unknown service", body = ErrorBody), (status = 422, description = "The service's manifest is invalid", body = ErrorBody), (status = 401, description = "Token missing or wrong", body = ErrorBody)))]

@@ -32,11 +32,16 @@ use views::{
     StopOutcome,
 };
 
+/// Something `GET /services` shows may have changed (its kept answer is stale).
+pub use commands::list::changed as list_changed;
+
 pub type Reply<T> = oneshot::Sender<Result<T, Error>>;
 
 /// Everything a client can ask of the daemon.
 pub enum Command {
     List(Reply<ServiceList>),
+    /// The list as JSON, kept while it holds (see `commands::list::json`).
+    ListJson(Reply<bytes::Bytes>),
     Show {
         name: String,
         reply: Reply<ServiceDetail>,
@@ -125,6 +130,8 @@ pub struct Daemon {
     /// Webhooks and command hooks, from the config file.
     pub hooks: Hooks,
     pub started: std::time::Instant,
+    /// The last list answered, while it holds.
+    pub kept_list: Arc<commands::list::Kept>,
 }
 
 impl Daemon {
@@ -163,7 +170,8 @@ impl Daemon {
         let started = std::time::Instant::now();
         let hooks = Hooks::default();
         let config = Arc::new(config);
-        let mut d = Daemon { config, registry, arbiter, store, runtime, usage, metrics, hooks, started };
+        let kept_list = Arc::default();
+        let mut d = Daemon { config, registry, arbiter, store, runtime, usage, metrics, hooks, started, kept_list };
         d.hooks = Hooks::start(d.config.hooks.clone(), &d);
         d.follow_events(feed);
         if d.arbiter.source() == crate::gpu::inventory::Source::Nvml {
@@ -220,6 +228,7 @@ impl Daemon {
         tokio::spawn(async move {
             match command {
                 Command::List(reply) => send(reply, Ok(commands::list::run(&d))),
+                Command::ListJson(reply) => send(reply, Ok(commands::list::json(&d))),
                 Command::Show { name, reply } => send(reply, commands::show::run(&d, &name)),
                 Command::Status { name, reply } => send(reply, commands::status::run(&d, &name)),
                 Command::Start { name, force, wait, mut reply } => {

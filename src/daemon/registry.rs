@@ -154,5 +154,6 @@ impl Owner {
     fn publish_snapshot(&self) {
         self.publish
             .send_replace(Arc::new(Snapshot { services: self.handles.clone(), invalid: self.catalog.invalid.clone() }));
+        crate::daemon::list_changed();
     }
 }
