@@ -984,7 +984,8 @@ mod tests {
         // Lines are written in order: once `hello` is, `quiet`'s line has been handled too.
         wait_until(|| fs::read_to_string(&talks).is_ok_and(|t| t.ends_with(" hello\n")));
         let file = fs::read_to_string(&talks).unwrap();
-        assert!(file.contains(" nanny  started\n"), "the waiting line comes first: {file}");
+        let lines: Vec<&str> = file.lines().filter_map(|l| l.split_once(' ').map(|(_, rest)| rest)).collect();
+        assert_eq!(lines, ["nanny  started", "stdout hello"], "the waiting line comes first");
         assert!(!quiet.exists(), "a service that wrote nothing has no file yet");
         flush();
         assert!(fs::read_to_string(&quiet).unwrap().ends_with(" nanny  started\n"), "written at a flush");
