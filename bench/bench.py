@@ -313,6 +313,18 @@ class Run:
         return {**dist_ms(overheads), "wall_p50_ms": pct(walls, 0.5) * 1000}
 
 
+def provenance(old, kept):
+    """The footnotes of a merge: for each earlier run, the rows still from it. A row belongs
+    to the latest run that measured it: rows measured now leave every footnote, and the
+    previous run's footnote lists only the kept rows no older run claims."""
+    still = set(kept)
+    earlier = [dict(e, kept=[r for r in e["kept"] if r in still]) for e in old.get("merged", [])]
+    claimed = {r for e in earlier for r in e["kept"]}
+    own = [r for r in kept if r not in claimed]
+    earlier.append({"date": old["date"], "label": old.get("label", ""), "cpu": old["machine"]["cpu"], "kept": own})
+    return [e for e in earlier if e["kept"]]
+
+
 def crash_gaps(path):
     """Each exit to the next start, from the crash script's own timestamps."""
     gaps, last_exit = [], None
@@ -469,8 +481,7 @@ def main():
                     merged[w][t] = v
                     kept.append(f"{w}/{t}")
         unavailable = {t: why for t, why in (old.get("unavailable", {}) | unavailable).items() if not any(t in by for by in merged.values())}
-        earlier = old.get("merged", []) + [{"date": old["date"], "label": old.get("label", ""), "cpu": old["machine"]["cpu"], "kept": kept}]
-        doc |= {"results": merged, "unavailable": unavailable, "merged": [e for e in earlier if e.get("kept")]}
+        doc |= {"results": merged, "unavailable": unavailable, "merged": provenance(old, kept)}
     with open(previous, "w") as f:
         json.dump(doc, f, indent=2)
     table = report.markdown(doc)
