@@ -197,11 +197,9 @@ impl Batch {
 }
 
 struct Inner {
-    /// The newest batches; the first `skip` lines of the first (`skip_bytes` of its text) have
-    /// left the ring.
+    /// The newest batches; the first `skip` lines of the first have left the ring.
     ring: VecDeque<Arc<Batch>>,
     skip: usize,
-    skip_bytes: usize,
     /// Lines in the ring (less `skip`), and their bytes of text.
     ring_lines: usize,
     ring_bytes: usize,
@@ -273,8 +271,7 @@ impl LogStore {
             flush();
         }
         let file_bytes = fs::metadata(&path).map(|m| m.len()).ok();
-        let mut inner =
-            Inner { ring: VecDeque::new(), skip: 0, skip_bytes: 0, ring_lines: 0, ring_bytes: 0, dropped: 0 };
+        let mut inner = Inner { ring: VecDeque::new(), skip: 0, ring_lines: 0, ring_bytes: 0, dropped: 0 };
         for line in read_back(&path) {
             let mut batch = Batch::stamped(line.ts, line.stream, line.line.len());
             batch.text(&line.line);
@@ -357,7 +354,7 @@ impl Drop for LogStore {
     /// The daemon's lines that wait for the service's first output are written now: the
     /// service is gone (and a new store of the same file reads them back).
     fn drop(&mut self) {
-        let bytes: usize = lock(&self.sink).waiting.iter().map(|b| b.bytes.len()).sum();
+        let bytes = lock(&self.sink).waiting_bytes();
         if bytes > 0 {
             let writer = writer();
             writer.shared.backlog.fetch_add(bytes, Ordering::AcqRel);
@@ -381,8 +378,7 @@ impl Inner {
             // The fewest lines that bring both bounds back; all of them, if that is the batch.
             let by_bytes = oldest.lines_holding(self.skip, self.ring_bytes.saturating_sub(RING_BYTES));
             let lines = (self.ring_lines.saturating_sub(RING_LINES)).max(by_bytes).clamp(1, live);
-            let bytes =
-                if lines == live { oldest.text_bytes - self.skip_bytes } else { oldest.text_len(self.skip, lines) };
+            let bytes = oldest.text_len(self.skip, lines);
             self.drop_front(lines, bytes);
         }
     }
@@ -393,10 +389,9 @@ impl Inner {
         self.ring_bytes -= bytes;
         self.dropped += lines as u64;
         self.skip += lines;
-        self.skip_bytes += bytes;
         if self.ring.front().is_some_and(|oldest| self.skip == oldest.len()) {
             self.ring.pop_front();
-            (self.skip, self.skip_bytes) = (0, 0);
+            self.skip = 0;
         }
     }
 
@@ -436,16 +431,21 @@ impl Sink {
     /// Write batches (lines in the file's form), or keep them waiting (see `created`); true
     /// when they are the first to wait.
     fn write(&mut self, batches: &[Arc<Batch>]) -> bool {
-        let waited: usize = self.waiting.iter().map(|b| b.bytes.len()).sum();
-        let bytes: usize = batches.iter().map(|b| b.bytes.len()).sum();
-        if !self.created && waited + bytes <= WAITING_BYTES && batches.iter().all(|b| b.stream == Stream::Nanny) {
-            self.waiting.extend(batches.iter().cloned());
-            return waited == 0;
+        if !self.created && batches.iter().all(|b| b.stream == Stream::Nanny) {
+            let waited = self.waiting_bytes();
+            if waited + batches.iter().map(|b| b.bytes.len()).sum::<usize>() <= WAITING_BYTES {
+                self.waiting.extend(batches.iter().cloned());
+                return waited == 0;
+            }
         }
-        let mut all = std::mem::take(&mut self.waiting);
-        all.extend(batches.iter().cloned());
-        self.write_now(&all);
+        self.release();
+        self.write_now(batches);
         false
+    }
+
+    /// Bytes of the lines that wait for the file.
+    fn waiting_bytes(&self) -> usize {
+        self.waiting.iter().map(|b| b.bytes.len()).sum()
     }
 
     /// Write the lines that wait, if any.
