@@ -67,8 +67,15 @@ class Page:
         return found[0] if found else None
 
     def text(self, css):
-        e = self.one(css)
-        return e.text if e else ""
+        """The element's text, found again if the page re-rendered it in between (the GPU
+        panel is rebuilt every 2 s)."""
+        for _ in range(10):
+            e = self.one(css)
+            try:
+                return e.text if e else ""
+            except StaleElementReferenceException:
+                continue
+        raise AssertionError(f"{css} kept being re-rendered while read")
 
     def row(self, name):
         return f'tbody.svc[data-name="{name}"]'
