@@ -183,12 +183,12 @@ class Run:
         up = time.monotonic() - t0
         time.sleep(2)  # let start-up work (first checks, logs) finish before measuring idle
         pids = tool.daemon_pids()
-        rss, pss = procs.memory(pids)
+        rss, pss, anon = procs.memory(pids)
         idle = self.p["idle_s"][n]
         ticks0 = procs.cpu_ticks(pids)
         time.sleep(idle)
         cpu = (procs.cpu_ticks(tool.daemon_pids()) - ticks0) / procs.CLK_TCK / idle * 100
-        result = {"n": n, "up_s": up, "rss_mb": rss / 2**20, "pss_mb": pss / 2**20, "processes": len(pids), "idle_cpu_pct": cpu, "idle_window_s": idle}
+        result = {"n": n, "up_s": up, "rss_mb": rss / 2**20, "pss_mb": pss / 2**20, "anon_mb": anon / 2**20, "processes": len(pids), "idle_cpu_pct": cpu, "idle_window_s": idle}
         if api:
             try:
                 value = self.api(tool)
@@ -247,6 +247,7 @@ class Run:
             "vs_file": median["wall_s"] / base,
             "baseline_s": base,
             "peak_rss_mb": max(r["peak_rss_mb"] for _, r in pairs),
+            "peak_anon_mb": max(r["peak_anon_mb"] for _, r in pairs),
             "runs": [{"baseline_s": b, "wall_s": r["wall_s"]} for b, r in pairs],
         }
 
@@ -254,7 +255,7 @@ class Run:
         ws = self.ws(tool, f"logs-{i}")
         out = os.path.join(ws, "stamps")
         tool.logs_start(ws, ["bash", self.spew_sh, out, str(self.p["log_bytes"])])
-        peak, pids, looked = 0, [], 0.0
+        peak, peak_anon, pids, looked = 0, 0, [], 0.0
         deadline = time.monotonic() + 600
         while not stamps(out, "e"):
             now = time.monotonic()
@@ -263,11 +264,12 @@ class Run:
             if now - looked > 1:  # the process tree once a second, the memory every 0.1 s
                 pids, looked = tool.daemon_pids(), now
             peak = max(peak, sum(st[3] for p in pids if (st := procs.stat(p))))
+            peak_anon = max(peak_anon, procs.anonymous(pids))
             time.sleep(0.1)
         (_, s), (_, e) = stamps(out, "s")[0], stamps(out, "e")[0]
         tool.shutdown()
         shutil.rmtree(ws, ignore_errors=True)  # a GiB of logs: not kept for the next run
-        return {"wall_s": e - s, "peak_rss_mb": peak / 2**20, "bytes": self.p["log_bytes"]}
+        return {"wall_s": e - s, "peak_rss_mb": peak / 2**20, "peak_anon_mb": peak_anon / 2**20, "bytes": self.p["log_bytes"]}
 
     # --- (f) GPU force-swap overhead (nanny only) -------------------------------------------------
 

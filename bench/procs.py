@@ -56,11 +56,12 @@ def stat(pid):
     return comm, int(rest[1]), int(rest[11]) + int(rest[12]), int(rest[21]) * PAGE
 
 
-def pss(pid):
+def rollup(pid, field):
+    """A field of `/proc/PID/smaps_rollup`, in bytes (0 when the process is gone)."""
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
-                if line.startswith("Pss:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -88,9 +89,26 @@ def supervisor_pids(root, comms):
 
 
 def memory(pids_):
-    """(sum of RSS, sum of PSS) in bytes."""
+    """(sum of RSS, sum of PSS, sum of anonymous memory) in bytes. Anonymous memory (heap,
+    stacks) is what the processes alone cost; the rest of RSS is their program files' pages,
+    clean page cache that the kernel shares and can drop."""
     rss = sum(st[3] for p in pids_ if (st := stat(p)))
-    return rss, sum(pss(p) for p in pids_)
+    return rss, sum(rollup(p, "Pss") for p in pids_), anonymous(pids_)
+
+
+def anonymous(pids_):
+    """Sum of the processes' anonymous resident memory (`RssAnon`, a counter: cheap to poll)."""
+    total = 0
+    for p in pids_:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("RssAnon:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            pass
+    return total
 
 
 def cpu_ticks(pids_):

@@ -22,6 +22,7 @@ def rows(results):
             (w, "stop_s", f"(c) N={n}: all stopped (s)", True),
             (w, "pss_mb", f"(c) N={n}: supervisor PSS (MB)", True),
             (w, "rss_mb", f"(c) N={n}: supervisor RSS sum (MB)", True),
+            (w, "anon_mb", f"(c) N={n}: supervisor anonymous memory (MB)", True),
             (w, "idle_cpu_pct", f"(c) N={n}: idle CPU (% of a core)", True),
         ]
     out += [
@@ -31,6 +32,7 @@ def rows(results):
         ("logs", "wall_s", "(e) output to stdout: writer's wall time (s)", True),
         ("logs", "vs_file", "(e) … ÷ same writer into a file", True),
         ("logs", "peak_rss_mb", "(e) supervisor peak RSS while logging (MB)", True),
+        ("logs", "peak_anon_mb", "(e) supervisor peak anonymous memory while logging (MB)", True),
         ("gpu_swap", "p50", "(f) forced GPU swap overhead, p50 (ms)", False),
         ("gpu_swap", "p90", "(f) forced GPU swap overhead, p90 (ms)", False),
         ("gpu_manual", "p50", "(f) stop + start by hand overhead, p50 (ms)", False),
