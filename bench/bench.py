@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import httpc  # noqa: E402
 import procs  # noqa: E402
 import report  # noqa: E402
-from tools import PY, SERVICES, Cannot, Horust, Nanny, S6, Supervisord, free_port, write  # noqa: E402
+from tools import PY, SERVICES, Cannot, Horust, Missed, Nanny, S6, Supervisord, clean_env, free_port, write  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -44,6 +44,8 @@ exit 3
 """
 
 # Writes SIZE bytes of 100-character lines to stdout; timestamps its start and end.
+SLEEP = shutil.which("sleep") or "/bin/sleep"
+
 SPEW_SH = """#!/bin/bash
 echo "s $EPOCHREALTIME" >> "$1"
 yes 0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789 | head -c "$2"
@@ -146,6 +148,20 @@ class Run:
         subprocess.run(["bash", "-c", f'for i in $(seq {n + 1}); do bash {self.crash_sh} {out}; done'], check=False)
         return dist_ms(crash_gaps(out)[:n])
 
+    def scale_floor(self, n):
+        """N `sleep`s started back to back by one process (`posix_spawn`, which returns once the
+        child has exec'd), observed like the tools': until N exist, as counted in `/proc`."""
+        counter = procs.Counter(f"sleep {self.tag}")
+        t0 = time.monotonic()
+        children = [os.posix_spawn(SLEEP, ["sleep", self.tag], clean_env()) for _ in range(n)]
+        procs.wait_for(lambda: counter.count() >= n, 60 + n * 0.2, 0.01, f"{n} sleeps up")
+        up = time.monotonic() - t0
+        for pid in children:
+            os.kill(pid, signal.SIGTERM)
+        for pid in children:
+            os.waitpid(pid, 0)
+        return {"n": n, "up_s": up}
+
     # --- (b) ready -> reported running --------------------------------------------------------
 
     def ready(self, tool, mode):
@@ -157,19 +173,25 @@ class Run:
             tool.running_setup(ws, port, delay_file, out)
         else:
             tool.ready_setup(ws, mode, port, delay_file, out)
-        samples = []
+        samples, missed = [], []
         try:
             for i in range(self.p["ready_trials"]):
                 write(delay_file, f"{0.05 + (i % 10) * 0.013:.3f}")
                 open(out, "w").close()
-                at = tool.ready_trial()
+                try:
+                    at = tool.ready_trial()
+                except Missed as e:
+                    missed.append(str(e))
+                    continue
                 r = stamps(out, "r")
                 if not r:
                     raise RuntimeError("reported before the service was ready")
                 samples.append(at - r[-1][1])
         finally:
             tool.ready_teardown()
-        return dist_ms(samples)
+        if not samples:
+            raise RuntimeError(f"every trial missed: {missed[0]}")
+        return {**dist_ms(samples), **({"missed": len(missed), "missed_why": missed[0]} if missed else {})}
 
     # --- (c) N services: up, memory, idle CPU, (d) API, stop ----------------------------------
 
@@ -441,6 +463,8 @@ def main():
         if "scale" in only or "api" in only:
             ns = run.p["scale_ns"] if "scale" in only else [run.p["api_n"]]
             for n in ns:
+                if "scale" in only:
+                    run.record(f"scale_{n}", "floor", run.scale_floor(n))
                 for t in tools:
                     api = "api" in only and n == run.p["api_n"]
                     run.attempt(f"scale_{n}", t, lambda t=t, n=n, api=api: run.scale(t, n, api))

@@ -88,6 +88,14 @@ def markdown(doc):
     floor = results.get("crash", {}).get("floor")
     if floor:
         notes.append(f"(a) floor: the same script respawned by a bash loop: p50 {fmt(floor['p50'])} ms, p99 {fmt(floor['p99'])} ms.")
+    for w, v in sorted(results.items()):
+        if w.startswith("scale_") and "floor" in v:
+            notes.append(f"(c) floor: {v['floor']['n']} `sleep`s started back to back by one process (`posix_spawn`), counted the same way: all up in {fmt(v['floor']['up_s'])} s.")
+    for w in ("ready_http", "ready_self"):
+        for t, v in results.get(w, {}).items():
+            if v.get("missed"):
+                why = v["missed_why"].split(";")[0]
+                notes.append(f"{w} / {t}: {v['missed']} of {v['n'] + v['missed']} trials missed ({why}); the figures are the other trials'.")
     for t, v in results.get("crash", {}).items():
         if "restart_delay" in v:
             notes.append(f"(a) {t}: restart delay {v['restart_delay']}.")

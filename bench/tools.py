@@ -23,6 +23,11 @@ class Cannot(Exception):
     """The tool cannot do this workload at all (the message says why)."""
 
 
+class Missed(Exception):
+    """One trial where the tool never reported what it should have (the message says what it
+    did): counted, and the other trials go on."""
+
+
 def write(path, text, mode=None):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
@@ -437,7 +442,8 @@ class Horust(Tool):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     tail = "".join(line for _, line in self.lines[-5:])
-                    raise RuntimeError(f"horust never reported ready running; last lines: {tail}")
+                    procs.kill_tree(self.proc)
+                    raise Missed(f"horust never reported the service Running within 30 s; its last lines: {tail}")
                 self.cv.wait(left)
         procs.kill_tree(self.proc)  # a clean stop takes Horust seconds; not what is measured here
         return hit
