@@ -52,7 +52,10 @@ fn smoke_run_measures_nanny_and_the_installed_peers() {
     );
     assert!(number(nanny_scale, "pss_mb", "scale") > 1.0, "the daemon's memory is measured: {nanny_scale}");
     let anon = number(nanny_scale, "anon_mb", "scale");
-    assert!(anon > 0.1 && anon < number(nanny_scale, "rss_mb", "scale"), "anonymous memory, a part of RSS: {nanny_scale}");
+    assert!(
+        anon > 0.1 && anon < number(nanny_scale, "rss_mb", "scale"),
+        "anonymous memory, a part of RSS: {nanny_scale}"
+    );
     let api = &results["api"]["nanny"];
     assert_eq!(number(api, "errors", "api"), 0.0, "{api}");
     assert!(number(api, "n", "api") >= 50.0, "{api}");

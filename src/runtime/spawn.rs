@@ -8,8 +8,10 @@
 //! Nor does a start cost more the more descriptors the daemon holds (a few per service): the
 //! child shares the daemon's descriptor table (`CLONE_FILES`) and its first step is
 //! `close_range(CLOSE_RANGE_UNSHARE)` (Linux 5.9), which gives it a table of its own holding
-//! only the daemon's lowest descriptors. Three of those, reserved when the daemon starts
-//! ([`reserve`]), are where a spawn puts the child's stdin, stdout and stderr, under a lock.
+//! only the daemon's lowest descriptors. Sets of three of those, reserved when the daemon
+//! starts ([`reserve`]), are where a spawn puts the child's stdin, stdout and stderr, each set
+//! under a lock of its own, so that several services start at once (a spawn holds its set
+//! until the child has exec'd).
 //! Copying every descriptor and closing them all again at exec made a thousand starts
 //! quadratic.
 //!
@@ -24,7 +26,8 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 use std::ptr;
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock, TryLockError};
 
 use nix::libc;
 use nix::sched::CloneFlags;
@@ -90,7 +93,7 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<Spawned> {
     let cwd = cstring(spec.cwd.as_os_str())?;
     let (out_read, out_write) = pipe()?;
     let (err_read, err_write) = pipe()?;
-    let mut slots = slots()?.lock().unwrap_or_else(|p| p.into_inner());
+    let mut slots = take_slots()?;
     let [input, output, errors] = &mut slots.stdio;
     nix::unistd::dup2(&out_write, output)?;
     nix::unistd::dup2(&err_write, errors)?;
@@ -261,7 +264,26 @@ struct Slots {
     stdio: [OwnedFd; 3],
 }
 
-static SLOTS: OnceLock<Result<Mutex<Slots>, String>> = OnceLock::new();
+/// How many spawns can be between `clone` and `execve` at once: one set of slots each. More
+/// than the runtime's worker threads gains nothing.
+const SLOT_SETS: usize = 4;
+
+static SLOTS: OnceLock<Result<Vec<Mutex<Slots>>, String>> = OnceLock::new();
+
+/// A free set of slots, or, when every set is in use, the next one in turn once it is free.
+fn take_slots() -> io::Result<MutexGuard<'static, Slots>> {
+    let sets = slots()?;
+    for set in sets {
+        match set.try_lock() {
+            Ok(slots) => return Ok(slots),
+            Err(TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
+            Err(TryLockError::WouldBlock) => {}
+        }
+    }
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let set = &sets[NEXT.fetch_add(1, Ordering::Relaxed) % sets.len()];
+    Ok(set.lock().unwrap_or_else(|p| p.into_inner()))
+}
 
 /// Reserve the spawn slots now, as low as they can be: the daemon calls this before it opens
 /// anything. Standard descriptors the daemon was started without are opened on `/dev/null`
@@ -270,10 +292,10 @@ pub fn reserve() -> io::Result<()> {
     slots().map(drop)
 }
 
-fn slots() -> io::Result<&'static Mutex<Slots>> {
-    let open = || -> Result<Mutex<Slots>, String> {
+fn slots() -> io::Result<&'static [Mutex<Slots>]> {
+    let open = || -> Result<Vec<Mutex<Slots>>, String> {
         let mut fds = Vec::new();
-        while fds.len() < 3 {
+        while fds.len() < 3 * SLOT_SETS {
             let null = std::fs::File::options().read(true).write(true).open("/dev/null").map_err(|e| e.to_string())?;
             let fd = OwnedFd::from(null);
             if fd.as_raw_fd() <= 2 {
@@ -282,10 +304,11 @@ fn slots() -> io::Result<&'static Mutex<Slots>> {
                 fds.push(fd);
             }
         }
-        let stdio: [OwnedFd; 3] = fds.try_into().map_err(|_| "three descriptors".to_string())?;
-        Ok(Mutex::new(Slots { stdio }))
+        let mut fds = fds.into_iter();
+        let sets = (0..SLOT_SETS).filter_map(|_| Some(Slots { stdio: [fds.next()?, fds.next()?, fds.next()?] }));
+        Ok(sets.map(Mutex::new).collect())
     };
-    SLOTS.get_or_init(open).as_ref().map_err(|e| io::Error::other(format!("cannot open /dev/null: {e}")))
+    SLOTS.get_or_init(open).as_deref().map_err(|e| io::Error::other(format!("cannot open /dev/null: {e}")))
 }
 
 /// A close-on-exec pipe.
@@ -340,6 +363,26 @@ mod tests {
         let s = spawn(spec("sleep", &args, &[])).unwrap();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(s.pid as i32), Signal::SIGTERM).unwrap();
         assert_eq!(s.exit.wait().await.unwrap().signal, Some(Signal::SIGTERM));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn services_started_at_once_each_get_only_their_own_output_and_no_other_descriptor() {
+        // More at once than there are sets of slots, from several threads: no child may see
+        // another's pipe, and each one's pipes end when it exits (no copy held elsewhere).
+        let starts = (0..3 * SLOT_SETS).map(|i| {
+            tokio::task::spawn_blocking(move || {
+                let args = ["-c".to_string(), format!("echo {i}; ls /proc/self/fd; echo {i} >&2")];
+                spawn(spec("sh", &args, &[("PATH", "/usr/bin:/bin")])).unwrap()
+            })
+        });
+        for (i, started) in futures_util::future::join_all(starts).await.into_iter().enumerate() {
+            let s = started.unwrap();
+            let (out, err) = (read_all(s.stdout).await, read_all(s.stderr).await);
+            // `ls` lists 0, 1, 2 and the directory it reads (3).
+            assert_eq!(out.split_whitespace().collect::<Vec<_>>(), [&*i.to_string(), "0", "1", "2", "3"], "{out}");
+            assert_eq!(err, format!("{i}\n"));
+            assert_eq!(s.exit.wait().await.unwrap().code, Some(0));
+        }
     }
 
     #[tokio::test]
