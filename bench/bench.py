@@ -43,9 +43,9 @@ echo "e $EPOCHREALTIME" >> "$1"
 exit 3
 """
 
-# Writes SIZE bytes of 100-character lines to stdout; timestamps its start and end.
 SLEEP = shutil.which("sleep") or "/bin/sleep"
 
+# Writes SIZE bytes of 100-character lines to stdout; timestamps its start and end.
 SPEW_SH = """#!/bin/bash
 echo "s $EPOCHREALTIME" >> "$1"
 yes 0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789 | head -c "$2"

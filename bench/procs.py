@@ -56,12 +56,13 @@ def stat(pid):
     return comm, int(rest[1]), int(rest[11]) + int(rest[12]), int(rest[21]) * PAGE
 
 
-def rollup(pid, field):
-    """A field of `/proc/PID/smaps_rollup`, in bytes (0 when the process is gone)."""
+def field(pid, name, key):
+    """`key` of `/proc/PID/NAME` (a `Key:  N kB` file: `status`, `smaps_rollup`), in bytes; 0
+    when the process is gone."""
     try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
+        with open(f"/proc/{pid}/{name}") as f:
             for line in f:
-                if line.startswith(field + ":"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -93,22 +94,12 @@ def memory(pids_):
     stacks) is what the processes alone cost; the rest of RSS is their program files' pages,
     clean page cache that the kernel shares and can drop."""
     rss = sum(st[3] for p in pids_ if (st := stat(p)))
-    return rss, sum(rollup(p, "Pss") for p in pids_), anonymous(pids_)
+    return rss, sum(field(p, "smaps_rollup", "Pss") for p in pids_), anonymous(pids_)
 
 
 def anonymous(pids_):
     """Sum of the processes' anonymous resident memory (`RssAnon`, a counter: cheap to poll)."""
-    total = 0
-    for p in pids_:
-        try:
-            with open(f"/proc/{p}/status") as f:
-                for line in f:
-                    if line.startswith("RssAnon:"):
-                        total += int(line.split()[1]) * 1024
-                        break
-        except OSError:
-            pass
-    return total
+    return sum(field(p, "status", "RssAnon") for p in pids_)
 
 
 def cpu_ticks(pids_):

@@ -434,19 +434,19 @@ class Horust(Tool):
         self.start(ws, {"ready": f'command = "{cmd}"\n[healthiness]\n{check}\nmax-failed = 1000\n[restart]\nstrategy = "never"\n'}, log=True)
         pattern = re.compile(r'StatusChanged\("ready(\.toml)?", Running\)')
         deadline = time.monotonic() + 30
-        with self.cv:
-            while True:
-                hit = next((at for at, line in self.lines if pattern.search(line)), None)
-                if hit:
-                    break
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    tail = "".join(line for _, line in self.lines[-5:])
-                    procs.kill_tree(self.proc)
-                    raise Missed(f"horust never reported the service Running within 30 s; its last lines: {tail}")
-                self.cv.wait(left)
-        procs.kill_tree(self.proc)  # a clean stop takes Horust seconds; not what is measured here
-        return hit
+        try:
+            with self.cv:
+                while True:
+                    hit = next((at for at, line in self.lines if pattern.search(line)), None)
+                    if hit:
+                        return hit
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        tail = "".join(line for _, line in self.lines[-5:])
+                        raise Missed(f"horust never reported the service Running within 30 s; its last lines: {tail}")
+                    self.cv.wait(left)
+        finally:
+            procs.kill_tree(self.proc)  # a clean stop takes Horust seconds; not what is measured here
 
     def ready_teardown(self):
         pass
