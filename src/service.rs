@@ -217,6 +217,7 @@ impl ServiceHandle {
             watch: 0,
             finished: false,
             unwritten: false,
+            unpublished: false,
         };
         tokio::spawn(task.run());
         ServiceHandle { tx, status, logs }
@@ -330,9 +331,11 @@ struct Task {
     outside: Option<tokio::task::AbortHandle>,
     watch: u64,
     finished: bool,
-    /// A wish or a process group was sent to the store in this turn: it is written before the
-    /// turn's snapshot is published (see `turn`).
+    /// A wish or a process group was sent to the store since the last snapshot: it is written
+    /// before the next one is published (see `settle`).
     unwritten: bool,
+    /// The snapshot is behind the machine: `settle` publishes it.
+    unpublished: bool,
 }
 
 impl Task {
@@ -345,7 +348,8 @@ impl Task {
             self.turn(Input::Found);
         }
         self.snap.adopting = false;
-        self.after_turn();
+        self.unpublished = true;
+        self.settle().await;
         while !self.finished {
             let deadline = self.machine.deadline().map(Instant::from_std);
             let next_probe = self.next_probe.filter(|_| !self.probe_in_flight);
@@ -354,6 +358,7 @@ impl Task {
                 _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => self.turn(Input::Timer),
                 _ = sleep_until(next_probe.unwrap_or_else(Instant::now)), if next_probe.is_some() => self.launch_probe(),
             }
+            self.settle().await;
         }
         if let Some(watch) = self.outside.take() {
             watch.abort();
@@ -388,7 +393,7 @@ impl Task {
             Message::Exited { generation, ended } if generation == self.generation => self.on_exit(ended),
             Message::Progress { generation, stage } if generation == self.generation => {
                 self.runtime_stage = Some(stage);
-                self.after_turn();
+                self.unpublished = true;
             }
             Message::Ready { generation, parts } if generation == self.generation => {
                 self.snap.containers = parts.containers;
@@ -407,9 +412,8 @@ impl Task {
         }
     }
 
-    /// Step the machine with `input` and whatever its actions report back,
-    /// then publish the snapshot, then answer the callers: an answer is never
-    /// contradicted by an older snapshot.
+    /// Step the machine with `input` and whatever its actions report back; `settle` then
+    /// publishes the snapshot and answers the callers.
     fn turn(&mut self, input: Input) {
         let mut inputs = VecDeque::from([input]);
         while let Some(input) = inputs.pop_front() {
@@ -421,12 +425,22 @@ impl Task {
                 }
             }
         }
-        // What the snapshot is about to show (a wish taken, a process group started or gone)
-        // must survive a daemon killed the moment after: restore and the leftover cleanup read it.
+        self.unpublished = true;
+    }
+
+    /// After each input: publish the snapshot, then answer the callers, so an answer is never
+    /// contradicted by an older snapshot. What the snapshot is about to show (a wish taken, a
+    /// process group started or gone) must survive a daemon killed the moment after (restore
+    /// and the leftover cleanup read it), so it waits until the store has written that. The
+    /// task waits without holding a thread: a thousand services starting at once share a few
+    /// commits.
+    async fn settle(&mut self) {
         if std::mem::take(&mut self.unwritten) {
-            self.shared.store.written();
+            self.shared.store.flush().await;
         }
-        self.after_turn();
+        if std::mem::take(&mut self.unpublished) {
+            self.after_turn();
+        }
     }
 
     /// Carry out one action; some report back with an input.
@@ -953,7 +967,7 @@ mod tests {
             runtime: Arc::new(Fake { launches: tx, knobs: knobs.clone() }),
             arbiter: arbiter.clone(),
             http: crate::health::client(),
-            store: Store::open(state.path()).unwrap(),
+            store: Store::open(state.path()).unwrap().holding_paused_clock(),
             metrics: Metrics::default(),
             groups: Groups::default(),
         };
@@ -1051,10 +1065,12 @@ mod tests {
         *h.knobs.checks_hang.lock().unwrap() = false;
         launch.end(1);
         let _replacement = h.launches.recv().await.unwrap();
-        // The replacement is checked (and found healthy) within its health_timeout.
-        state_becomes(&h.service, State::Running).await;
+        // The replacement is checked (and found healthy) within its health_timeout. (Its
+        // launch is seen before its snapshot, which waits for the store.)
+        let mut watch = h.service.watch();
+        let replaced = watch.wait_for(|s| s.restarts == 1 && s.state == State::Running);
+        assert!(tokio::time::timeout(Duration::from_secs(60), replaced).await.is_ok(), "never running again");
         assert!(Instant::now() - launch.at < Duration::from_secs(3), "became running only after a timeout");
-        assert_eq!(h.service.snapshot().restarts, 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -91,7 +91,6 @@ enum Request {
     ForgetProcess { service: String },
     Processes { reply: oneshot::Sender<Vec<RecordedProcess>> },
     Flush { reply: oneshot::Sender<()> },
-    Written { reply: std::sync::mpsc::Sender<()> },
 }
 
 /// The handle every part of the daemon uses. Cheap to clone.
@@ -99,6 +98,8 @@ enum Request {
 pub struct Store {
     tx: mpsc::Sender<Request>,
     live: broadcast::Sender<Event>,
+    /// Wait for answers in a blocking task (see [`Store::holding_paused_clock`]).
+    hold_clock: bool,
 }
 
 const SCHEMA: &str = "
@@ -168,7 +169,15 @@ impl Store {
             .name("nanny-store".into())
             .spawn(move || owner.run(rx))
             .expect("the store thread starts");
-        Ok(Store { tx, live })
+        Ok(Store { tx, live, hold_clock: false })
+    }
+
+    /// For tests on a paused tokio clock, which jumps to the next timer whenever the runtime
+    /// waits on nothing of its own, as it does while a task awaits this thread's answer: wait
+    /// for answers in a blocking task instead, which holds the clock still meanwhile.
+    #[cfg(test)]
+    pub fn holding_paused_clock(self) -> Store {
+        Store { hold_clock: true, ..self }
     }
 
     /// Record an event; it is persisted, logged, then published.
@@ -220,26 +229,20 @@ impl Store {
         self.ask(|reply| Request::Processes { reply }).await.unwrap_or_default()
     }
 
-    /// Resolves once everything sent before it is written.
+    /// Resolves once everything sent before it is written. The store thread waits on no one,
+    /// so this only waits for the requests queued before it (written in a few transactions,
+    /// no fsync: WAL, `NORMAL`).
     pub async fn flush(&self) {
         let _ = self.ask(|reply| Request::Flush { reply }).await;
     }
 
-    /// Blocks the calling thread until everything sent before it is written: for a service
-    /// task that must not show a state (a process started, a wish taken) that a daemon killed
-    /// the next moment would not find again. The store thread waits on no one, so this only
-    /// waits for the requests queued before it (each one write, no fsync: WAL, `NORMAL`).
-    pub fn written(&self) {
-        let (reply, rx) = std::sync::mpsc::channel();
-        if self.tx.send(Request::Written { reply }).is_ok() {
-            let _ = rx.recv();
-        }
-    }
-
-    async fn ask<T>(&self, request: impl FnOnce(oneshot::Sender<T>) -> Request) -> Option<T> {
+    async fn ask<T: Send + 'static>(&self, request: impl FnOnce(oneshot::Sender<T>) -> Request) -> Option<T> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(request(reply)).ok()?;
-        rx.await.ok()
+        match self.hold_clock {
+            false => rx.await.ok(),
+            true => tokio::task::spawn_blocking(move || rx.blocking_recv().ok()).await.ok().flatten(),
+        }
     }
 }
 
@@ -247,7 +250,6 @@ impl Store {
 enum Committed {
     Event(Event),
     Flushed(oneshot::Sender<()>),
-    Written(std::sync::mpsc::Sender<()>),
 }
 
 struct Owner {
@@ -309,9 +311,6 @@ impl Owner {
                     let _ = self.live.send(event);
                 }
                 Committed::Flushed(reply) => {
-                    let _ = reply.send(());
-                }
-                Committed::Written(reply) => {
                     let _ = reply.send(());
                 }
             }
@@ -427,7 +426,6 @@ impl Owner {
                 let _ = reply.send(rows);
             }
             Request::Flush { reply } => committed.push(Committed::Flushed(reply)),
-            Request::Written { reply } => committed.push(Committed::Written(reply)),
         }
         Ok(())
     }
