@@ -18,6 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -97,7 +98,9 @@ enum Request {
 #[derive(Clone)]
 pub struct Store {
     tx: mpsc::Sender<Request>,
-    live: broadcast::Sender<Event>,
+    /// Events as they are written: shared, so a slot of the channel's ring (1024 kept for
+    /// listeners that fall behind) is a pointer, and a listener's copy costs no allocation.
+    live: broadcast::Sender<Arc<Event>>,
     /// Wait for answers in a blocking task (see [`Store::holding_paused_clock`]).
     hold_clock: bool,
 }
@@ -185,7 +188,7 @@ impl Store {
         let _ = self.tx.send(Request::Append { service: service.map(str::to_string), kind });
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.live.subscribe()
     }
 
@@ -254,7 +257,7 @@ enum Committed {
 
 struct Owner {
     conn: Connection,
-    live: broadcast::Sender<Event>,
+    live: broadcast::Sender<Arc<Event>>,
     retention: Retention,
 }
 
@@ -308,7 +311,7 @@ impl Owner {
                         Some(s) => tracing::info!(event = event.id, service = %s, "{}", event.message),
                         None => tracing::info!(event = event.id, "{}", event.message),
                     }
-                    let _ = self.live.send(event);
+                    let _ = self.live.send(Arc::new(event));
                 }
                 Committed::Flushed(reply) => {
                     let _ = reply.send(());

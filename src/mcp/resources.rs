@@ -148,7 +148,7 @@ fn affected(event: &Event) -> (Vec<String>, bool) {
 
 /// What the next broadcast item changes (`None` once the daemon is gone);
 /// after falling behind, whatever was subscribed may have changed.
-fn changes(item: Result<Event, RecvError>, subscribed: &[String]) -> Option<(Vec<String>, bool)> {
+fn changes(item: Result<Arc<Event>, RecvError>, subscribed: &[String]) -> Option<(Vec<String>, bool)> {
     match item {
         Ok(event) => Some(affected(&event)),
         Err(RecvError::Lagged(_)) => Some((subscribed.to_vec(), true)),

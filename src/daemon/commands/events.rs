@@ -2,6 +2,7 @@
 //! history, and the live stream resumed without a gap.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
@@ -35,7 +36,7 @@ pub struct EventFeed {
     store: Store,
     /// `since` is the last event delivered; `limit` is the page size.
     filter: Filter,
-    live: broadcast::Receiver<Event>,
+    live: broadcast::Receiver<Arc<Event>>,
     replaying: bool,
     pending: VecDeque<Event>,
 }
@@ -63,7 +64,7 @@ impl EventFeed {
                 continue;
             }
             match self.live.recv().await {
-                Ok(event) if self.filter.matches(&event) => self.pending.push_back(event),
+                Ok(event) if self.filter.matches(&event) => self.pending.push_back(Arc::unwrap_or_clone(event)),
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(_)) => self.replaying = true,
                 Err(broadcast::error::RecvError::Closed) => return None,
