@@ -193,7 +193,7 @@ impl ServiceHandle {
             stop_killed: false,
         };
         let (status_tx, status) = watch::channel(snapshot.clone());
-        let task = Task {
+        let mut task = Task {
             machine,
             snap: snapshot,
             shared,
@@ -219,7 +219,10 @@ impl ServiceHandle {
             unwritten: false,
             unpublished: false,
         };
-        tokio::spawn(task.run());
+        // An `async` block that owns the task, not an `async fn` taking it by value: such a
+        // future keeps its argument twice (as passed, and as moved into the body), and there is
+        // one per service.
+        tokio::spawn(async move { task.run().await });
         ServiceHandle { tx, status, logs }
     }
 
@@ -339,7 +342,7 @@ struct Task {
 }
 
 impl Task {
-    async fn run(mut self) {
+    async fn run(&mut self) {
         // An engine that does not answer must not keep the task from its inputs.
         let adopted =
             tokio::time::timeout(ADOPT_TIMEOUT, self.shared.runtime.adopt(&self.snap.manifest, self.logs.clone()));
