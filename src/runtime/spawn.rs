@@ -31,6 +31,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock, TryLockError};
 
 use nix::libc;
 use nix::sched::CloneFlags;
+use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use tokio::io::Interest;
@@ -94,7 +95,7 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<Spawned> {
     let (out_read, out_write) = pipe()?;
     let (err_read, err_write) = pipe()?;
     let mut slots = take_slots()?;
-    let [input, output, errors] = &mut slots.stdio;
+    let Slots { stdio: [input, output, errors], stack } = &mut *slots;
     nix::unistd::dup2(&out_write, output)?;
     nix::unistd::dup2(&err_write, errors)?;
     drop((out_write, err_write));
@@ -109,7 +110,6 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<Spawned> {
         daemon: std::process::id() as libc::pid_t,
         error: 0,
     };
-    let mut stack = vec![0u8; STACK_BYTES];
     // No handler of the daemon's may run in the child: every signal is blocked across the
     // clone, and the child unblocks them only once their handlers are reset.
     let all = SigSet::all();
@@ -121,7 +121,7 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<Spawned> {
     let cloned = unsafe {
         nix::sched::clone(
             Box::new(move || child(plan_ptr)),
-            &mut stack,
+            stack.as_mut(),
             CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK | CloneFlags::CLONE_FILES,
             Some(libc::SIGCHLD),
         )
@@ -262,6 +262,33 @@ fn invalid(what: &str) -> io::Error {
 /// between (the first always).
 struct Slots {
     stdio: [OwnedFd; 3],
+    /// The child's stack while it runs in the daemon's memory.
+    stack: Stack,
+}
+
+/// A child's stack, mapped once for good: only the pages a child touched are resident (a few),
+/// where a stack taken from the heap for each spawn was 64 KiB zeroed each time, left behind as
+/// free heap the daemon kept.
+struct Stack(std::ptr::NonNull<u8>);
+
+// SAFETY: the mapping is never unmapped, and is only used by whoever holds its slot set's lock.
+unsafe impl Send for Stack {}
+
+impl Stack {
+    fn map() -> io::Result<Stack> {
+        let flags = MapFlags::MAP_PRIVATE | MapFlags::MAP_STACK;
+        let protection = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
+        let size = std::num::NonZeroUsize::new(STACK_BYTES).expect("a stack has a size");
+        // SAFETY: a new anonymous mapping, overlapping nothing.
+        let mapped = unsafe { mmap_anonymous(None, size, protection, flags) }?;
+        Ok(Stack(mapped.cast()))
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping is STACK_BYTES long, readable and writable, and `&mut self`
+        // (under the slot set's lock) makes this the only reference to it.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_ptr(), STACK_BYTES) }
+    }
 }
 
 /// How many spawns can be between `clone` and `execve` at once: one set of slots each. More
@@ -305,10 +332,11 @@ fn slots() -> io::Result<&'static [Mutex<Slots>]> {
             }
         }
         let mut fds = fds.into_iter();
-        let sets = (0..SLOT_SETS).filter_map(|_| Some(Slots { stdio: [fds.next()?, fds.next()?, fds.next()?] }));
-        Ok(sets.map(Mutex::new).collect())
+        let set = |stdio| Ok(Mutex::new(Slots { stdio, stack: Stack::map().map_err(|e| e.to_string())? }));
+        let stdio = (0..SLOT_SETS).filter_map(|_| Some([fds.next()?, fds.next()?, fds.next()?]));
+        stdio.map(set).collect()
     };
-    SLOTS.get_or_init(open).as_deref().map_err(|e| io::Error::other(format!("cannot open /dev/null: {e}")))
+    SLOTS.get_or_init(open).as_deref().map_err(|e| io::Error::other(format!("cannot reserve the spawn slots: {e}")))
 }
 
 /// A close-on-exec pipe.
