@@ -11,7 +11,8 @@
 //! only the daemon's lowest descriptors. Sets of three of those, reserved when the daemon
 //! starts ([`reserve`]), are where a spawn puts the child's stdin, stdout and stderr, each set
 //! under a lock of its own, so that several services start at once (a spawn holds its set
-//! until the child has exec'd).
+//! until the child has exec'd). Each set also holds the stack its children run on, mapped once:
+//! only the few pages they touch are resident.
 //! Copying every descriptor and closing them all again at exec made a thousand starts
 //! quadratic.
 //!
