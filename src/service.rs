@@ -295,7 +295,7 @@ pub struct Shared {
 /// holder of a port another service wants.
 pub type Groups = Arc<Mutex<HashMap<u32, String>>>;
 
-/// An answer to send once the turn's snapshot is published.
+/// An answer to send once `settle` has published the snapshot.
 enum Answer {
     Start(StartReply, Result<(), Failure>),
     Stop(StopReply, Result<(), StartError>),
@@ -442,7 +442,7 @@ impl Task {
             self.shared.store.flush().await;
         }
         if std::mem::take(&mut self.unpublished) {
-            self.after_turn();
+            self.publish();
         }
     }
 
@@ -687,7 +687,7 @@ impl Task {
 
     /// Keep the probes, the watch for outside starts and the published
     /// snapshot in line with the machine; then answer the callers.
-    fn after_turn(&mut self) {
+    fn publish(&mut self) {
         let state = self.machine.state();
         let awaits_ready = matches!(self.machine.phase, Phase::Starting { awaits_ready: true, .. });
         match state {
@@ -948,6 +948,7 @@ mod tests {
 
     struct Harness {
         service: ServiceHandle,
+        store: Store,
         arbiter: Arc<Arbiter>,
         knobs: Knobs,
         launches: mpsc::UnboundedReceiver<Launch>,
@@ -966,17 +967,18 @@ mod tests {
         let (tx, launches) = mpsc::unbounded_channel();
         let arbiter = Arc::new(Arbiter::default());
         let knobs = Knobs::default();
+        let store = Store::open(state.path()).unwrap().holding_paused_clock();
         let shared = Shared {
             runtime: Arc::new(Fake { launches: tx, knobs: knobs.clone() }),
             arbiter: arbiter.clone(),
             http: crate::health::client(),
-            store: Store::open(state.path()).unwrap().holding_paused_clock(),
+            store: store.clone(),
             metrics: Metrics::default(),
             groups: Groups::default(),
         };
         let logs = Arc::new(LogStore::new(state.path().join("x.log")));
         let service = ServiceHandle::spawn(Arc::new(manifest), shared, logs);
-        Harness { service, arbiter, knobs, launches, _state: state }
+        Harness { service, store, arbiter, knobs, launches, _state: state }
     }
 
     /// Wait (in virtual time, so at no cost) for `state`; a minute is plenty.
@@ -998,6 +1000,26 @@ mod tests {
         assert_eq!(every(ms(10_000), long), ms(100), "a hundredth of the time taken");
         assert_eq!(every(ms(300_000), long), ms(1000), "at most every second");
         assert_eq!(every(ms(60_000), ms(300)), ms(300), "or every health_interval when shorter");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_start_is_shown_and_answered_only_once_the_store_has_written_it() {
+        let mut h = harness("name: x\ncommand: [x]\n");
+        let release = h.store.hold();
+        let start = tokio::spawn({
+            let service = h.service.clone();
+            async move { service.start(OnBusy::Refuse, None).await }
+        });
+        // Launched, and the wish and the process group sent to the store, which holds them.
+        let _launch = h.launches.recv().await.unwrap();
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(h.service.snapshot().state, State::Stopped, "shown before it was written");
+        assert!(!start.is_finished(), "answered before it was written");
+        drop(release);
+        start.await.unwrap().expect("starts once written");
+        assert_eq!(h.store.desired().await.get("x"), Some(&Desired::Running));
     }
 
     #[tokio::test(start_paused = true)]

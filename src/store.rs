@@ -83,22 +83,45 @@ enum Take {
 }
 
 enum Request {
-    Append { service: Option<String>, kind: EventKind },
-    Query { filter: Filter, take: Take, reply: oneshot::Sender<Vec<Event>> },
-    BacklogStart { filter: Filter, reply: oneshot::Sender<u64> },
-    SetDesired { service: String, desired: Desired },
-    Desired { reply: oneshot::Sender<BTreeMap<String, Desired>> },
+    Append {
+        service: Option<String>,
+        kind: EventKind,
+    },
+    Query {
+        filter: Filter,
+        take: Take,
+        reply: oneshot::Sender<Vec<Event>>,
+    },
+    BacklogStart {
+        filter: Filter,
+        reply: oneshot::Sender<u64>,
+    },
+    SetDesired {
+        service: String,
+        desired: Desired,
+    },
+    Desired {
+        reply: oneshot::Sender<BTreeMap<String, Desired>>,
+    },
     RecordProcess(RecordedProcess),
-    ForgetProcess { service: String },
-    Processes { reply: oneshot::Sender<Vec<RecordedProcess>> },
-    Flush { reply: oneshot::Sender<()> },
+    ForgetProcess {
+        service: String,
+    },
+    Processes {
+        reply: oneshot::Sender<Vec<RecordedProcess>>,
+    },
+    Flush {
+        reply: oneshot::Sender<()>,
+    },
+    #[cfg(test)]
+    Hold(mpsc::Receiver<()>),
 }
 
 /// The handle every part of the daemon uses. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     tx: mpsc::Sender<Request>,
-    /// Events as they are written: shared, so a slot of the channel's ring (1024 kept for
+    /// Events as they are written: shared, so a slot of the channel's ring (1024, for
     /// listeners that fall behind) is a pointer, and a listener's copy costs no allocation.
     live: broadcast::Sender<Arc<Event>>,
     /// Wait for answers in a blocking task (see [`Store::holding_paused_clock`]).
@@ -181,6 +204,15 @@ impl Store {
     #[cfg(test)]
     pub fn holding_paused_clock(self) -> Store {
         Store { hold_clock: true, ..self }
+    }
+
+    /// For tests: the store thread writes nothing sent after this until the returned sender
+    /// is dropped.
+    #[cfg(test)]
+    pub fn hold(&self) -> mpsc::Sender<()> {
+        let (release, until) = mpsc::channel();
+        let _ = self.tx.send(Request::Hold(until));
+        release
     }
 
     /// Record an event; it is persisted, logged, then published.
@@ -429,6 +461,8 @@ impl Owner {
                 let _ = reply.send(rows);
             }
             Request::Flush { reply } => committed.push(Committed::Flushed(reply)),
+            #[cfg(test)]
+            Request::Hold(until) => drop(until.recv()),
         }
         Ok(())
     }

@@ -32,7 +32,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock, TryLockError};
 
 use nix::libc;
 use nix::sched::CloneFlags;
-use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, mprotect};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use tokio::io::Interest;
@@ -269,7 +269,9 @@ struct Slots {
 
 /// A child's stack, mapped once for good: only the pages a child touched are resident (a few),
 /// where a stack taken from the heap for each spawn was 64 KiB zeroed each time, left behind as
-/// free heap the daemon kept.
+/// free heap the daemon kept. Below it, a page no one may touch: a child that overflowed its
+/// stack would fault, not write into another set's (mappings made one after another are
+/// usually adjacent).
 struct Stack(std::ptr::NonNull<u8>);
 
 // SAFETY: the mapping is never unmapped, and is only used by whoever holds its slot set's lock.
@@ -277,12 +279,17 @@ unsafe impl Send for Stack {}
 
 impl Stack {
     fn map() -> io::Result<Stack> {
+        let guard = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as usize;
         let flags = MapFlags::MAP_PRIVATE | MapFlags::MAP_STACK;
         let protection = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
-        let size = std::num::NonZeroUsize::new(STACK_BYTES).expect("a stack has a size");
-        // SAFETY: a new anonymous mapping, overlapping nothing.
-        let mapped = unsafe { mmap_anonymous(None, size, protection, flags) }?;
-        Ok(Stack(mapped.cast()))
+        let size = std::num::NonZeroUsize::new(guard + STACK_BYTES).expect("a stack has a size");
+        // SAFETY: a new anonymous mapping, overlapping nothing; its lowest page is made
+        // inaccessible, the stack is the rest.
+        unsafe {
+            let mapped = mmap_anonymous(None, size, protection, flags)?;
+            mprotect(mapped, guard, ProtFlags::PROT_NONE)?;
+            Ok(Stack(mapped.cast::<u8>().add(guard)))
+        }
     }
 
     fn as_mut(&mut self) -> &mut [u8] {
@@ -324,7 +331,8 @@ fn slots() -> io::Result<&'static [Mutex<Slots>]> {
     let open = || -> Result<Vec<Mutex<Slots>>, String> {
         let mut fds = Vec::new();
         while fds.len() < 3 * SLOT_SETS {
-            let null = std::fs::File::options().read(true).write(true).open("/dev/null").map_err(|e| e.to_string())?;
+            let null = std::fs::File::options().read(true).write(true).open("/dev/null");
+            let null = null.map_err(|e| format!("cannot open /dev/null: {e}"))?;
             let fd = OwnedFd::from(null);
             if fd.as_raw_fd() <= 2 {
                 std::mem::forget(fd); // a standard descriptor of the daemon's: kept for good
@@ -333,11 +341,12 @@ fn slots() -> io::Result<&'static [Mutex<Slots>]> {
             }
         }
         let mut fds = fds.into_iter();
-        let set = |stdio| Ok(Mutex::new(Slots { stdio, stack: Stack::map().map_err(|e| e.to_string())? }));
+        let stack = || Stack::map().map_err(|e| format!("cannot map a stack for the children: {e}"));
+        let set = |stdio| Ok(Mutex::new(Slots { stdio, stack: stack()? }));
         let stdio = (0..SLOT_SETS).filter_map(|_| Some([fds.next()?, fds.next()?, fds.next()?]));
         stdio.map(set).collect()
     };
-    SLOTS.get_or_init(open).as_deref().map_err(|e| io::Error::other(format!("cannot reserve the spawn slots: {e}")))
+    SLOTS.get_or_init(open).as_deref().map_err(|e| io::Error::other(format!("spawn slots: {e}")))
 }
 
 /// A close-on-exec pipe.

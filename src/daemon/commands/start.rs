@@ -106,9 +106,8 @@ fn no_room(e: &Error) -> bool {
 async fn start(d: &Daemon, name: &str, force: bool, on_busy: OnBusy) -> Result<StartOutcome, Error> {
     let service = d.service(name)?;
     let was_running = matches!(service.snapshot().state, State::Running | State::Unhealthy);
+    // Each task answers once the store has written its wish, so no answer is lost to a crash.
     let done = start_with_dependencies(d.clone(), name.to_string(), force, on_busy).await?;
-    // The wish is written before the answer, so no answer is lost to a crash.
-    d.store.flush().await;
     let snap = service.snapshot();
     let message = match (was_running, &snap.last_health) {
         (true, _) => format!("Service '{name}' is already running"),
