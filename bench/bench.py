@@ -285,7 +285,7 @@ class Run:
                 raise TimeoutError("the writer did not finish within 600 s")
             if now - looked > 1:  # the process tree once a second, the memory every 0.1 s
                 pids, looked = tool.daemon_pids(), now
-            peak = max(peak, sum(st[3] for p in pids if (st := procs.stat(p))))
+            peak = max(peak, procs.rss(pids))
             peak_anon = max(peak_anon, procs.anonymous(pids))
             time.sleep(0.1)
         (_, s), (_, e) = stamps(out, "s")[0], stamps(out, "e")[0]

@@ -93,8 +93,12 @@ def memory(pids_):
     """(sum of RSS, sum of PSS, sum of anonymous memory) in bytes. Anonymous memory (heap,
     stacks) is what the processes alone cost; the rest of RSS is their program files' pages,
     clean page cache that the kernel shares and can drop."""
-    rss = sum(st[3] for p in pids_ if (st := stat(p)))
-    return rss, sum(field(p, "smaps_rollup", "Pss") for p in pids_), anonymous(pids_)
+    return rss(pids_), sum(field(p, "smaps_rollup", "Pss") for p in pids_), anonymous(pids_)
+
+
+def rss(pids_):
+    """Sum of the processes' resident memory (from `stat`: cheap to poll)."""
+    return sum(st[3] for p in pids_ if (st := stat(p)))
 
 
 def anonymous(pids_):
